@@ -1,0 +1,5 @@
+"""The decode loop."""
+
+from .decoder import SwiftDecoder, TokenStream
+
+__all__ = ["SwiftDecoder", "TokenStream"]

@@ -1,0 +1,294 @@
+"""The decode loop: prefill -> draft -> verify -> accept -> commit, one request at a time."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Optional
+
+import torch
+
+from ..config import GenerationResult, SamplingParams, SwiftConfig
+from ..drafting import Draft, LayerSkipDrafter
+from ..errors import ConfigError
+from ..model.adapter import Frame, ModelAdapter
+from ..model.cache import KVCache
+from ..model.skipset import SkipSet
+from ..search import FixedSkipPolicy, SkipPolicy, StepContext
+from ..tree import TreeLayout, build_tree
+from ..verify import accept_longest_path, target_tokens
+from .request import PromptIds, Request, make_request
+from .stops import default_stop_token_ids
+
+NO_SKIP = SkipSet.empty()
+
+
+@dataclass
+class _Counters:
+    verify_steps: int = 0
+    draft_forwards: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    verified_tokens: int = 0
+    prefill_time: float = 0.0
+    draft_time: float = 0.0
+    verify_time: float = 0.0
+    accepted_per_step: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Running:
+    """Mutable state of one request; dies with it."""
+
+    cache: KVCache
+    tokens: list[int]
+    committed: int
+    root: torch.Tensor  # (1,) the last emitted token, not yet in the cache
+    emitted: int = 0
+
+
+def resolve_skip_set(config: SwiftConfig, num_layers: int) -> SkipSet:
+    if config.skip_attn is None and config.skip_mlp is None:
+        return SkipSet.starting(num_layers)
+    return SkipSet.of(config.skip_attn or (), config.skip_mlp or ()).validate(num_layers)
+
+
+class TokenStream:
+    """Iterator over new token ids as they are accepted; `result` holds tokens and stats so far.
+
+    Closing it early (break, `close()`) ends the request cleanly: its cache is dropped and the
+    decoder is ready for the next one.
+    """
+
+    def __init__(self, chunks: Iterator[list[int]], finish) -> None:
+        self._chunks = chunks
+        self._finish = finish
+        self.tokens: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        for chunk in self._chunks:
+            self.tokens.extend(chunk)
+            yield from chunk
+
+    def close(self) -> None:
+        self._chunks.close()
+
+    @property
+    def result(self) -> GenerationResult:
+        return GenerationResult(list(self.tokens), self._finish(self.tokens))
+
+
+class SwiftDecoder:
+    """Lossless self-speculative decoding of one Hugging Face causal LM.
+
+    Holds the model adapter and the skip-set policy (so a chosen set carries over to the next
+    request of this decoder, and two decoders never share one). Not thread-safe: serve one request
+    at a time per decoder.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        config: Optional[SwiftConfig] = None,
+        *,
+        stop_token_ids: Optional[Iterable[int]] = None,
+        policy: Optional[SkipPolicy] = None,
+    ) -> None:
+        self.config = config or SwiftConfig()
+        self.adapter = ModelAdapter(model)
+        model.eval()
+        self.initial_skip = resolve_skip_set(self.config, self.adapter.num_layers)
+        if policy is None:
+            if self.config.optimize:
+                raise ConfigError("optimize=True needs a search policy; none is installed in this build")
+            policy = FixedSkipPolicy(self.initial_skip)
+        self.policy = policy
+        ids = default_stop_token_ids(model) if stop_token_ids is None else stop_token_ids
+        self.stop_tokens = frozenset(int(t) for t in ids)
+
+    # -- public API ---------------------------------------------------------------------------
+
+    def generate(self, input_ids: PromptIds, max_new_tokens: int = 64, **kwargs) -> GenerationResult:
+        """Generate up to `max_new_tokens` new tokens; see `stream` for the arguments."""
+        stream = self.stream(input_ids, max_new_tokens, **kwargs)
+        for _ in stream:
+            pass
+        return stream.result
+
+    def stream(
+        self,
+        input_ids: PromptIds,
+        max_new_tokens: int = 64,
+        *,
+        method: str = "swift",
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: Optional[int] = None,
+        streamer=None,
+    ) -> TokenStream:
+        """Start a request; iterate the returned stream to run it.
+
+        method: "swift" (draft with skipped layers, verify with the full model) or "ar" (plain
+        decoding in this same engine, the honest baseline). Both stop at a stop token exactly
+        where plain decoding does. `streamer` takes transformers streamer objects (`put`/`end`).
+        """
+        sampling = SamplingParams(do_sample, temperature, top_p, top_k, seed)
+        req = make_request(
+            input_ids,
+            max_new_tokens=max_new_tokens,
+            method=method,
+            sampling=sampling,
+            vocab_size=self.adapter.vocab_size,
+            max_positions=self.adapter.max_positions,
+        )
+        counters = _Counters()
+        start = time.perf_counter()
+        chunks = self._run(req, counters)
+        if streamer is not None:
+            chunks = _feed_streamer(chunks, streamer, req.prompt, self.adapter.device)
+        return TokenStream(chunks, lambda tokens: self._stats(req, counters, tokens, time.perf_counter() - start))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def _run(self, req: Request, c: _Counters) -> Iterator[list[int]]:
+        a, cfg = self.adapter, self.config
+        policy = self.policy if req.method == "swift" else None
+        room = cfg.max_tree_nodes + policy.scratch_slots if policy else 0
+        if policy:
+            policy.begin(len(req.prompt), req.max_new_tokens)
+        generator = torch.Generator(device=a.device)
+        generator.manual_seed(req.sampling.seed if req.sampling.seed is not None else torch.seed())
+
+        t = time.perf_counter()
+        state = self._prefill(req, len(req.prompt) + req.max_new_tokens + room, generator)
+        c.prefill_time = time.perf_counter() - t
+        first = state.tokens[-1]
+        yield [first]
+        if first in self.stop_tokens or state.emitted >= req.max_new_tokens:
+            return
+        drafter = LayerSkipDrafter(a, state.cache, cfg, req.sampling, self.stop_tokens)
+        while True:
+            remaining = req.max_new_tokens - state.emitted
+            skip = policy.skip_set() if policy else None
+            draft = None
+            t = time.perf_counter()
+            if skip is not None and remaining > 1:
+                draft = drafter.propose(state.root, state.committed, min(cfg.max_draft_tokens, remaining - 1), skip)
+                c.draft_forwards += draft.forwards
+                c.drafted += draft.depth
+            t2 = time.perf_counter()
+            accepted, new = self._verify(state, draft, req.sampling, generator)
+            c.draft_time += t2 - t
+            c.verify_time += time.perf_counter() - t2
+            c.verify_steps += 1
+            c.accepted += accepted
+            c.verified_tokens += len(new)
+            c.accepted_per_step.append(accepted)
+            new, stopped = self._truncate(new, remaining)
+            state.tokens.extend(new)
+            state.emitted += len(new)
+            yield new
+            if stopped or state.emitted >= req.max_new_tokens:
+                return
+            if policy:
+                policy.observe(
+                    StepContext(a, state.cache, state.tokens, len(req.prompt), state.committed, accepted,
+                                draft.depth if draft else 0)
+                )
+
+    def _prefill(self, req: Request, capacity: int, generator: torch.Generator) -> _Running:
+        a = self.adapter
+        n = len(req.prompt)
+        cache = a.new_cache(capacity)
+        device = a.device
+        frame = Frame(
+            input_ids=torch.tensor([req.prompt], device=device),
+            positions=torch.arange(n, device=device),
+            write_start=0,
+            allowed=torch.ones(n, n, dtype=torch.bool, device=device).tril(),
+            key_positions=torch.arange(n, device=device),
+        )
+        logits = a.forward(frame, cache, NO_SKIP, last_only=True)
+        root = target_tokens(logits, req.sampling, generator)
+        return _Running(cache, list(req.prompt) + [int(root.item())], n, root, emitted=1)
+
+    def _verify(
+        self, state: _Running, draft: Optional[Draft], sampling: SamplingParams, generator: torch.Generator
+    ) -> tuple[int, list[int]]:
+        """One full-model forward over the tree; commits the accepted path. Returns (accepted, new tokens)."""
+        device = self.adapter.device
+        layout: TreeLayout = build_tree(draft.widths if draft else ())
+        n, committed = layout.size, state.committed
+        if draft is not None:
+            index = layout.candidate_index(draft.candidates.shape[1]).to(device)
+            node_tokens = torch.cat([state.root.view(1), draft.candidates.flatten()[index]])
+        else:
+            node_tokens = state.root.view(1)
+        depths = torch.tensor(layout.depths, device=device)
+        ancestors = layout.ancestors().to(device)
+        frame = Frame(
+            input_ids=node_tokens[None],
+            positions=committed + depths,
+            write_start=committed,
+            allowed=torch.cat([torch.ones(n, committed, dtype=torch.bool, device=device), ancestors], dim=1),
+            key_positions=torch.cat([torch.arange(committed, device=device), committed + depths]),
+        )
+        logits = self.adapter.forward(frame, state.cache, NO_SKIP)
+        targets = target_tokens(logits, sampling, generator)
+        result = accept_longest_path(node_tokens, torch.tensor(layout.parents, device=device), depths, ancestors, targets)
+        packed = result.packed.tolist()  # the step's one host sync: how many tokens were accepted
+        length, bonus = packed[0], packed[1]
+        path_tokens = packed[2 + n : 2 + n + length]
+        if length > 1:
+            state.cache.commit_path(committed, committed + result.path[:length])
+        state.committed = committed + length
+        state.root = result.packed[1:2]
+        return length - 1, path_tokens[1:] + [bonus]
+
+    def _truncate(self, new: list[int], remaining: int) -> tuple[list[int], bool]:
+        for i, tok in enumerate(new[:remaining]):
+            if tok in self.stop_tokens:
+                return new[: i + 1], True
+        return new[:remaining], False
+
+    # -- statistics -----------------------------------------------------------------------------
+
+    def _stats(self, req: Request, c: _Counters, tokens: list[int], elapsed: float) -> dict:
+        skip = self.policy.skip_set() if req.method == "swift" else None
+        decode_time = c.draft_time + c.verify_time
+        return {
+            "method": req.method,
+            "new_tokens": len(tokens),
+            "prompt_tokens": len(req.prompt),
+            "verify_steps": c.verify_steps,
+            "draft_forwards": c.draft_forwards,
+            "drafted_tokens": c.drafted,
+            "accepted_tokens": c.accepted,
+            # Spec-Bench's tau: tokens emitted per verify step (accepted drafts + the bonus token).
+            "mean_accepted": c.verified_tokens / c.verify_steps if c.verify_steps else 0.0,
+            "acceptance_rate": c.accepted / c.drafted if c.drafted else 0.0,
+            "accepted_per_step": list(c.accepted_per_step),
+            "prefill_time": c.prefill_time,
+            "draft_time": c.draft_time,
+            "verify_time": c.verify_time,
+            "optimize_time": self.policy.optimize_time if req.method == "swift" else 0.0,
+            "total_time": elapsed,
+            "tokens_per_s": len(tokens) / elapsed if elapsed > 0 else 0.0,
+            "decode_tokens_per_s": (len(tokens) - 1) / decode_time if decode_time > 0 else 0.0,
+            "skip_attn": sorted(skip.attn) if skip else [],
+            "skip_mlp": sorted(skip.mlp) if skip else [],
+            "do_sample": req.sampling.do_sample,
+        }
+
+
+def _feed_streamer(chunks: Iterator[list[int]], streamer, prompt: tuple[int, ...], device) -> Iterator[list[int]]:
+    """Mirror chunks into a transformers streamer (prompt first, as `generate` does)."""
+    streamer.put(torch.tensor([prompt], device=device))
+    try:
+        for chunk in chunks:
+            streamer.put(torch.tensor(chunk, device=device))
+            yield chunk
+    finally:
+        streamer.end()

@@ -1,0 +1,67 @@
+"""One preallocated KV cache shared by drafting, verification and search scoring.
+
+Layout: a single tensor `[layers, 2 (k/v), 1, kv_heads, capacity, head_dim]`, so committing the
+accepted path of a tree is one gather + one scatter for all layers at once.
+
+Slots vs positions: a forward writes its keys/values to consecutive *slots* starting at
+`write_start`, while the rotary *positions* are whatever the caller passed. Tree nodes of equal
+depth share a position but occupy different slots; after verification the accepted path's slots are
+moved to consecutive slots and everything past the committed length is garbage that masks hide and
+later writes overwrite. Rollback is therefore a length, never a copy.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Duck-types the `update` hook transformers' attention modules call (`Cache.update`)."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        capacity: int,
+        *,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ) -> None:
+        self.capacity = capacity
+        self.data = torch.zeros(num_layers, 2, 1, num_kv_heads, capacity, head_dim, dtype=dtype, device=device)
+        self._slots = torch.arange(capacity, device=device)
+        self._write: torch.Tensor = self._slots[:0]
+        self._visible = 0
+
+    def prepare(self, write_start: int, num_tokens: int, visible: int) -> None:
+        """Route the next forward's writes to slots [write_start, write_start + num_tokens).
+
+        `visible` is how many leading slots attention reads (the mask must have that many columns).
+        """
+        if write_start + num_tokens > self.capacity or visible > self.capacity:
+            raise RuntimeError(
+                f"KV cache overflow: writing slots {write_start}..{write_start + num_tokens} "
+                f"(visible {visible}) in a cache of {self.capacity}"
+            )
+        self._write = self._slots[write_start : write_start + num_tokens]
+        self._visible = visible
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
+        layer = self.data[layer_idx]
+        layer[0].index_copy_(2, self._write, key_states.to(layer.dtype))
+        layer[1].index_copy_(2, self._write, value_states.to(layer.dtype))
+        return layer[0, :, :, : self._visible], layer[1, :, :, : self._visible]
+
+    def commit_path(self, start: int, src_slots: torch.Tensor) -> None:
+        """Move the entries at `src_slots` (ascending, >= start) to slots start, start+1, ...
+
+        One gather into a temporary, then one write: sources and destinations may overlap.
+        """
+        n = src_slots.numel()
+        moved = self.data.index_select(4, src_slots)
+        self.data[:, :, :, :, start : start + n] = moved
+
+    def positions_view(self, upto: int) -> torch.Tensor:
+        """Keys and values of slots [0, upto): `[layers, 2, 1, heads, upto, head_dim]` (for tests and scoring)."""
+        return self.data[:, :, :, :, :upto]

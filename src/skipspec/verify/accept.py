@@ -1,0 +1,52 @@
+"""Acceptance of the longest correct root-to-node path in a verification tree."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class AcceptedPath:
+    """Device tensors; `packed` is meant for one host transfer.
+
+    packed: (2N + 2,) long = [path length L (root included), bonus token, path node indices
+            padded with N (ascending, so ancestors first), the path nodes' tokens (same padding
+            positions hold the last node's token)].
+    path:   (N,) the padded path node indices, on the device (for committing the cache)
+    """
+
+    packed: torch.Tensor
+    path: torch.Tensor
+
+
+def accept_longest_path(
+    tokens: torch.Tensor, parents: torch.Tensor, depths: torch.Tensor, ancestors: torch.Tensor, targets: torch.Tensor
+) -> AcceptedPath:
+    """Find the deepest node whose every ancestor (and itself) equals its parent's target token.
+
+    tokens (N,) node tokens (root first); parents (N,) with -1 for the root; depths (N,);
+    ancestors (N, N) bool from `TreeLayout.ancestors`; targets (N,) the full model's choice at
+    each node. Candidates of one depth are distinct tokens, so at most one path is correct.
+
+    >>> import torch
+    >>> from skipspec.tree import build_tree
+    >>> t = build_tree((2, 1))                      # root, a, a', b (b child of a)
+    >>> toks = torch.tensor([7, 1, 2, 3])
+    >>> targets = torch.tensor([1, 3, 9, 5])        # root->1 (a ok), a->3 (b ok), b->5 bonus
+    >>> p = accept_longest_path(toks, torch.tensor(t.parents), torch.tensor(t.depths), t.ancestors(), targets)
+    >>> p.packed.tolist()
+    [3, 5, 0, 1, 3, 4, 7, 1, 3, 3]
+    """
+    n = tokens.shape[0]
+    correct = tokens == targets[parents.clamp(min=0)]
+    correct[0] = True
+    ok = ~(ancestors & ~correct[None, :]).any(dim=1)
+    deepest = torch.where(ok, depths, -1).argmax()
+    index = torch.arange(n, device=tokens.device)
+    on_path = ancestors[deepest]
+    path = torch.where(on_path, index, n).sort().values
+    head = torch.stack([on_path.sum(), targets[deepest]])
+    path_tokens = tokens[path.clamp(max=n - 1)]
+    return AcceptedPath(torch.cat([head, path, path_tokens]), path)
