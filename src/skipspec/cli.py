@@ -51,6 +51,7 @@ def generate(
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, tokens, stats."),
+    compare: bool = typer.Option(False, "--compare", help="Also run plain decoding first and compare speed and output."),
 ) -> None:
     """Generate text, streaming it, and end with a one-line speed summary."""
     from . import SwiftConfig, SwiftDecoder, load
@@ -62,6 +63,7 @@ def generate(
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl))
         ids = encode_prompt(tok, prompt, chat)
         sampling = dict(do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, top_k=top_k, seed=seed)
+        baseline = dec.generate(ids, max_new_tokens, method="ar", **sampling) if compare else None
         stream = dec.stream(ids, max_new_tokens, method=method, **sampling)
     except SkipSpecError as e:
         _fail(e)
@@ -78,15 +80,29 @@ def generate(
         interrupted = True
         stream.close()
     res = stream.result
-    stats = {k: v for k, v in res.stats.items() if k != "accepted_per_step"}
+    stats = _public(res.stats)
     if as_json:
-        print(json.dumps({"text": tok.decode(res.tokens, skip_special_tokens=True), "tokens": res.tokens,
-                          "stats": stats, "interrupted": interrupted}))
+        out = {"text": tok.decode(res.tokens, skip_special_tokens=True), "tokens": res.tokens, "stats": stats,
+               "interrupted": interrupted}
+        if baseline is not None:
+            out["baseline"] = {"tokens": baseline.tokens, "stats": _public(baseline.stats)}
+        print(json.dumps(out))
     else:
         sys.stdout.write("\n")
+        if baseline is not None:
+            err.print(_summary(_public(baseline.stats)))
         err.print(_summary(stats) + (" [yellow](interrupted)[/]" if interrupted else ""))
+        if baseline is not None and not interrupted:
+            same = baseline.tokens == res.tokens
+            speedup = stats["tokens_per_s"] / max(baseline.stats["tokens_per_s"], 1e-9)
+            verdict = "identical output" if same else "outputs differ (expected only when sampling)"
+            err.print(f"{method} vs plain: [bold]{speedup:.2f}x[/] tokens/s, {verdict}")
     if interrupted:
         raise typer.Exit(130)
+
+
+def _public(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if k != "accepted_per_step"}
 
 
 def _indices(text: Optional[str]) -> Optional[list[int]]:
@@ -105,6 +121,53 @@ def _summary(s: dict) -> str:
         f"acceptance {s['acceptance_rate']:.0%}, {s['verify_steps']} verify steps, "
         f"skipped attn {s['skip_attn']} mlp {s['skip_mlp']}"
     )
+
+
+@app.command()
+def bench(
+    model: str = typer.Option(..., "--model", "-m", help="Local folder, .gguf file, offline model name or hub id."),
+    suite: str = typer.Option(
+        ..., "--suite", "-s",
+        help="Comma-separated: spec-bench, humaneval, a Spec-Bench-format .jsonl file, or a text file (one prompt a line).",
+    ),
+    methods: str = typer.Option("ar,swift,hf,hf-pld", "--methods", help="Comma-separated method names."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Prompts per category (default: all)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+    seed: int = typer.Option(0, "--seed", help="Sampling seed, the same for every method."),
+    repeats: int = typer.Option(1, "--repeats", help="Timed runs per prompt and method; the median is kept."),
+    out: str = typer.Option("bench_results", "--out", "-o", help="Folder for results.json, report.md and plots."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib)."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+) -> None:
+    """Time methods side by side on a prompt suite; write results.json, report.md and plots."""
+    import shlex
+
+    from .bench import BenchConfig, GenSettings, run_bench
+    from .bench.methods import METHODS
+
+    try:
+        config = BenchConfig(
+            model=model, suites=_names(suite), methods=_names(methods), limit=limit,
+            settings=GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
+            repeats=repeats, out=out, device=device, dtype=dtype, threads=threads, plots=plots,
+            progress=progress, command=shlex.join(["skipspec", *sys.argv[1:]]),
+        )  # fmt: skip
+        result = run_bench(config, METHODS)
+    except SkipSpecError as e:
+        _fail(e)
+    for name, by_cat in result.summary.items():
+        s = by_cat["overall"]
+        vs_ar = f"{s.speedup_vs_ar:.2f}x vs ar" if s.speedup_vs_ar is not None else ""
+        err.print(f"[bold]{name}[/]: {s.tokens_per_s:.2f} tokens/s {vs_ar}")
+    err.print(f"wrote {out}/results.json and {out}/report.md")
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 @models_app.command("list")

@@ -1,0 +1,31 @@
+"""Benchmarks of this engine against plain decoding and transformers, Spec-Bench style.
+
+    from skipspec.bench import BenchConfig, GenSettings, run_bench
+    run_bench(BenchConfig(model="smollm2-135m-instruct", suites=("spec-bench",), limit=1))
+
+Modules: suites (prompts), methods (name -> factory registry), runner (warm-up, interleaved timed
+runs), metrics (pure arithmetic), report / plots (results.json, report.md, PNGs).
+"""
+
+from .methods import METHODS, MethodContext, MethodSpec
+from .metrics import Summary, summarize
+from .records import BenchConfig, GenSettings, Outcome, PromptRecord
+from .runner import BenchResult, measure, run_bench
+from .suites import Prompt, load_suites
+
+__all__ = [
+    "METHODS",
+    "BenchConfig",
+    "BenchResult",
+    "GenSettings",
+    "MethodContext",
+    "MethodSpec",
+    "Outcome",
+    "Prompt",
+    "PromptRecord",
+    "Summary",
+    "load_suites",
+    "measure",
+    "run_bench",
+    "summarize",
+]

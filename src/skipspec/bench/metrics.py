@@ -1,0 +1,141 @@
+"""Benchmark arithmetic, Spec-Bench style, as pure functions over `PromptRecord`s.
+
+Conventions (as Spec-Bench's own speed script):
+- tokens/s of a method in a category = total new tokens / total time over its prompts (not a mean
+  of per-prompt rates, which would overweight short answers);
+- speedup = that rate divided by the baseline method's rate on the same prompts;
+- mean accepted (tau) = tokens per verify step, bonus token included, weighted by steps;
+- acceptance rate = accepted draft tokens / drafted tokens.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, replace
+from typing import Iterable, Mapping, Optional, Sequence
+
+from .records import PromptRecord
+
+OVERALL = "overall"
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One method over one category (or `overall`); None where a metric cannot be computed."""
+
+    prompts: int
+    new_tokens: int
+    time_s: float
+    tokens_per_s: float
+    speedup_vs_ar: Optional[float]
+    speedup_vs_hf: Optional[float]
+    mean_accepted: Optional[float]
+    acceptance_rate: Optional[float]
+    identical_to_ar: Optional[float]
+
+
+def tokens_per_s(records: Iterable[PromptRecord]) -> float:
+    """Total new tokens over total time.
+
+    >>> r = lambda n, t: PromptRecord("p", "c", "m", 1, n, t, (t,), ())
+    >>> tokens_per_s([r(10, 1.0), r(30, 1.0)])
+    20.0
+    """
+    records = list(records)
+    time = sum(r.time_s for r in records)
+    return sum(r.new_tokens for r in records) / time if time > 0 else 0.0
+
+
+def mean_accepted(records: Iterable[PromptRecord]) -> Optional[float]:
+    """Tokens per verify step over all steps of the records that count steps (None if none do)."""
+    counted = [r for r in records if r.verify_steps and r.mean_accepted is not None]
+    steps = sum(r.verify_steps for r in counted)
+    return sum(r.mean_accepted * r.verify_steps for r in counted) / steps if steps else None
+
+
+def acceptance_rate(records: Iterable[PromptRecord]) -> Optional[float]:
+    """Accepted / drafted draft tokens (None when nothing was drafted, e.g. plain decoding)."""
+    counted = [r for r in records if r.drafted_tokens is not None and r.accepted_tokens is not None]
+    drafted = sum(r.drafted_tokens for r in counted)
+    return sum(r.accepted_tokens for r in counted) / drafted if drafted else None
+
+
+def identical_fraction(records: Iterable[PromptRecord]) -> Optional[float]:
+    """Fraction of records whose output equals the reference's (None when none was compared)."""
+    flags = [r.identical_to_ar for r in records if r.identical_to_ar is not None]
+    return sum(flags) / len(flags) if flags else None
+
+
+def speedup(rate: float, baseline: Optional[float]) -> Optional[float]:
+    return rate / baseline if baseline else None
+
+
+def mark_identical(records: Sequence[PromptRecord], reference: str = "ar") -> list[PromptRecord]:
+    """Copies of `records` with `identical_to_ar` set against `reference`'s output per prompt.
+
+    Records of prompts the reference did not run keep None.
+    """
+    ref = {r.prompt_id: r.tokens for r in records if r.method == reference}
+    return [replace(r, identical_to_ar=(r.tokens == ref[r.prompt_id]) if r.prompt_id in ref else None) for r in records]
+
+
+def categories(records: Iterable[PromptRecord]) -> list[str]:
+    """Categories in order of first appearance."""
+    return list(dict.fromkeys(r.category for r in records))
+
+
+def group(records: Iterable[PromptRecord]) -> dict[str, dict[str, list[PromptRecord]]]:
+    """method -> category (and `overall`) -> records; methods and categories in order of appearance."""
+    out: dict[str, dict[str, list[PromptRecord]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        out[r.method][r.category].append(r)
+        out[r.method][OVERALL].append(r)
+    return {m: dict(cats) for m, cats in out.items()}
+
+
+def summarize(records: Sequence[PromptRecord]) -> dict[str, dict[str, Summary]]:
+    """method -> category (plus `overall`) -> Summary. Speedups need an `ar` / `hf` run."""
+    grouped = group(records)
+    rates = {m: {c: tokens_per_s(rs) for c, rs in cats.items()} for m, cats in grouped.items()}
+    return {
+        m: {
+            c: Summary(
+                prompts=len(rs),
+                new_tokens=sum(r.new_tokens for r in rs),
+                time_s=sum(r.time_s for r in rs),
+                tokens_per_s=rates[m][c],
+                speedup_vs_ar=speedup(rates[m][c], rates.get("ar", {}).get(c)),
+                speedup_vs_hf=speedup(rates[m][c], rates.get("hf", {}).get(c)),
+                mean_accepted=mean_accepted(rs),
+                acceptance_rate=acceptance_rate(rs),
+                identical_to_ar=identical_fraction(rs),
+            )
+            for c, rs in cats.items()
+        }
+        for m, cats in grouped.items()
+    }
+
+
+def accepted_histogram(records: Iterable[PromptRecord]) -> Mapping[int, float]:
+    """Share of verify steps that accepted k draft tokens, k -> fraction (bonus token excluded).
+
+    >>> r = PromptRecord("p", "c", "m", 1, 4, 1.0, (1.0,), (), accepted_per_step=(0, 2, 0))
+    >>> dict(accepted_histogram([r]))
+    {0: 0.6666666666666666, 2: 0.3333333333333333}
+    """
+    counts = Counter(k for r in records for k in r.accepted_per_step)
+    total = sum(counts.values())
+    return {k: counts[k] / total for k in sorted(counts)} if total else {}
+
+
+def median(values: Sequence[float]) -> float:
+    """The median (mean of the middle two for an even count).
+
+    >>> median([3.0, 1.0, 2.0]), median([4.0, 1.0, 2.0, 3.0])
+    (2.0, 2.5)
+    """
+    if not values:
+        raise ValueError("median of no values")
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2

@@ -1,0 +1,25 @@
+"""Wall-clock timing of one generation, with the device drained on both sides."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timer measures it and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
+    """(fn(), seconds it took), synchronized before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - start

@@ -1,0 +1,116 @@
+"""Bad input gets a clear error before any work, and leaves the decoder usable."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+from typer.testing import CliRunner
+
+import skipspec
+from skipspec import ConfigError, InputError, ModelNotFoundError, SwiftConfig, SwiftDecoder, UnsupportedArchitectureError
+from skipspec.cli import app
+from tiny_models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def decoder():
+    return SwiftDecoder(tiny_model("llama"), stop_token_ids=[])
+
+
+@pytest.mark.parametrize(
+    "prompt, kwargs, match",
+    [
+        ([], {}, "empty"),
+        (torch.zeros(1, 0, dtype=torch.long), {}, "empty"),
+        (torch.zeros(2, 3, dtype=torch.long), {}, "batch size 2"),
+        (torch.zeros(1, 3), {}, "integer token ids"),
+        ("hello", {}, "tokenize"),
+        ([1, 2, 500], {}, "outside the model's vocabulary"),
+        ([1, 2, -1], {}, "outside the model's vocabulary"),
+        ([1] * 256, {}, "at or over the model's context of 256"),
+        ([1] * 300, {}, "at or over the model's context"),
+        ([1] * 250, {"max_new_tokens": 10}, "exceeds the model's context"),
+        ([1, 2], {"max_new_tokens": 0}, "max_new_tokens"),
+        ([1, 2], {"max_new_tokens": -3}, "max_new_tokens"),
+        ([1, 2], {"max_new_tokens": 2.5}, "max_new_tokens"),
+        ([1, 2], {"method": "beam"}, "method"),
+    ],
+)
+def test_bad_requests_raise_input_error(decoder, prompt, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        decoder.stream(prompt, **{"max_new_tokens": 4, **kwargs})
+    assert decoder.generate([1, 2, 3], 4).tokens  # still usable
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"do_sample": True, "temperature": 0.0}, "temperature"),
+        ({"do_sample": True, "temperature": -1.0}, "temperature"),
+        ({"do_sample": True, "temperature": float("nan")}, "temperature"),
+        ({"do_sample": True, "top_p": 0.0}, "top_p"),
+        ({"do_sample": True, "top_p": 1.5}, "top_p"),
+        ({"do_sample": True, "top_k": -1}, "top_k"),
+        ({"do_sample": True, "top_k": 2.5}, "top_k"),
+        ({"seed": "x"}, "seed"),
+    ],
+)
+def test_bad_sampling_parameters_raise_config_error(decoder, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        decoder.generate([1, 2, 3], 4, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"confidence_threshold": 1.5}, "confidence_threshold"),
+        ({"confidence_threshold": -0.1}, "confidence_threshold"),
+        ({"max_draft_tokens": 0}, "max_draft_tokens"),
+        ({"topk": 0}, "topk"),
+        ({"skip_attn": [-1]}, "negative"),
+        ({"skip_mlp": ["a"]}, "layer indices"),
+        ({"tree_schedule": ((0.5, 3), (0.9, 5))}, "decreasing"),
+        ({"tree_schedule": ((0.5, 0),)}, "width"),
+    ],
+)
+def test_bad_config_raises_at_construction(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        SwiftConfig(**kwargs)
+
+
+@pytest.mark.parametrize("attn, mlp, match", [([0], [], "first and last"), ([], [5], "first and last"), ([9], [], "1..4")])
+def test_skip_indices_out_of_range(attn, mlp, match):
+    with pytest.raises(ConfigError, match=match):
+        SwiftDecoder(tiny_model("llama"), SwiftConfig(skip_attn=attn, skip_mlp=mlp))
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="not a local folder"):
+        skipspec.load(str(tmp_path / "no-such-model"))
+    bogus = tmp_path / "weights.bin"
+    bogus.write_bytes(b"x")
+    with pytest.raises(ModelNotFoundError, match="not a .gguf"):
+        skipspec.load(str(bogus))
+
+
+def test_unsupported_architecture_names_the_supported_ones(tmp_path):
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50)).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedArchitectureError, match="gpt2.*supported: llama"):
+        skipspec.load(str(tmp_path))
+    with pytest.raises(UnsupportedArchitectureError, match="gpt2"):
+        SwiftDecoder(GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=50)))
+
+
+def test_bad_device_and_dtype(tmp_path):
+    with pytest.raises(ConfigError, match="dtype"):
+        skipspec.load(str(tmp_path), dtype="float8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA"):
+            skipspec.load(str(tmp_path), device="cuda")
+
+
+def test_cli_reports_errors_without_a_traceback(tmp_path):
+    result = CliRunner().invoke(app, ["generate", "--model", str(tmp_path / "missing"), "--prompt", "hi"])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "Traceback" not in result.output

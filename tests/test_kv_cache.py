@@ -1,0 +1,57 @@
+"""The shared KV cache after every SWIFT step holds what plain decoding would hold at those positions.
+
+Drafts write into the same cache (skipped attention layers write nothing) and verification writes
+tree nodes at non-final slots; after acceptance the committed prefix must be exactly the full
+model's KV of the committed tokens, or later steps would silently attend to wrong keys.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skipspec import SkipSet, SwiftConfig, SwiftDecoder
+from skipspec.model.adapter import Frame
+from tiny_models import FAMILIES, tiny_model
+
+
+class RecordingDecoder(SwiftDecoder):
+    """Snapshots the committed cache prefix and the committed tokens after every verify step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.snapshots = []
+
+    def _verify(self, state, draft, sampling, generator):
+        accepted, new = super()._verify(state, draft, sampling, generator)
+        committed_tokens = list(state.tokens) + new[:-1]
+        assert len(committed_tokens) == state.committed
+        self.snapshots.append((committed_tokens, state.cache.positions_view(state.committed).clone()))
+        return accepted, new
+
+
+def plain_kv(decoder: SwiftDecoder, tokens: list[int]) -> torch.Tensor:
+    """KV of `tokens` written by one plain full-model forward (what plain decoding holds)."""
+    a = decoder.adapter
+    n = len(tokens)
+    cache = a.new_cache(n)
+    a.forward(
+        Frame(torch.tensor([tokens]), torch.arange(n), 0, torch.ones(n, n, dtype=torch.bool).tril(), torch.arange(n)),
+        cache,
+        SkipSet.empty(),
+    )
+    return cache.positions_view(n)
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_cache_matches_plain_decoding_after_every_step(family, do_sample):
+    model = tiny_model(family)
+    cfg = SwiftConfig(skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    dec = RecordingDecoder(model, cfg, stop_token_ids=[])
+    # A low temperature keeps sampled drafts acceptable often enough for multi-token steps.
+    dec.generate(list(range(3, 20)), 30, do_sample=do_sample, temperature=0.3, seed=3)
+    assert len(dec.snapshots) >= 5
+    assert any(len(b[0]) - len(a[0]) > 2 for a, b in zip(dec.snapshots, dec.snapshots[1:])), "no multi-token step"
+    for tokens, kv in dec.snapshots:
+        torch.testing.assert_close(kv, plain_kv(dec, tokens), atol=2e-5, rtol=1e-4)
