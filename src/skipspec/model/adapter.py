@@ -91,19 +91,25 @@ class ModelAdapter:
             self.num_layers, self.num_kv_heads, self.head_dim, capacity, dtype=self.dtype, device=self.device
         )
 
-    def _masks(self, frame: Frame) -> dict[str, torch.Tensor]:
+    def _masks(
+        self, allowed: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor, additive: bool
+    ) -> dict[str, torch.Tensor]:
+        """One mask per layer type, `(1, 1, Q, V)`: boolean, or additive in the model's dtype.
+
+        Additive masks are built with Python scalars only (no host-to-device copy), so the same code
+        runs inside a captured CUDA graph.
+        """
         masks = {}
         for kind in set(self.layer_types):
-            allowed = frame.allowed
+            ok = allowed
             if kind == _SLIDING and self.window:
-                distance = frame.positions[:, None] - frame.key_positions[None, :]
-                allowed = allowed & (distance < self.window)
-            if self.additive_mask:
-                zero = torch.zeros((), dtype=self.dtype, device=allowed.device)
-                neg = torch.tensor(torch.finfo(self.dtype).min, dtype=self.dtype, device=allowed.device)
-                masks[kind] = torch.where(allowed, zero, neg)[None, None]
+                distance = positions[:, None] - key_positions[None, :]
+                ok = ok & (distance < self.window)
+            if additive:
+                bias = torch.zeros(ok.shape, dtype=self.dtype, device=ok.device)
+                masks[kind] = bias.masked_fill_(~ok, torch.finfo(self.dtype).min)[None, None]
             else:
-                masks[kind] = allowed[None, None]
+                masks[kind] = ok[None, None]
         return masks
 
     def _rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -119,13 +125,50 @@ class ModelAdapter:
     ) -> torch.Tensor:
         """Logits `(Q, vocab)` (or `(1, vocab)` with `last_only`), in float32."""
         cache.prepare(frame.write_start, frame.input_ids.shape[1], frame.allowed.shape[1])
-        hidden = self.base.embed_tokens(frame.input_ids)
-        masks = self._masks(frame)
-        rope = self._rope(hidden, frame.positions)
+        masks = self._masks(frame.allowed, frame.positions, frame.key_positions, self.additive_mask)
+        return self._layers(frame.input_ids, frame.positions, masks, cache, skip, None, last_only)
+
+    def forward_static(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        allowed: torch.Tensor,
+        key_positions: torch.Tensor,
+        cache: KVCache,
+        skip: SkipSet,
+        *,
+        keep: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """The fixed-shape forward the CUDA-graph runtime captures: logits `(Q, vocab)`, float32.
+
+        The caller has routed the writes with `cache.prepare_slots` (a device tensor of slots) and
+        `allowed` spans the whole cache `(Q, capacity)`, so every shape is fixed by the request's
+        capacity and the tree bucket, and nothing here reads a value back to the host.
+
+        keep: optional `(2, layers)` bool tensor. When given, every sublayer is computed and its
+        residual update is kept only where `keep[0]` (attention) / `keep[1]` (MLP) is True; `skip`
+        is then ignored. The result equals skipping those sublayers exactly (a select, not a
+        multiply), so one captured graph scores any skip set. Costs a full forward.
+        """
+        masks = self._masks(allowed, positions, key_positions, additive=True)
+        return self._layers(input_ids, positions, masks, cache, skip, keep, False)
+
+    def _layers(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        masks: dict[str, torch.Tensor],
+        cache: KVCache,
+        skip: SkipSet,
+        keep: Optional[torch.Tensor],
+        last_only: bool,
+    ) -> torch.Tensor:
+        hidden = self.base.embed_tokens(input_ids)
+        rope = self._rope(hidden, positions)
         sandwich = self.spec.sandwich_norms
         for i, layer in enumerate(self.layers):
             kind = self.layer_types[i]
-            if i not in skip.attn:
+            if keep is not None or i not in skip.attn:
                 x = layer.input_layernorm(hidden)
                 x, _ = layer.self_attn(
                     hidden_states=x,
@@ -135,13 +178,13 @@ class ModelAdapter:
                 )
                 if sandwich:
                     x = layer.post_attention_layernorm(x)
-                hidden = hidden + x
-            if i not in skip.mlp:
+                hidden = hidden + x if keep is None else torch.where(keep[0, i], hidden + x, hidden)
+            if keep is not None or i not in skip.mlp:
                 x = layer.pre_feedforward_layernorm(hidden) if sandwich else layer.post_attention_layernorm(hidden)
                 x = layer.mlp(x)
                 if sandwich:
                     x = layer.post_feedforward_layernorm(x)
-                hidden = hidden + x
+                hidden = hidden + x if keep is None else torch.where(keep[1, i], hidden + x, hidden)
         if last_only:
             hidden = hidden[:, -1:]
         logits = self.model.lm_head(self.base.norm(hidden))[0]

@@ -47,6 +47,17 @@ class KVCache:
         self._write = self._slots[write_start : write_start + num_tokens]
         self._visible = visible
 
+    def prepare_slots(self, slots: torch.Tensor, visible: int) -> None:
+        """Route the next forward's writes to `slots`, a device tensor of slot indices.
+
+        The fixed-shape path's variant of `prepare`: the slots are computed on the device (inside a
+        captured graph, from the step's inputs), so no slot number ever crosses to the host.
+        """
+        if visible > self.capacity:
+            raise RuntimeError(f"KV cache overflow: {visible} visible slots in a cache of {self.capacity}")
+        self._write = slots
+        self._visible = visible
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs):
         layer = self.data[layer_idx]
         layer[0].index_copy_(2, self._write, key_states.to(layer.dtype))
@@ -61,6 +72,15 @@ class KVCache:
         n = src_slots.numel()
         moved = self.data.index_select(4, src_slots)
         self.data[:, :, :, :, start : start + n] = moved
+
+    def move_slots(self, src_slots: torch.Tensor, dst_slots: torch.Tensor) -> None:
+        """Copy the entries at `src_slots` to `dst_slots`, for all layers: `commit_path` with device indices.
+
+        A fixed number of slots moves whatever was accepted (entries past the accepted path carry
+        garbage into slots past the committed length, which masks hide), so a graph can hold it.
+        """
+        moved = self.data.index_select(4, src_slots)
+        self.data.index_copy_(4, dst_slots, moved)
 
     def positions_view(self, upto: int) -> torch.Tensor:
         """Keys and values of slots [0, upto): `[layers, 2, 1, heads, upto, head_dim]` (for tests and scoring)."""

@@ -1,0 +1,64 @@
+"""How decode steps run on the device: eagerly, or as fixed-shape steps replayed from CUDA graphs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..errors import ConfigError
+
+MODES = ("auto", "eager", "static", "graphs")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Execution settings, separate from SWIFT's algorithm settings (`SwiftConfig`).
+
+    mode: "auto" = "graphs" on CUDA, "eager" elsewhere. "eager" = one Python-driven forward per
+    step, shapes as they come. "static" = the fixed-shape steps of the graph path (persistent
+    buffers, padded trees, full-capacity masks) run directly, uncaptured: it runs on any device,
+    which is how the graph path's logic is tested on a CPU. "graphs" = "static" with every step
+    captured once as a CUDA graph and replayed (CUDA only).
+    max_draft_graphs: skip sets whose draft graph is kept (least recently used evicted first).
+    tree_buckets: verify sizes (tree nodes, root included) with a graph of their own; a tree is
+    padded up to the next one. None = powers of two up to the largest tree the config allows.
+    score_buckets: query counts of the search's scoring forward, likewise.
+    capacity_step: the KV cache's capacity is rounded up to a multiple of this, so requests of
+    similar length reuse one cache and the graphs captured against it.
+    memory_margin: fraction of the free device memory a request may plan to use.
+    """
+
+    mode: str = "auto"
+    max_draft_graphs: int = 8
+    tree_buckets: Optional[tuple[int, ...]] = None
+    score_buckets: tuple[int, ...] = (16, 32, 64, 128)
+    capacity_step: int = 256
+    memory_margin: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"runtime mode must be one of {MODES}, got {self.mode!r}")
+        if not isinstance(self.max_draft_graphs, int) or self.max_draft_graphs < 1:
+            raise ConfigError(f"max_draft_graphs must be an integer >= 1, got {self.max_draft_graphs!r}")
+        for name in ("tree_buckets", "score_buckets"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            sizes = tuple(int(v) for v in value)
+            if not sizes or sizes != tuple(sorted(set(sizes))) or sizes[0] < 1:
+                raise ConfigError(f"{name} must be increasing positive sizes, got {value!r}")
+            object.__setattr__(self, name, sizes)
+        if not isinstance(self.capacity_step, int) or self.capacity_step < 1:
+            raise ConfigError(f"capacity_step must be an integer >= 1, got {self.capacity_step!r}")
+        if not 0.0 < self.memory_margin <= 1.0:
+            raise ConfigError(f"memory_margin must be in (0, 1], got {self.memory_margin!r}")
+
+    def resolved_mode(self, device: torch.device) -> str:
+        """The mode that runs on `device`: "auto" decided, "graphs" refused off CUDA."""
+        if self.mode == "auto":
+            return "graphs" if device.type == "cuda" else "eager"
+        if self.mode == "graphs" and device.type != "cuda":
+            raise ConfigError(f"runtime mode 'graphs' needs a CUDA device, the model is on {device}")
+        return self.mode

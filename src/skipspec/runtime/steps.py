@@ -1,0 +1,182 @@
+"""The fixed-shape step programs that the graph runtime captures, and their persistent inputs.
+
+Each program builds its whole frame on the device from a few persistent tensors (the query
+position, the tree's packed layout, the candidates), runs the model, and reduces the logits to
+the little the host needs, so a replay reads nothing from the host and the host reads one small
+tensor back. Shapes: C = the cache capacity, B = the step's bucket, K = top-k, L = layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from ..config import SamplingParams
+from ..model.adapter import ModelAdapter
+from ..model.cache import KVCache
+from ..model.skipset import SkipSet
+from ..verify import accept_longest_path, process_logits
+
+NO_SKIP = SkipSet.empty()
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """Persistent device buffers shared by every graph captured against one cache.
+
+    cols:   (C,) 0..C-1; slot indices, and the position each committed slot holds
+    pos:    (1,) a draft step's query position (= the slot it writes)
+    token:  (1, 1) a draft step's input token
+    root:   (1,) the last emitted token, not yet in the cache (the verify step rewrites it)
+    cand:   (D, K) draft candidates per depth, best first
+    tree:   (2 + 3 * Bmax,) the verify step's `pack_tree` list
+    noise:  (Bmax, vocab) float32 Exp(1) draws for sampled verification (None until sampling is used)
+    keep:   (2, L) int64, nonzero where the scoring forward keeps an attention / MLP sublayer
+    score_ids, score_pos, score_slots: (Smax,) the scoring forward's tokens, positions and slots
+    score_allowed: (Smax, C) bool; score_keys: (C,) position held by each slot
+    """
+
+    cols: torch.Tensor
+    pos: torch.Tensor
+    token: torch.Tensor
+    root: torch.Tensor
+    cand: torch.Tensor
+    tree: torch.Tensor
+    keep: torch.Tensor
+    score_ids: torch.Tensor
+    score_pos: torch.Tensor
+    score_slots: torch.Tensor
+    score_allowed: torch.Tensor
+    score_keys: torch.Tensor
+    noise: Optional[torch.Tensor] = None
+
+    @classmethod
+    def allocate(
+        cls, capacity: int, depth: int, topk: int, tree_max: int, score_max: int, layers: int, device
+    ) -> "StepInputs":
+        long = dict(dtype=torch.long, device=device)
+        return cls(
+            cols=torch.arange(capacity, device=device),
+            pos=torch.zeros(1, **long),
+            token=torch.zeros(1, 1, **long),
+            root=torch.zeros(1, **long),
+            cand=torch.zeros(depth, topk, **long),
+            tree=torch.zeros(2 + 3 * tree_max, **long),
+            keep=torch.ones(2, layers, **long),
+            score_ids=torch.zeros(score_max, **long),
+            score_pos=torch.zeros(score_max, **long),
+            score_slots=torch.zeros(score_max, **long),
+            score_allowed=torch.zeros(score_max, capacity, dtype=torch.bool, device=device),
+            score_keys=torch.zeros(capacity, **long),
+        )
+
+
+@dataclass(frozen=True)
+class TreeFrame:
+    """A verify step's frame, built on the device from `StepInputs.tree` (B = bucket).
+
+    tokens: (B,) node tokens, -1 on padding; positions, slots, depths, parents: (B,);
+    ancestors: (B, B) bool; allowed: (B, C) bool; key_positions: (C,)
+    """
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    slots: torch.Tensor
+    depths: torch.Tensor
+    parents: torch.Tensor
+    ancestors: torch.Tensor
+    allowed: torch.Tensor
+    key_positions: torch.Tensor
+
+
+def tree_frame(inp: StepInputs, bucket: int) -> TreeFrame:
+    """Decode `pack_tree`'s list into the verify frame (the device-side twin of `SwiftDecoder._verify`'s)."""
+    committed, n = inp.tree[0], inp.tree[1]
+    depths, ranks, parents = inp.tree[2 : 2 + 3 * bucket].view(3, bucket)
+    index = inp.cols[:bucket]
+    valid = index < n
+    topk = inp.cand.shape[1]
+    drafted = inp.cand.flatten()[((depths - 1).clamp(min=0) * topk + ranks).clamp(max=inp.cand.numel() - 1)]
+    tokens = torch.where(depths == 0, inp.root, drafted).masked_fill(~valid, -1)
+    # Only chain nodes (rank 0) have children, so a node's strict ancestors are the chain nodes
+    # shallower than it; padding rows see only themselves.
+    chain = (ranks == 0) & valid
+    strict = chain[None, :] & (depths[None, :] < depths[:, None]) & valid[:, None]
+    ancestors = strict | torch.eye(bucket, dtype=torch.bool, device=index.device)
+    rel = inp.cols - committed  # column c holds tree node c - committed, if any
+    in_tree = (rel >= 0) & (rel < bucket)
+    node = rel.clamp(0, bucket - 1)
+    prefix = inp.cols < committed
+    allowed = prefix[None, :] | (in_tree[None, :] & ancestors[:, node])
+    key_positions = torch.where(prefix, inp.cols, committed + depths[node])
+    return TreeFrame(
+        tokens=tokens,
+        positions=committed + depths,
+        slots=committed + index,
+        depths=depths,
+        parents=parents,
+        ancestors=ancestors,
+        allowed=allowed,
+        key_positions=key_positions,
+    )
+
+
+def race_tokens(logits: torch.Tensor, params: SamplingParams, noise: Optional[torch.Tensor]) -> torch.Tensor:
+    """`verify.target_tokens` with the Exp(1) draws passed in, so the random draw stays outside the graph."""
+    processed = process_logits(logits, params)
+    if not params.do_sample:
+        return processed.argmax(dim=-1)
+    return (processed.softmax(dim=-1) / noise).argmax(dim=-1)
+
+
+def verify_step(
+    adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: int, params: SamplingParams
+) -> torch.Tensor:
+    """Full-model forward over the padded tree, acceptance, and the commit of the accepted path.
+
+    Returns `AcceptedPath.packed` for this bucket, `(2B + 2,)`; rewrites `inp.root` with the bonus token.
+    """
+    f = tree_frame(inp, bucket)
+    cache.prepare_slots(f.slots, cache.capacity)
+    logits = adapter.forward_static(f.tokens.clamp(min=0)[None], f.positions, f.allowed, f.key_positions, cache, NO_SKIP)
+    targets = race_tokens(logits, params, inp.noise[:bucket] if params.do_sample else None)
+    result = accept_longest_path(f.tokens, f.parents, f.depths, f.ancestors, targets)
+    if bucket > 1:
+        # Move B slots whatever the path length: entries past it land past the committed length.
+        cache.move_slots(f.slots[0] + result.path.clamp(max=bucket - 1), f.slots)
+    inp.root.copy_(result.packed[1:2])
+    return result.packed
+
+
+def draft_step(
+    adapter: ModelAdapter, cache: KVCache, inp: StepInputs, skip: SkipSet, params: SamplingParams
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One skip-mode forward of `inp.token` at `inp.pos`; advances both to the chain's next token.
+
+    Returns (candidates (K,) best first, head (2,) float32 = [top-1 probability, top-1 token]).
+    """
+    visible = inp.cols <= inp.pos
+    cache.prepare_slots(inp.pos, cache.capacity)
+    logits = adapter.forward_static(inp.token, inp.pos, visible[None, :], inp.cols, cache, skip)
+    top = process_logits(logits, params).softmax(dim=-1).topk(inp.cand.shape[1], dim=-1)
+    head = torch.stack([top.values[0, 0], top.indices[0, 0].to(top.values.dtype)])
+    inp.token.copy_(top.indices[:, :1])
+    inp.pos.add_(1)
+    return top.indices[0], head
+
+
+def score_step(adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: int) -> torch.Tensor:
+    """The search's scoring forward: any skip set (from `inp.keep`) over `bucket` queries; logits `(B, vocab)`."""
+    slots = inp.score_slots[:bucket]
+    cache.prepare_slots(slots, cache.capacity)
+    return adapter.forward_static(
+        inp.score_ids[:bucket][None],
+        inp.score_pos[:bucket],
+        inp.score_allowed[:bucket],
+        inp.score_keys,
+        cache,
+        NO_SKIP,
+        keep=inp.keep != 0,
+    )
