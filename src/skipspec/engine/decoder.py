@@ -14,6 +14,7 @@ from ..errors import ConfigError
 from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
+from ..runtime import RuntimeConfig, StaticRuntime
 from ..search import FixedSkipPolicy, SkipPolicy, StepContext
 from ..tree import TreeLayout, build_tree
 from ..verify import accept_longest_path, target_tokens
@@ -84,6 +85,9 @@ class SwiftDecoder:
     Holds the model adapter and the skip-set policy (so a chosen set carries over to the next
     request of this decoder, and two decoders never share one). Not thread-safe: serve one request
     at a time per decoder.
+
+    `runtime` picks how steps execute (see `RuntimeConfig`): by default CUDA graphs over a
+    persistent cache on a GPU, eager forwards elsewhere. Both give the same tokens.
     """
 
     def __init__(
@@ -93,10 +97,17 @@ class SwiftDecoder:
         *,
         stop_token_ids: Optional[Iterable[int]] = None,
         policy: Optional[SkipPolicy] = None,
+        runtime: Optional[RuntimeConfig] = None,
     ) -> None:
         self.config = config or SwiftConfig()
         self.adapter = ModelAdapter(model)
         model.eval()
+        self.runtime_config = runtime or RuntimeConfig()
+        self.mode = self.runtime_config.resolved_mode(self.adapter.device)
+        # Allocates nothing yet: the first request sizes its cache and captures graphs on first use.
+        self.fast: Optional[StaticRuntime] = (
+            StaticRuntime(self.adapter, self.config, self.runtime_config, self.mode) if self.mode != "eager" else None
+        )
         self.initial_skip = resolve_skip_set(self.config, self.adapter.num_layers)
         if policy is None:
             if self.config.optimize:
@@ -143,6 +154,9 @@ class SwiftDecoder:
             vocab_size=self.adapter.vocab_size,
             max_positions=self.adapter.max_positions,
         )
+        if self.fast is not None:
+            # Fail before any work when the cache and step workspace cannot fit on the device.
+            self.fast.check(len(req.prompt), req.max_new_tokens, self._scratch(req), req.sampling.do_sample)
         counters = _Counters()
         start = time.perf_counter()
         chunks = self._run(req, counters)
@@ -151,6 +165,9 @@ class SwiftDecoder:
         return TokenStream(chunks, lambda tokens: self._stats(req, counters, tokens, time.perf_counter() - start))
 
     # -- the loop -------------------------------------------------------------------------------
+
+    def _scratch(self, req: Request) -> int:
+        return self.policy.scratch_slots if req.method == "swift" else 0
 
     def _run(self, req: Request, c: _Counters) -> Iterator[list[int]]:
         a, cfg = self.adapter, self.config
@@ -168,7 +185,10 @@ class SwiftDecoder:
         yield [first]
         if first in self.stop_tokens or state.emitted >= req.max_new_tokens:
             return
-        drafter = LayerSkipDrafter(a, state.cache, cfg, req.sampling, self.stop_tokens)
+        if self.fast is not None:
+            drafter = self.fast.drafter(req.sampling, self.stop_tokens, cfg)
+        else:
+            drafter = LayerSkipDrafter(a, state.cache, cfg, req.sampling, self.stop_tokens)
         while True:
             remaining = req.max_new_tokens - state.emitted
             skip = policy.skip_set() if policy else None
@@ -201,6 +221,10 @@ class SwiftDecoder:
     def _prefill(self, req: Request, capacity: int, generator: torch.Generator) -> _Running:
         a = self.adapter
         n = len(req.prompt)
+        if self.fast is not None:
+            cache = self.fast.reserve(n, req.max_new_tokens, self._scratch(req), req.sampling.do_sample)
+            root = self.fast.prefill(req.prompt, req.sampling, generator)
+            return _Running(cache, list(req.prompt) + [int(root.item())], n, root, emitted=1)
         cache = a.new_cache(capacity)
         device = a.device
         frame = Frame(
@@ -218,6 +242,11 @@ class SwiftDecoder:
         self, state: _Running, draft: Optional[Draft], sampling: SamplingParams, generator: torch.Generator
     ) -> tuple[int, list[int]]:
         """One full-model forward over the tree; commits the accepted path. Returns (accepted, new tokens)."""
+        if self.fast is not None:
+            length, bonus, path_tokens = self.fast.verify(state.committed, draft, sampling, generator)
+            state.committed += length
+            state.root = self.fast.inputs.root
+            return length - 1, path_tokens[1:] + [bonus]
         device = self.adapter.device
         layout: TreeLayout = build_tree(draft.widths if draft else ())
         n, committed = layout.size, state.committed
@@ -280,6 +309,9 @@ class SwiftDecoder:
             "skip_attn": sorted(skip.attn) if skip else [],
             "skip_mlp": sorted(skip.mlp) if skip else [],
             "do_sample": req.sampling.do_sample,
+            "runtime": self.mode,
+            "graph_captures": self.fast.captures if self.fast else 0,
+            "capture_time": self.fast.capture_time if self.fast else 0.0,
         }
 
 

@@ -32,7 +32,6 @@ class StepInputs:
     root:   (1,) the last emitted token, not yet in the cache (the verify step rewrites it)
     cand:   (D, K) draft candidates per depth, best first
     tree:   (2 + 3 * Bmax,) the verify step's `pack_tree` list
-    noise:  (Bmax, vocab) float32 Exp(1) draws for sampled verification (None until sampling is used)
     keep:   (2, L) int64, nonzero where the scoring forward keeps an attention / MLP sublayer
     score_ids, score_pos, score_slots: (Smax,) the scoring forward's tokens, positions and slots
     score_allowed: (Smax, C) bool; score_keys: (C,) position held by each slot
@@ -50,7 +49,6 @@ class StepInputs:
     score_slots: torch.Tensor
     score_allowed: torch.Tensor
     score_keys: torch.Tensor
-    noise: Optional[torch.Tensor] = None
 
     @classmethod
     def allocate(
@@ -132,16 +130,22 @@ def race_tokens(logits: torch.Tensor, params: SamplingParams, noise: Optional[to
 
 
 def verify_step(
-    adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: int, params: SamplingParams
+    adapter: ModelAdapter,
+    cache: KVCache,
+    inp: StepInputs,
+    bucket: int,
+    params: SamplingParams,
+    noise: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """Full-model forward over the padded tree, acceptance, and the commit of the accepted path.
 
+    noise: (Bmax, vocab) float32 Exp(1) draws, drawn before the replay (sampling only).
     Returns `AcceptedPath.packed` for this bucket, `(2B + 2,)`; rewrites `inp.root` with the bonus token.
     """
     f = tree_frame(inp, bucket)
     cache.prepare_slots(f.slots, cache.capacity)
     logits = adapter.forward_static(f.tokens.clamp(min=0)[None], f.positions, f.allowed, f.key_positions, cache, NO_SKIP)
-    targets = race_tokens(logits, params, inp.noise[:bucket] if params.do_sample else None)
+    targets = race_tokens(logits, params, noise[:bucket] if params.do_sample else None)
     result = accept_longest_path(f.tokens, f.parents, f.depths, f.ancestors, targets)
     if bucket > 1:
         # Move B slots whatever the path length: entries past it land past the committed length.

@@ -43,10 +43,12 @@ def accept_longest_path(
     correct = tokens == targets[parents.clamp(min=0)]
     correct[0] = True
     ok = ~(ancestors & ~correct[None, :]).any(dim=1)
-    deepest = torch.where(ok, depths, -1).argmax()
+    # Index with one-element tensors, never a 0-d one: `x[t]` with a 0-d device tensor reads it
+    # back to the host (a hidden sync, and an error inside a CUDA graph capture).
+    deepest = torch.where(ok, depths, -1).argmax().view(1)
     index = torch.arange(n, device=tokens.device)
-    on_path = ancestors[deepest]
+    on_path = ancestors.index_select(0, deepest)[0]
     path = torch.where(on_path, index, n).sort().values
-    head = torch.stack([on_path.sum(), targets[deepest]])
+    head = torch.cat([on_path.sum().view(1), targets.index_select(0, deepest)])
     path_tokens = tokens[path.clamp(max=n - 1)]
     return AcceptedPath(torch.cat([head, path, path_tokens]), path)

@@ -1,0 +1,253 @@
+"""The fast path: persistent buffers sized from the request, and one captured graph per step shape."""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Callable, Optional
+
+import torch
+
+from ..config import SamplingParams, SwiftConfig
+from ..drafting.base import Draft
+from ..errors import ConfigError
+from ..model.adapter import Frame, ModelAdapter
+from ..model.cache import KVCache
+from ..model.skipset import SkipSet
+from ..tree import build_tree, width_for
+from ..verify import target_tokens
+from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
+from .config import RuntimeConfig
+from .graphs import GraphCache, StepGraph
+from .memory import MemoryPlan, check_fits, plan_memory
+from .steps import NO_SKIP, StepInputs, draft_step, score_step, verify_step
+from .transfer import Uploader
+
+
+def sampling_key(params: SamplingParams) -> tuple:
+    """What a captured step's logits processing depends on (the seed is not: draws happen outside)."""
+    if not params.do_sample:
+        return ("greedy",)
+    return ("sample", params.temperature, params.top_p, params.top_k)
+
+
+class StaticRuntime:
+    """Fixed-shape steps over one persistent KV cache, replayed from CUDA graphs (or run directly).
+
+    Lives in one `SwiftDecoder` and serves its requests one at a time. The cache is sized from the
+    request (rounded up to `capacity_step`) and kept for later requests that fit, together with the
+    graphs captured against it: verify graphs per tree bucket, draft graphs per skip set (LRU),
+    scoring graphs per query bucket. A request that needs a larger cache drops them all.
+    """
+
+    def __init__(self, adapter: ModelAdapter, swift: SwiftConfig, config: RuntimeConfig, mode: str) -> None:
+        if mode not in ("static", "graphs"):
+            raise ConfigError(f"StaticRuntime runs modes 'static' and 'graphs', not {mode!r}")
+        self.adapter = adapter
+        self.config = config
+        self.mode = mode
+        self.topk = min(swift.topk, adapter.vocab_size)
+        self.max_depth = swift.max_draft_tokens
+        widest_tree = swift.max_tree_nodes + 1
+        self.tree_buckets = config.tree_buckets or powers_of_two(widest_tree)
+        if self.tree_buckets[-1] < widest_tree:
+            raise ConfigError(
+                f"tree_buckets end at {self.tree_buckets[-1]} but this SwiftConfig allows trees of {widest_tree} nodes"
+            )
+        self.score_buckets = config.score_buckets
+        self.cache: Optional[KVCache] = None
+        self.inputs: Optional[StepInputs] = None
+        self.noise: Optional[torch.Tensor] = None
+        self._pool = None
+        self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
+        self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
+        self._scores: GraphCache = GraphCache(len(self.score_buckets))
+        self._tree_upload = Uploader(packed_length(self.tree_buckets[-1]), adapter.device)
+        self._keep_upload = Uploader(2 * adapter.num_layers, adapter.device)
+        self.capture_time = 0.0
+
+    # -- sizing -----------------------------------------------------------------------------------
+
+    @property
+    def captures(self) -> int:
+        return self._drafts.captures + self._verifies.captures + self._scores.captures
+
+    def _capacity(self, prompt_len: int, max_new_tokens: int, scratch: int) -> int:
+        # A verify at the last committed slot writes a whole bucket; scoring writes past the tree.
+        score_room = bucket_for(scratch, self.score_buckets) if 0 < scratch <= self.score_buckets[-1] else scratch
+        needed = prompt_len + max_new_tokens + self.tree_buckets[-1] + score_room
+        return round_up(needed, self.config.capacity_step)
+
+    def _reusable(self, capacity: int, sampling: bool) -> bool:
+        held = self.cache.capacity if self.cache is not None else 0
+        # Attention reads the whole capacity, so a much larger held cache is not worth keeping.
+        return capacity <= held <= 2 * capacity and (self.noise is not None or not sampling)
+
+    def plan(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> MemoryPlan:
+        widest = max(self.tree_buckets[-1], self.score_buckets[-1])
+        return plan_memory(self.adapter, self._capacity(prompt_len, max_new_tokens, scratch), widest, sampling)
+
+    def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
+        """Raise `DeviceMemoryError` now if the request cannot get its cache and workspace."""
+        capacity = self._capacity(prompt_len, max_new_tokens, scratch)
+        if self._reusable(capacity, sampling):
+            return
+        held = self.cache.data.numel() * self.cache.data.element_size() if self.cache is not None else 0
+        plan = self.plan(prompt_len, max_new_tokens, scratch, sampling)
+        # What this runtime holds now is freed before the new cache is made.
+        check_fits(MemoryPlan(plan.capacity, plan.cache - held, plan.workspace), self.adapter.device, self.config.memory_margin)
+
+    @torch.inference_mode()
+    def reserve(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> KVCache:
+        """The cache for a request: the held one if it fits, else a new one (graphs recaptured)."""
+        capacity = self._capacity(prompt_len, max_new_tokens, scratch)
+        if self._reusable(capacity, sampling):
+            return self.cache  # type: ignore[return-value]
+        self.release()
+        plan = self.plan(prompt_len, max_new_tokens, scratch, sampling)
+        check_fits(plan, self.adapter.device, self.config.memory_margin)
+        a = self.adapter
+        self.cache = a.new_cache(capacity)
+        self.inputs = StepInputs.allocate(
+            capacity, self.max_depth, self.topk, self.tree_buckets[-1], self.score_buckets[-1], a.num_layers, a.device
+        )
+        if sampling:
+            self.noise = torch.ones(self.tree_buckets[-1], a.vocab_size, device=a.device)
+        if self.mode == "graphs":
+            self._pool = torch.cuda.graph_pool_handle()
+        return self.cache
+
+    def release(self) -> None:
+        """Drop the cache, buffers and graphs (their memory returns to PyTorch's allocator)."""
+        for graphs in (self._drafts, self._verifies, self._scores):
+            graphs.clear()
+        self.cache = self.inputs = self.noise = self._pool = None
+
+    def _step(self, program: Callable, mutable=()) -> StepGraph:
+        start = time.perf_counter()
+        step = StepGraph(program, capture=self.mode == "graphs", pool=self._pool, mutable=mutable)
+        self.capture_time += time.perf_counter() - start
+        return step
+
+    # -- steps ------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def set_root(self, root: torch.Tensor) -> torch.Tensor:
+        """Seed the root buffer (after prefill); returns it. Verify steps rewrite it in place."""
+        self.inputs.root.copy_(root.view(1))
+        return self.inputs.root
+
+    @torch.inference_mode()
+    def verify(
+        self, committed: int, draft: Optional[Draft], params: SamplingParams, generator: torch.Generator
+    ) -> tuple[int, int, list[int]]:
+        """One verify step (plain decoding when `draft` is None), committed in the cache.
+
+        Returns (path length with the root, bonus token, the path's tokens root first).
+        """
+        inp = self.inputs
+        layout = build_tree(draft.widths if draft is not None else ())
+        bucket = bucket_for(layout.size, self.tree_buckets)
+        if draft is not None and draft.candidates.data_ptr() != inp.cand.data_ptr():
+            inp.cand[: draft.depth, : draft.candidates.shape[1]].copy_(draft.candidates)
+        self._tree_upload.upload(pack_tree(layout, committed, bucket), inp.tree)
+        if params.do_sample:
+            # Only the real nodes' rows: the same draws as the eager path's for the same seed.
+            self.noise[: layout.size].exponential_(generator=generator)
+        key = (bucket, sampling_key(params))
+        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise)
+        step = self._verifies.get(key, lambda: self._step(program, mutable=(inp.root,)))
+        packed = step().tolist()  # the step's one host sync: the accepted path
+        length, bonus = packed[0], packed[1]
+        return length, bonus, packed[2 + bucket : 2 + bucket + length]
+
+    def drafter(self, params: SamplingParams, stop_tokens: frozenset[int], swift: SwiftConfig) -> "GraphDrafter":
+        return GraphDrafter(self, params, stop_tokens, swift)
+
+    def draft_graph(self, skip: SkipSet, params: SamplingParams) -> StepGraph:
+        inp = self.inputs
+        program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params)
+        return self._drafts.get((skip, sampling_key(params)), lambda: self._step(program, mutable=(inp.pos, inp.token)))
+
+    @torch.inference_mode()
+    def score(self, frame: Frame, skip: SkipSet, *, last_only: bool = False) -> torch.Tensor:
+        """`adapter.forward(frame, self.cache, skip, last_only=...)` for the search's scoring forwards.
+
+        One graph per query bucket serves every skip set (sublayers are kept or dropped by a select
+        on `keep`, see `ModelAdapter.forward_static`), so trying a new set costs no capture. It
+        computes every sublayer: use it for scoring, not for timing a skip set. Frames larger than
+        the biggest bucket, or writing past the cache, run eagerly.
+        """
+        q, v = frame.allowed.shape
+        start = frame.write_start
+        if q > self.score_buckets[-1] or start + bucket_for(q, self.score_buckets) > self.cache.capacity:
+            return self.adapter.forward(frame, self.cache, skip, last_only=last_only)
+        bucket = bucket_for(q, self.score_buckets)
+        inp = self.inputs
+        inp.score_ids[:q].copy_(frame.input_ids[0])
+        inp.score_pos[:q].copy_(frame.positions)
+        inp.score_pos[q:bucket].fill_(0)
+        inp.score_slots[:bucket].copy_(inp.cols[start : start + bucket])
+        allowed = inp.score_allowed[:bucket]
+        allowed.zero_()
+        allowed[:q, :v].copy_(frame.allowed)
+        # Padding queries write past the frame's slots and see only their own slot: finite garbage.
+        allowed[q:, start + q : start + bucket].diagonal().fill_(True)
+        inp.score_keys[:v].copy_(frame.key_positions)
+        keep = [int(i not in skip.attn) for i in range(self.adapter.num_layers)]
+        keep += [int(i not in skip.mlp) for i in range(self.adapter.num_layers)]
+        self._keep_upload.upload(keep, inp.keep.view(-1))
+        program = functools.partial(score_step, self.adapter, self.cache, inp, bucket)
+        logits = self._scores.get(bucket, lambda: self._step(program))()
+        return logits[q - 1 : q].clone() if last_only else logits[:q].clone()
+
+    @torch.inference_mode()
+    def prefill(self, prompt: tuple[int, ...], params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
+        """Eager forward over the prompt into the held cache (its length varies: not captured); the first token."""
+        a, n = self.adapter, len(prompt)
+        device = a.device
+        frame = Frame(
+            input_ids=torch.tensor([prompt], device=device),
+            positions=torch.arange(n, device=device),
+            write_start=0,
+            allowed=torch.ones(n, n, dtype=torch.bool, device=device).tril(),
+            key_positions=torch.arange(n, device=device),
+        )
+        logits = a.forward(frame, self.cache, NO_SKIP, last_only=True)
+        return self.set_root(target_tokens(logits, params, generator))
+
+
+class GraphDrafter:
+    """`LayerSkipDrafter` on the fast path: each drafted token is one replay of the skip set's graph.
+
+    The draft graph advances its own input token and position, so consecutive replays need no
+    host input. The returned `Draft.candidates` is a view of the runtime's candidate buffer,
+    valid until the next `propose` (the verify step reads it from there).
+    """
+
+    def __init__(self, runtime: StaticRuntime, params: SamplingParams, stop_tokens: frozenset[int], swift: SwiftConfig):
+        self.runtime = runtime
+        self.params = params
+        self.stop_tokens = stop_tokens
+        self.config = swift
+
+    @torch.inference_mode()
+    def propose(self, root: torch.Tensor, committed: int, max_depth: int, skip: SkipSet) -> Draft:
+        cfg, rt = self.config, self.runtime
+        inp = rt.inputs
+        step = rt.draft_graph(skip, self.params)
+        inp.token.copy_(root.view(1, 1))
+        inp.pos.fill_(committed)
+        widths, probs = [], []
+        for d in range(max_depth):
+            candidates, head = step()
+            inp.cand[d].copy_(candidates)
+            # SWIFT's confidence stop is a host decision: one small sync per drafted token (see
+            # docs/design.md, "GPU fast path", for why this is not batched).
+            p1, t1 = head.tolist()
+            probs.append(p1)
+            widths.append(min(width_for(p1, cfg.tree_schedule, cfg.tree_default_width), rt.topk))
+            if p1 < cfg.confidence_threshold or int(t1) in self.stop_tokens:
+                break
+        depth = len(widths)
+        return Draft(inp.cand[:depth], tuple(widths), tuple(probs), depth)
