@@ -85,3 +85,26 @@ def tiny_model(family: str, seed: int = 0, dtype=torch.float32, damp: float = 0.
                 if name.endswith(("o_proj", "down_proj")):
                     module.weight.mul_(damp)
     return model
+
+
+def save_tiny(path, family: str = "llama", seed: int = 0) -> str:
+    """Save a tiny model and a word-level tokenizer over its vocabulary to `path`; return the path.
+
+    The tokenizer maps words "w0".."w96" (whitespace separated) to ids 0..96, with "w1" as EOS,
+    so a folder like this loads through `skipspec.load` exactly as a real checkpoint does.
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import WhitespaceSplit
+    from transformers import PreTrainedTokenizerFast
+
+    model = tiny_model(family, seed=seed)
+    vocab = {f"w{i}": i for i in range(model.config.vocab_size)}
+    core = Tokenizer(WordLevel(vocab, unk_token="w0"))
+    core.pre_tokenizer = WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="w0", eos_token="w1", pad_token="w0")
+    model.config.eos_token_id = 1
+    model.generation_config.eos_token_id = 1
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -9,7 +9,7 @@ attention never calls the cache, so it writes no KV.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -138,6 +138,7 @@ class ModelAdapter:
         skip: SkipSet,
         *,
         keep: Optional[torch.Tensor] = None,
+        sublayers: Optional["Sublayers"] = None,
     ) -> torch.Tensor:
         """The fixed-shape forward the CUDA-graph runtime captures: logits `(Q, vocab)`, float32.
 
@@ -149,9 +150,10 @@ class ModelAdapter:
         residual update is kept only where `keep[0]` (attention) / `keep[1]` (MLP) is True; `skip`
         is then ignored. The result equals skipping those sublayers exactly (a select, not a
         multiply), so one captured graph scores any skip set. Costs a full forward.
+        sublayers: compiled sublayer regions (see `Sublayers`); None runs the plain ones.
         """
         masks = self._masks(allowed, positions, key_positions, additive=True)
-        return self._layers(input_ids, positions, masks, cache, skip, keep, False)
+        return self._layers(input_ids, positions, masks, cache, skip, keep, False, sublayers)
 
     def _layers(
         self,
@@ -162,32 +164,62 @@ class ModelAdapter:
         skip: SkipSet,
         keep: Optional[torch.Tensor],
         last_only: bool,
+        sublayers: Optional["Sublayers"] = None,
     ) -> torch.Tensor:
+        run = sublayers or PLAIN_SUBLAYERS
         hidden = self.base.embed_tokens(input_ids)
         rope = self._rope(hidden, positions)
         sandwich = self.spec.sandwich_norms
         for i, layer in enumerate(self.layers):
             kind = self.layer_types[i]
-            if keep is not None or i not in skip.attn:
-                x = layer.input_layernorm(hidden)
-                x, _ = layer.self_attn(
-                    hidden_states=x,
-                    position_embeddings=rope[kind],
-                    attention_mask=masks[kind],
-                    past_key_values=cache,
-                )
-                if sandwich:
-                    x = layer.post_attention_layernorm(x)
-                hidden = hidden + x if keep is None else torch.where(keep[0, i], hidden + x, hidden)
-            if keep is not None or i not in skip.mlp:
-                x = layer.pre_feedforward_layernorm(hidden) if sandwich else layer.post_attention_layernorm(hidden)
-                x = layer.mlp(x)
-                if sandwich:
-                    x = layer.post_feedforward_layernorm(x)
-                hidden = hidden + x if keep is None else torch.where(keep[1, i], hidden + x, hidden)
+            kv = run.caches[i] if run.caches is not None else cache
+            if keep is not None:
+                hidden = torch.where(keep[0, i], run.attention(layer, hidden, rope[kind], masks[kind], kv, sandwich), hidden)
+                hidden = torch.where(keep[1, i], run.mlp(layer, hidden, sandwich), hidden)
+                continue
+            if i not in skip.attn:
+                hidden = run.attention(layer, hidden, rope[kind], masks[kind], kv, sandwich)
+            if i not in skip.mlp:
+                hidden = run.mlp(layer, hidden, sandwich)
         if last_only:
             hidden = hidden[:, -1:]
         logits = self.model.lm_head(self.base.norm(hidden))[0]
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits.float()
+
+
+def attention_sublayer(layer, hidden: torch.Tensor, rope, mask: torch.Tensor, cache, sandwich: bool) -> torch.Tensor:
+    """`hidden` plus one layer's attention sublayer (its norms included), as that layer's family composes it."""
+    x = layer.input_layernorm(hidden)
+    x, _ = layer.self_attn(hidden_states=x, position_embeddings=rope, attention_mask=mask, past_key_values=cache)
+    if sandwich:
+        x = layer.post_attention_layernorm(x)
+    return hidden + x
+
+
+def mlp_sublayer(layer, hidden: torch.Tensor, sandwich: bool) -> torch.Tensor:
+    """`hidden` plus one layer's MLP sublayer (its norms included)."""
+    x = layer.pre_feedforward_layernorm(hidden) if sandwich else layer.post_attention_layernorm(hidden)
+    x = layer.mlp(x)
+    if sandwich:
+        x = layer.post_feedforward_layernorm(x)
+    return hidden + x
+
+
+@dataclass(frozen=True)
+class Sublayers:
+    """How the adapter runs each sublayer: the plain functions above, or compiled copies of them.
+
+    The functions take the layer module as an argument, so one compiled copy serves every layer.
+    caches: per-layer objects passed as `past_key_values` instead of the shared cache (a
+    `LayerKV` each): a compiled region must not see the layer index, or it would be specialised,
+    and recompiled, once per layer.
+    """
+
+    attention: Callable = attention_sublayer
+    mlp: Callable = mlp_sublayer
+    caches: Optional[Sequence] = None
+
+
+PLAIN_SUBLAYERS = Sublayers()

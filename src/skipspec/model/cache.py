@@ -85,3 +85,22 @@ class KVCache:
     def positions_view(self, upto: int) -> torch.Tensor:
         """Keys and values of slots [0, upto): `[layers, 2, 1, heads, upto, head_dim]` (for tests and scoring)."""
         return self.data[:, :, :, :, :upto]
+
+
+class LayerKV:
+    """One layer's view of a `KVCache`, for compiled sublayer regions.
+
+    `update` ignores the layer index it is given, so a region compiled once serves every layer;
+    it writes where the shared cache was last routed (`prepare` / `prepare_slots`).
+    """
+
+    def __init__(self, cache: KVCache, layer_idx: int) -> None:
+        self.cache = cache
+        self.keys = cache.data[layer_idx, 0]
+        self.values = cache.data[layer_idx, 1]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        slots, visible = self.cache._write, self.cache._visible
+        self.keys.index_copy_(2, slots, key_states.to(self.keys.dtype))
+        self.values.index_copy_(2, slots, value_states.to(self.values.dtype))
+        return self.keys[:, :, :visible], self.values[:, :, :visible]
