@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
+from tiny_models import tiny_model
 
 from skipspec import SwiftConfig, SwiftDecoder
-from tiny_models import tiny_model
 
 
 def make_decoder(**cfg):

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import tiny_model
 from transformers import GPT2Config, GPT2LMHeadModel
 from typer.testing import CliRunner
 
 import skipspec
-from skipspec import ConfigError, InputError, ModelNotFoundError, SwiftConfig, SwiftDecoder, UnsupportedArchitectureError
+from skipspec import (
+    ConfigError,
+    InputError,
+    ModelNotFoundError,
+    SwiftConfig,
+    SwiftDecoder,
+    UnsupportedArchitectureError,
+)
 from skipspec.cli import app
-from tiny_models import tiny_model
 
 
 @pytest.fixture(scope="module")

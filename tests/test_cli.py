@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from tiny_models import save_tiny
 from typer.testing import CliRunner
 
 from skipspec.cli import app
-from tiny_models import save_tiny
 
 
 def run(*args):

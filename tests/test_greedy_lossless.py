@@ -11,9 +11,9 @@ import random
 
 import pytest
 import torch
+from tiny_models import FAMILIES, tiny_model
 
 from skipspec import SkipSet, SwiftConfig, SwiftDecoder
-from tiny_models import FAMILIES, tiny_model
 
 CASES_PER_FAMILY = 30
 

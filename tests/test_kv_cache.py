@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import FAMILIES, tiny_model
 
 from skipspec import SkipSet, SwiftConfig, SwiftDecoder
 from skipspec.model.adapter import Frame
-from tiny_models import FAMILIES, tiny_model
 
 
 class RecordingDecoder(SwiftDecoder):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -45,11 +44,11 @@ def generate(
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"),
     top_k: int = typer.Option(0, "--top-k"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
-    skip_attn: Optional[str] = typer.Option(None, "--skip-attn", help="Comma-separated layer indices."),
-    skip_mlp: Optional[str] = typer.Option(None, "--skip-mlp", help="Comma-separated layer indices."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    seed: int | None = typer.Option(None, "--seed"),
+    skip_attn: str | None = typer.Option(None, "--skip-attn", help="Comma-separated layer indices."),
+    skip_mlp: str | None = typer.Option(None, "--skip-mlp", help="Comma-separated layer indices."),
+    device: str | None = typer.Option(None, "--device"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, tokens, stats."),
     compare: bool = typer.Option(False, "--compare", help="Also run plain decoding first and compare speed and output."),
 ) -> None:
@@ -105,7 +104,7 @@ def _public(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k != "accepted_per_step"}
 
 
-def _indices(text: Optional[str]) -> Optional[list[int]]:
+def _indices(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
@@ -131,15 +130,15 @@ def bench(
         help="Comma-separated: spec-bench, humaneval, a Spec-Bench-format .jsonl file, or a text file (one prompt a line).",
     ),
     methods: str = typer.Option("ar,swift,hf,hf-pld", "--methods", help="Comma-separated method names."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Prompts per category (default: all)."),
+    limit: int | None = typer.Option(None, "--limit", help="Prompts per category (default: all)."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed, the same for every method."),
     repeats: int = typer.Option(1, "--repeats", help="Timed runs per prompt and method; the median is kept."),
     out: str = typer.Option("bench_results", "--out", "-o", help="Folder for results.json, report.md and plots."),
-    device: Optional[str] = typer.Option(None, "--device"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
+    device: str | None = typer.Option(None, "--device"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
 ) -> None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 from .errors import ConfigError
 
@@ -18,7 +18,7 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
-def _index_tuple(name: str, value: Optional[Sequence[int]]) -> Optional[tuple[int, ...]]:
+def _index_tuple(name: str, value: Sequence[int] | None) -> tuple[int, ...] | None:
     if value is None:
         return None
     try:
@@ -29,6 +29,85 @@ def _index_tuple(name: str, value: Optional[Sequence[int]]) -> Optional[tuple[in
     return out
 
 
+#: Search objectives, each also the name of a preset of the search's other settings.
+OBJECTIVES = ("speed", "paper")
+
+# What a `SearchConfig` field left at None becomes, per objective. "paper" is SWIFT's reference
+# settings (one proposal per step, stop at matchness > 0.93, after 300 proposals without
+# improvement or 1000 in all); "speed" spends a bounded share of each step and re-looks for ever.
+_PRESETS: dict[str, dict[str, float]] = {
+    "paper": dict(bayes_interval=25, stop_score=0.93, patience=300, max_proposals=1000,
+                  step_budget=math.inf, proposals_per_step=1),
+    "speed": dict(bayes_interval=0, stop_score=math.inf, patience=24, max_proposals=200,
+                  step_budget=0.05, proposals_per_step=2),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """The on-the-fly skip-set search (`skipspec.search`). Fields left at None take the objective's preset.
+
+    objective: "speed" (maximise expected tokens/s from measured costs; the empty set, i.e. plain
+        decoding, is a candidate) or "paper" (SWIFT: maximise matchness at a fixed skip ratio).
+    context_window: generated tokens a candidate is scored on; the search starts once a request
+        has produced `context_window + 1` tokens.
+    skip_ratio: "paper" only: every proposal skips int(2 * (layers - 2) * skip_ratio) sublayers.
+    bayes_interval: every n-th proposal comes from Bayesian optimisation (0: never).
+    stop_score: "paper": stop for good once a set's matchness exceeds this (inf: never).
+    patience: stop after this many proposals without improvement ("speed": per round).
+    max_proposals: stop after this many proposals ("speed": per round).
+    step_budget: seconds the search may spend per verify step, as a fraction of the measured cost
+        of a plain step, on average (inf: no time cap, only `proposals_per_step`).
+    proposals_per_step: at most this many scoring forwards per verify step.
+    relook_steps: "speed": verify steps between a settled search and the next look (doubles while
+        nothing changes, up to 32x).
+    min_gain: "speed": a set must beat plain decoding's expected tokens/s by this fraction.
+    persist: read and write chosen sets in the layer-set store (`skipspec.search.store`).
+    task: the store's task tag (sets are kept per model, dtype, device kind and task).
+    seed: seeds the random proposals.
+    """
+
+    objective: str = "speed"
+    context_window: int = 32
+    skip_ratio: float = 0.45
+    bayes_interval: Optional[int] = None
+    stop_score: Optional[float] = None
+    patience: Optional[int] = None
+    max_proposals: Optional[int] = None
+    step_budget: Optional[float] = None
+    proposals_per_step: Optional[int] = None
+    relook_steps: int = 128
+    min_gain: float = 0.03
+    persist: bool = True
+    task: str = "default"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.objective in OBJECTIVES, f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        for name, value in _PRESETS[self.objective].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+
+        def whole(name: str, low: int) -> None:
+            v = getattr(self, name)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v >= low, f"{name} must be an integer >= {low}, got {v!r}")
+
+        def number(name: str) -> float:
+            v = getattr(self, name)
+            _check(isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v), f"{name} must be a number, got {v!r}")
+            return float(v)
+
+        for name, low in (("context_window", 1), ("bayes_interval", 0), ("patience", 1), ("max_proposals", 1),
+                          ("proposals_per_step", 1), ("relook_steps", 1), ("seed", 0)):  # fmt: skip
+            whole(name, low)
+        _check(0.0 < number("skip_ratio") < 1.0, f"skip_ratio must be in (0, 1), got {self.skip_ratio!r}")
+        _check(number("stop_score") > 0.0, f"stop_score must be > 0 (inf: never stop on score), got {self.stop_score!r}")
+        _check(number("step_budget") > 0.0, f"step_budget must be > 0 (inf: no time cap), got {self.step_budget!r}")
+        _check(0.0 <= number("min_gain") < 1.0, f"min_gain must be in [0, 1), got {self.min_gain!r}")
+        _check(isinstance(self.persist, bool), f"persist must be True or False, got {self.persist!r}")
+        _check(isinstance(self.task, str) and bool(self.task.strip()), f"task must be a non-empty string, got {self.task!r}")
+
+
 @dataclass(frozen=True)
 class SwiftConfig:
     """How SWIFT drafts and verifies.
@@ -36,13 +115,17 @@ class SwiftConfig:
     skip_attn / skip_mlp: layer indices whose attention / MLP sublayer the draft skips. Both None
     means SWIFT's starting set (every other inner layer). Indices are checked against the model
     when a decoder is built.
-    optimize: search a better skip set while generating (see `skipspec.search`). When False the
-    given (or starting) set is used throughout.
+    optimize: search a better skip set while generating (see `skipspec.search` and `search`).
+    When False the given (or starting) set is used throughout.
+    search: how the search runs: a `SearchConfig`, or just an objective/preset name
+    ("speed", the default: maximise measured tokens/s, plain decoding included; "paper": SWIFT's
+    own matchness search at a fixed skip ratio).
     """
 
-    skip_attn: Optional[tuple[int, ...]] = None
-    skip_mlp: Optional[tuple[int, ...]] = None
-    optimize: bool = False
+    skip_attn: tuple[int, ...] | None = None
+    skip_mlp: tuple[int, ...] | None = None
+    optimize: bool = True
+    search: Union[SearchConfig, str, None] = None
     confidence_threshold: float = 0.8
     max_draft_tokens: int = 25
     topk: int = 10
@@ -50,6 +133,12 @@ class SwiftConfig:
     tree_default_width: int = 10
 
     def __post_init__(self) -> None:
+        search = SearchConfig() if self.search is None else self.search
+        if isinstance(search, str):
+            search = SearchConfig(objective=search)
+        _check(isinstance(search, SearchConfig), f"search must be a SearchConfig or an objective name, got {search!r}")
+        object.__setattr__(self, "search", search)
+        _check(isinstance(self.optimize, bool), f"optimize must be True or False, got {self.optimize!r}")
         object.__setattr__(self, "skip_attn", _index_tuple("skip_attn", self.skip_attn))
         object.__setattr__(self, "skip_mlp", _index_tuple("skip_mlp", self.skip_mlp))
         _check(
@@ -91,7 +180,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    seed: Optional[int] = None
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         _check(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 
@@ -13,7 +12,7 @@ from .model.arch import ARCHS, supported_list
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def resolve_device(device: Optional[str]) -> torch.device:
+def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -25,7 +24,7 @@ def resolve_device(device: Optional[str]) -> torch.device:
     return dev
 
 
-def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if dtype is None:
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
@@ -55,7 +54,7 @@ def _locate(ref: str) -> tuple[str, dict]:
     return ref, {}
 
 
-def load(ref: str, device: Optional[str] = None, dtype: Union[str, torch.dtype, None] = None):
+def load(ref: str, device: str | None = None, dtype: str | torch.dtype | None = None):
     """Load a causal LM and its tokenizer from a folder, a .gguf file, an offline model name or a hub id.
 
     The architecture is checked from the config before any weights are read.

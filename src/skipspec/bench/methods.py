@@ -88,11 +88,15 @@ class HFMethod:
     def _config(self, settings: GenSettings):
         from transformers import GenerationConfig
 
-        sampling = dict(do_sample=True, temperature=settings.temperature) if settings.do_sample else dict(do_sample=False)
+        # top_k / top_p only when sampling: greedy ignores them and transformers warns about them.
+        sampling = (
+            dict(do_sample=True, temperature=settings.temperature, top_k=0, top_p=1.0)
+            if settings.do_sample
+            else dict(do_sample=False)
+        )
         return GenerationConfig(
             max_new_tokens=settings.max_new_tokens, min_new_tokens=0, eos_token_id=self.stop_ids,
-            pad_token_id=self.pad_id, top_k=0, top_p=1.0, repetition_penalty=1.0, num_beams=1,
-            **sampling, **self.extra,
+            pad_token_id=self.pad_id, repetition_penalty=1.0, num_beams=1, **sampling, **self.extra,
         )  # fmt: skip
 
     def generate(self, ids: Sequence[int], settings: GenSettings) -> Outcome:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import torch
 
 from ..config import SamplingParams, SwiftConfig

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Optional
 
 import torch
 
@@ -93,11 +93,11 @@ class SwiftDecoder:
     def __init__(
         self,
         model: torch.nn.Module,
-        config: Optional[SwiftConfig] = None,
+        config: SwiftConfig | None = None,
         *,
-        stop_token_ids: Optional[Iterable[int]] = None,
-        policy: Optional[SkipPolicy] = None,
-        runtime: Optional[RuntimeConfig] = None,
+        stop_token_ids: Iterable[int] | None = None,
+        policy: SkipPolicy | None = None,
+        runtime: RuntimeConfig | None = None,
     ) -> None:
         self.config = config or SwiftConfig()
         self.adapter = ModelAdapter(model)
@@ -105,7 +105,7 @@ class SwiftDecoder:
         self.runtime_config = runtime or RuntimeConfig()
         self.mode = self.runtime_config.resolved_mode(self.adapter.device)
         # Allocates nothing yet: the first request sizes its cache and captures graphs on first use.
-        self.fast: Optional[StaticRuntime] = (
+        self.fast: StaticRuntime | None = (
             StaticRuntime(self.adapter, self.config, self.runtime_config, self.mode) if self.mode != "eager" else None
         )
         self.initial_skip = resolve_skip_set(self.config, self.adapter.num_layers)
@@ -136,7 +136,7 @@ class SwiftDecoder:
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = 0,
-        seed: Optional[int] = None,
+        seed: int | None = None,
         streamer=None,
     ) -> TokenStream:
         """Start a request; iterate the returned stream to run it.
@@ -239,7 +239,7 @@ class SwiftDecoder:
         return _Running(cache, list(req.prompt) + [int(root.item())], n, root, emitted=1)
 
     def _verify(
-        self, state: _Running, draft: Optional[Draft], sampling: SamplingParams, generator: torch.Generator
+        self, state: _Running, draft: Draft | None, sampling: SamplingParams, generator: torch.Generator
     ) -> tuple[int, list[int]]:
         """One full-model forward over the tree; commits the accepted path. Returns (accepted, new tokens)."""
         if self.fast is not None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Union
 
 import torch
 
@@ -12,7 +13,7 @@ from ..errors import InputError
 
 METHODS = ("swift", "ar")
 
-PromptIds = Union[Sequence[int], torch.Tensor]
+PromptIds = Union[Sequence[int], torch.Tensor]  # noqa: UP007 (a runtime alias)
 
 
 @dataclass(frozen=True)

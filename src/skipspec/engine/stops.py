@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 # End-of-turn markers of the supported families' chat templates. transformers versions disagree
 # on which of them a GGUF tokenizer reports as `eos_token_id` (5.17 reads SmolLM2's as

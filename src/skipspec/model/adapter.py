@@ -8,8 +8,8 @@ attention never calls the cache, so it writes no KV.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -62,8 +62,8 @@ class ModelAdapter:
             )
         self.additive_mask = impl == "eager"
         self.layer_types = self._layer_types(config, self.num_layers)
-        self.window: Optional[int] = getattr(config, "sliding_window", None)
-        self.softcap: Optional[float] = getattr(config, "final_logit_softcapping", None)
+        self.window: int | None = getattr(config, "sliding_window", None)
+        self.softcap: float | None = getattr(config, "final_logit_softcapping", None)
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
@@ -137,8 +137,8 @@ class ModelAdapter:
         cache: KVCache,
         skip: SkipSet,
         *,
-        keep: Optional[torch.Tensor] = None,
-        sublayers: Optional["Sublayers"] = None,
+        keep: torch.Tensor | None = None,
+        sublayers: Sublayers | None = None,
     ) -> torch.Tensor:
         """The fixed-shape forward the CUDA-graph runtime captures: logits `(Q, vocab)`, float32.
 
@@ -162,9 +162,9 @@ class ModelAdapter:
         masks: dict[str, torch.Tensor],
         cache: KVCache,
         skip: SkipSet,
-        keep: Optional[torch.Tensor],
+        keep: torch.Tensor | None,
         last_only: bool,
-        sublayers: Optional["Sublayers"] = None,
+        sublayers: Sublayers | None = None,
     ) -> torch.Tensor:
         run = sublayers or PLAIN_SUBLAYERS
         hidden = self.base.embed_tokens(input_ids)
@@ -219,7 +219,7 @@ class Sublayers:
 
     attention: Callable = attention_sublayer
     mlp: Callable = mlp_sublayer
-    caches: Optional[Sequence] = None
+    caches: Sequence | None = None
 
 
 PLAIN_SUBLAYERS = Sublayers()

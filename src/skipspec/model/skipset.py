@@ -6,8 +6,8 @@ passed around without anyone mutating a shared copy.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from ..errors import ConfigError
 
@@ -20,15 +20,15 @@ class SkipSet:
     mlp: frozenset[int] = frozenset()
 
     @classmethod
-    def of(cls, attn: Iterable[int] = (), mlp: Iterable[int] = ()) -> "SkipSet":
+    def of(cls, attn: Iterable[int] = (), mlp: Iterable[int] = ()) -> SkipSet:
         return cls(frozenset(int(i) for i in attn), frozenset(int(i) for i in mlp))
 
     @classmethod
-    def empty(cls) -> "SkipSet":
+    def empty(cls) -> SkipSet:
         return cls()
 
     @classmethod
-    def starting(cls, num_layers: int) -> "SkipSet":
+    def starting(cls, num_layers: int) -> SkipSet:
         """SWIFT's starting set: every other layer's attention and MLP, first and last layer kept.
 
         >>> SkipSet.starting(6).attn
@@ -38,7 +38,7 @@ class SkipSet:
         return cls.of(inner, inner)
 
     @classmethod
-    def from_slots(cls, slots: Iterable[int], num_layers: int) -> "SkipSet":
+    def from_slots(cls, slots: Iterable[int], num_layers: int) -> SkipSet:
         """Build from flat slot indices: slot s < L-2 is attention of layer s+1, else MLP of layer s-(L-2)+1."""
         n = num_layers - 2
         attn, mlp = [], []
@@ -56,7 +56,7 @@ class SkipSet:
     def __len__(self) -> int:
         return len(self.attn) + len(self.mlp)
 
-    def validate(self, num_layers: int) -> "SkipSet":
+    def validate(self, num_layers: int) -> SkipSet:
         """Raise ConfigError unless every index names an inner layer (first and last are never skipped)."""
         for kind, idx in (("skip_attn", self.attn), ("skip_mlp", self.mlp)):
             bad = sorted(i for i in idx if not 1 <= i <= num_layers - 2)

@@ -28,6 +28,9 @@ class RuntimeConfig:
     capacity_step: the KV cache's capacity is rounded up to a multiple of this, so requests of
     similar length reuse one cache and the graphs captured against it.
     memory_margin: fraction of the free device memory a request may plan to use.
+    fuse: compile the attention and MLP sublayer functions with TorchInductor (fewer, fused
+    kernels inside each graph; see `skipspec.runtime.fuse`). Off by default: the first use of
+    each step shape then compiles for tens of seconds.
     """
 
     mode: str = "auto"
@@ -36,6 +39,7 @@ class RuntimeConfig:
     score_buckets: tuple[int, ...] = (16, 32, 64, 128)
     capacity_step: int = 256
     memory_margin: float = 0.9
+    fuse: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

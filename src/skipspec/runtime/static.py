@@ -59,6 +59,7 @@ class StaticRuntime:
         self.inputs: Optional[StepInputs] = None
         self.noise: Optional[torch.Tensor] = None
         self._pool = None
+        self._sublayers = None
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(len(self.score_buckets))
@@ -115,13 +116,17 @@ class StaticRuntime:
             self.noise = torch.ones(self.tree_buckets[-1], a.vocab_size, device=a.device)
         if self.mode == "graphs":
             self._pool = torch.cuda.graph_pool_handle()
+        if self.config.fuse:
+            from .fuse import compiled_sublayers  # torch.compile is imported only when asked for
+
+            self._sublayers = compiled_sublayers(self.cache, a.num_layers)
         return self.cache
 
     def release(self) -> None:
         """Drop the cache, buffers and graphs (their memory returns to PyTorch's allocator)."""
         for graphs in (self._drafts, self._verifies, self._scores):
             graphs.clear()
-        self.cache = self.inputs = self.noise = self._pool = None
+        self.cache = self.inputs = self.noise = self._pool = self._sublayers = None
 
     def _step(self, program: Callable, mutable=()) -> StepGraph:
         start = time.perf_counter()
@@ -155,7 +160,7 @@ class StaticRuntime:
             # Only the real nodes' rows: the same draws as the eager path's for the same seed.
             self.noise[: layout.size].exponential_(generator=generator)
         key = (bucket, sampling_key(params))
-        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise)
+        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise, self._sublayers)
         step = self._verifies.get(key, lambda: self._step(program, mutable=(inp.root,)))
         packed = step().tolist()  # the step's one host sync: the accepted path
         length, bonus = packed[0], packed[1]
@@ -166,7 +171,7 @@ class StaticRuntime:
 
     def draft_graph(self, skip: SkipSet, params: SamplingParams) -> StepGraph:
         inp = self.inputs
-        program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params)
+        program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params, self._sublayers)
         return self._drafts.get((skip, sampling_key(params)), lambda: self._step(program, mutable=(inp.pos, inp.token)))
 
     @torch.inference_mode()
@@ -197,7 +202,7 @@ class StaticRuntime:
         keep = [int(i not in skip.attn) for i in range(self.adapter.num_layers)]
         keep += [int(i not in skip.mlp) for i in range(self.adapter.num_layers)]
         self._keep_upload.upload(keep, inp.keep.view(-1))
-        program = functools.partial(score_step, self.adapter, self.cache, inp, bucket)
+        program = functools.partial(score_step, self.adapter, self.cache, inp, bucket, self._sublayers)
         logits = self._scores.get(bucket, lambda: self._step(program))()
         return logits[q - 1 : q].clone() if last_only else logits[:q].clone()
 

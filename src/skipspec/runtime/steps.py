@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from ..config import SamplingParams
-from ..model.adapter import ModelAdapter
+from ..model.adapter import ModelAdapter, Sublayers
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
 from ..verify import accept_longest_path, process_logits
@@ -136,6 +136,7 @@ def verify_step(
     bucket: int,
     params: SamplingParams,
     noise: Optional[torch.Tensor],
+    sublayers: Optional[Sublayers] = None,
 ) -> torch.Tensor:
     """Full-model forward over the padded tree, acceptance, and the commit of the accepted path.
 
@@ -144,7 +145,9 @@ def verify_step(
     """
     f = tree_frame(inp, bucket)
     cache.prepare_slots(f.slots, cache.capacity)
-    logits = adapter.forward_static(f.tokens.clamp(min=0)[None], f.positions, f.allowed, f.key_positions, cache, NO_SKIP)
+    logits = adapter.forward_static(
+        f.tokens.clamp(min=0)[None], f.positions, f.allowed, f.key_positions, cache, NO_SKIP, sublayers=sublayers
+    )
     targets = race_tokens(logits, params, noise[:bucket] if params.do_sample else None)
     result = accept_longest_path(f.tokens, f.parents, f.depths, f.ancestors, targets)
     if bucket > 1:
@@ -155,7 +158,12 @@ def verify_step(
 
 
 def draft_step(
-    adapter: ModelAdapter, cache: KVCache, inp: StepInputs, skip: SkipSet, params: SamplingParams
+    adapter: ModelAdapter,
+    cache: KVCache,
+    inp: StepInputs,
+    skip: SkipSet,
+    params: SamplingParams,
+    sublayers: Optional[Sublayers] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One skip-mode forward of `inp.token` at `inp.pos`; advances both to the chain's next token.
 
@@ -163,7 +171,7 @@ def draft_step(
     """
     visible = inp.cols <= inp.pos
     cache.prepare_slots(inp.pos, cache.capacity)
-    logits = adapter.forward_static(inp.token, inp.pos, visible[None, :], inp.cols, cache, skip)
+    logits = adapter.forward_static(inp.token, inp.pos, visible[None, :], inp.cols, cache, skip, sublayers=sublayers)
     top = process_logits(logits, params).softmax(dim=-1).topk(inp.cand.shape[1], dim=-1)
     head = torch.stack([top.values[0, 0], top.indices[0, 0].to(top.values.dtype)])
     inp.token.copy_(top.indices[:, :1])
@@ -171,7 +179,9 @@ def draft_step(
     return top.indices[0], head
 
 
-def score_step(adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: int) -> torch.Tensor:
+def score_step(
+    adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: int, sublayers: Optional[Sublayers] = None
+) -> torch.Tensor:
     """The search's scoring forward: any skip set (from `inp.keep`) over `bucket` queries; logits `(B, vocab)`."""
     slots = inp.score_slots[:bucket]
     cache.prepare_slots(slots, cache.capacity)
@@ -183,4 +193,5 @@ def score_step(adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: i
         cache,
         NO_SKIP,
         keep=inp.keep != 0,
+        sublayers=sublayers,
     )

@@ -8,9 +8,9 @@ occupies during verification is `committed + index`, and every node's ancestors 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Sequence
 
 import torch
 

@@ -19,8 +19,6 @@ matches). The single draw needs no per-sibling loop and no host synchronisation.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from ..config import SamplingParams
@@ -50,7 +48,7 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
 
 
 def target_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: Optional[torch.Generator]
+    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> torch.Tensor:
     """The full model's choice at each row of `(N, vocab)` logits: argmax, or one sample each.
 
