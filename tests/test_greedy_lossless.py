@@ -7,6 +7,7 @@ stop tokens.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -14,11 +15,24 @@ import torch
 from tiny_models import FAMILIES, tiny_model
 
 from skipspec import SkipSet, SwiftConfig, SwiftDecoder
+from skipspec.config import SearchConfig
 
 CASES_PER_FAMILY = 30
 
 
-def _random_config(rng: random.Random, num_layers: int) -> SwiftConfig:
+def _random_search(rng: random.Random) -> SearchConfig:
+    """A search that runs within these short generations: tiny context, no time cap, either objective."""
+    return SearchConfig(
+        objective=rng.choice(["paper", "speed"]),
+        context_window=rng.randint(1, 8),
+        step_budget=math.inf,
+        proposals_per_step=rng.randint(1, 3),
+        persist=False,
+        seed=rng.randrange(1000),
+    )
+
+
+def _random_config(rng: random.Random, num_layers: int, optimize: bool = False) -> SwiftConfig:
     inner = list(range(1, num_layers - 1))
     style = rng.choice(["empty", "all", "random", "random", "starting"])
     if style == "starting":
@@ -36,6 +50,8 @@ def _random_config(rng: random.Random, num_layers: int) -> SwiftConfig:
         confidence_threshold=rng.choice([0.0, 0.0, 0.0, 0.1, 0.5, 0.8, 1.0]),
         max_draft_tokens=rng.randint(1, 12),
         topk=rng.randint(1, 10),
+        optimize=optimize,
+        search=_random_search(rng) if optimize else None,
     )
 
 
@@ -56,14 +72,16 @@ def _hf_greedy(model, prompt: torch.Tensor, max_new: int, stop: list[int]) -> li
     return out
 
 
+@pytest.mark.parametrize("optimize", [False, True], ids=["fixed-set", "search"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_greedy_swift_matches_plain_decoding_and_transformers(family):
+def test_greedy_swift_matches_plain_decoding_and_transformers(family, optimize):
+    """With `optimize` the skip set changes between steps as the on-the-fly search runs: never the output."""
     model = tiny_model(family)
     num_layers = model.config.num_hidden_layers
-    rng = random.Random(f"greedy-{family}")
-    deep_paths = 0
+    rng = random.Random(f"greedy-{family}" + ("-search" if optimize else ""))
+    deep_paths = searched = 0
     for case in range(CASES_PER_FAMILY):
-        cfg = _random_config(rng, num_layers)
+        cfg = _random_config(rng, num_layers, optimize)
         stop = [rng.randrange(97)] if rng.random() < 0.3 else []
         prompt = torch.tensor([[rng.randrange(97) for _ in range(rng.randint(1, 40))]])
         max_new = rng.randint(1, 40)
@@ -75,15 +93,19 @@ def test_greedy_swift_matches_plain_decoding_and_transformers(family):
         assert plain.tokens == hf, context
         assert swift.tokens == plain.tokens, context
         deep_paths += max(swift.stats["accepted_per_step"], default=0) >= 3
-    # The fuzz only means something if drafts were accepted several tokens deep.
-    assert deep_paths >= CASES_PER_FAMILY // 8, deep_paths
+        searched += optimize and dec.policy.stats()["scoring_forwards"] > 0
+    # The fuzz only means something if drafts were accepted several tokens deep (with the search
+    # on, fewer: the speed objective decodes plainly where skipping does not pay).
+    assert deep_paths >= (2 if optimize else CASES_PER_FAMILY // 8), deep_paths
+    if optimize:
+        assert searched >= CASES_PER_FAMILY // 3, searched
 
 
 def test_empty_skip_set_accepts_every_draft():
     """With nothing skipped the draft *is* the full model, so greedy accepts every drafted token."""
     model = tiny_model("llama")
-    dec = SwiftDecoder(model, SwiftConfig(skip_attn=[], skip_mlp=[], confidence_threshold=0.0, max_draft_tokens=6),
-                       stop_token_ids=[])
+    cfg = SwiftConfig(skip_attn=[], skip_mlp=[], confidence_threshold=0.0, max_draft_tokens=6, optimize=False)
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[])
     res = dec.generate(list(range(1, 9)), 50)
     assert res.stats["acceptance_rate"] == 1.0
     assert res.stats["mean_accepted"] > 6.0

@@ -47,7 +47,7 @@ def plain_kv(decoder: SwiftDecoder, tokens: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_cache_matches_plain_decoding_after_every_step(family, do_sample):
     model = tiny_model(family)
-    cfg = SwiftConfig(skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    cfg = SwiftConfig(skip_attn=[1, 3], skip_mlp=[2], optimize=False, confidence_threshold=0.0, max_draft_tokens=5, topk=4)
     dec = RecordingDecoder(model, cfg, stop_token_ids=[])
     # A low temperature keeps sampled drafts acceptable often enough for multi-token steps.
     dec.generate(list(range(3, 20)), 30, do_sample=do_sample, temperature=0.3, seed=3)

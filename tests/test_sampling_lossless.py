@@ -11,6 +11,7 @@ shows the test has the power to catch a wrong residual distribution.
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 
 import pytest
@@ -26,6 +27,7 @@ from transformers.generation.logits_process import (
 
 import skipspec.engine.decoder as decoder_module
 from skipspec import SwiftConfig, SwiftDecoder
+from skipspec.config import SearchConfig
 
 ALPHA = 1e-3
 VOCAB = 5
@@ -82,17 +84,25 @@ def chi_square_pvalue(samples: Counter, dist: dict, n: int) -> float:
     return chisquare(observed, [e * scale for e in expected]).pvalue
 
 
-def draw(model, n, seed, **sampling) -> Counter:
+# SWIFT's own search, scoring on a one-token context so that it runs inside these 3-token
+# generations, never stopping on score: the skip set changes between requests throughout.
+SEARCH = SearchConfig(objective="paper", context_window=1, stop_score=math.inf, proposals_per_step=2, persist=False)
+
+
+def draw(model, n, seed, search: SearchConfig | None = None, **sampling) -> Counter:
     # topk=2 of 5 keeps some tokens out of every depth's candidates, so rejections (and with them
     # the bonus draw after a rejection) happen often; threshold 0 drafts deep trees.
-    dec = SwiftDecoder(
-        model, SwiftConfig(skip_attn=[2], skip_mlp=[1], confidence_threshold=0.0, max_draft_tokens=3, topk=2),
-        stop_token_ids=[],
-    )
+    cfg = SwiftConfig(skip_attn=[2], skip_mlp=[1], confidence_threshold=0.0, max_draft_tokens=3, topk=2,
+                      optimize=search is not None, search=search)  # fmt: skip
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[])
     counts = Counter()
     for i in range(n):
         res = dec.generate(PROMPT, LENGTH, do_sample=True, seed=seed * 100003 + i, **sampling)
         counts[tuple(res.tokens)] += 1
+    if search is not None:
+        stats = dec.policy.stats()
+        # It only scores when a request's first step emits one token (a 3-token request ends otherwise).
+        assert stats["proposals"] > 30 and stats["scoring_forwards"] > stats["proposals"], stats
     return counts
 
 
@@ -108,6 +118,13 @@ def test_swift_sampling_matches_target_distribution(model, setting):
     dist = exact_distribution(model, **setting)
     assert abs(sum(dist.values()) - 1) < 1e-6
     counts = draw(model, SAMPLES, seed=1, **setting)
+    assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA
+
+
+def test_swift_sampling_with_the_search_on_matches_target_distribution(model):
+    setting = SETTINGS[1]
+    dist = exact_distribution(model, **setting)
+    counts = draw(model, SAMPLES, seed=3, search=SEARCH, **setting)
     assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from .errors import SkipSpecError
+from .prompts import encode_prompt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lossless self-speculative decoding (SWIFT).")
 models_app = typer.Typer(no_args_is_help=True, help="Real models that install offline from the package index.")
@@ -20,18 +22,6 @@ err = Console(stderr=True)
 def _fail(error: Exception, code: int = 2) -> None:
     err.print(f"[bold red]error:[/] {error}")
     raise typer.Exit(code)
-
-
-def encode_prompt(tokenizer, prompt: str, chat: bool) -> list[int]:
-    """Token ids of the prompt, through the chat template when asked (and when the model has one)."""
-    if chat:
-        if not getattr(tokenizer, "chat_template", None):
-            raise SkipSpecError("--chat: this model's tokenizer has no chat template; drop --chat")
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
-    return list(tokenizer(prompt)["input_ids"])
 
 
 @app.command()
@@ -51,15 +41,23 @@ def generate(
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, tokens, stats."),
     compare: bool = typer.Option(False, "--compare", help="Also run plain decoding first and compare speed and output."),
+    graphs: bool = typer.Option(
+        True, "--graphs/--no-graphs", help="On a GPU, replay each step from a CUDA graph (default); else run eagerly."
+    ),
+    fuse: bool = typer.Option(
+        True, "--fuse/--no-fuse", help="With graphs, compile fused sublayer kernels (a few seconds once, then faster steps)."
+    ),
 ) -> None:
     """Generate text, streaming it, and end with a one-line speed summary."""
     from . import SwiftConfig, SwiftDecoder, load
     from .engine.stops import tokenizer_stop_token_ids
+    from .runtime import RuntimeConfig
 
     try:
         cfg = SwiftConfig(skip_attn=_indices(skip_attn), skip_mlp=_indices(skip_mlp))
         mdl, tok = load(model, device=device, dtype=dtype)
-        dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl))
+        runtime = RuntimeConfig(mode="auto" if graphs else "eager", fuse=None if fuse else False)
+        dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl), runtime=runtime)
         ids = encode_prompt(tok, prompt, chat)
         sampling = dict(do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, top_k=top_k, seed=seed)
         baseline = dec.generate(ids, max_new_tokens, method="ar", **sampling) if compare else None
@@ -131,11 +129,12 @@ def bench(
     ),
     methods: str = typer.Option("ar,swift,hf,hf-pld", "--methods", help="Comma-separated method names."),
     limit: int | None = typer.Option(None, "--limit", help="Prompts per category (default: all)."),
+    categories: str | None = typer.Option(None, "--categories", help="Comma-separated: only these categories."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed, the same for every method."),
     repeats: int = typer.Option(1, "--repeats", help="Timed runs per prompt and method; the median is kept."),
-    out: str = typer.Option("bench_results", "--out", "-o", help="Folder for results.json, report.md and plots."),
+    out: str = typer.Option("bench-out", "--out", "-o", help="Folder for results.json, report.md and plots."),
     device: str | None = typer.Option(None, "--device"),
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
@@ -151,6 +150,7 @@ def bench(
     try:
         config = BenchConfig(
             model=model, suites=_names(suite), methods=_names(methods), limit=limit,
+            categories=_names(categories) if categories else None,
             settings=GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
             repeats=repeats, out=out, device=device, dtype=dtype, threads=threads, plots=plots,
             progress=progress, command=shlex.join(["skipspec", *sys.argv[1:]]),
@@ -167,6 +167,35 @@ def bench(
 
 def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+@app.command()
+def tune(
+    model: str = typer.Option(..., "--model", "-m", help="Local folder, .gguf file, offline model name or hub id."),
+    prompts: str = typer.Option(..., "--prompts", help="One prompt per line (text, or JSON with prompt/turns)."),
+    task: str = typer.Option("default", "--task", help="Tag the saved set is kept under."),
+    objective: str = typer.Option("speed", "--objective", help="speed | paper"),
+    chat: bool = typer.Option(False, "--chat", help="Wrap each prompt in the model's chat template."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    passes: int = typer.Option(3, "--passes", help="At most this many passes over the prompts."),
+    device: str | None = typer.Option(None, "--device"),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+) -> None:
+    """Search a skip set on these prompts (no time cap) and save it for later runs of this model."""
+    from . import SwiftConfig, SwiftDecoder, load
+    from .engine.stops import tokenizer_stop_token_ids
+    from .search.tune import read_prompts, tuning_config
+    from .search.tune import tune as run_tune
+
+    try:
+        texts = read_prompts(Path(prompts))
+        cfg = tuning_config(SwiftConfig(), objective, task)
+        mdl, tok = load(model, device=device, dtype=dtype)
+        dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl))
+        result = run_tune(dec, [encode_prompt(tok, t, chat) for t in texts], max_new_tokens=max_new_tokens, passes=passes)
+    except (SkipSpecError, OSError) as e:
+        _fail(e)
+    print(json.dumps(result))
 
 
 @models_app.command("list")

@@ -70,12 +70,12 @@ class SearchConfig:
     objective: str = "speed"
     context_window: int = 32
     skip_ratio: float = 0.45
-    bayes_interval: Optional[int] = None
-    stop_score: Optional[float] = None
-    patience: Optional[int] = None
-    max_proposals: Optional[int] = None
-    step_budget: Optional[float] = None
-    proposals_per_step: Optional[int] = None
+    bayes_interval: int | None = None
+    stop_score: float | None = None
+    patience: int | None = None
+    max_proposals: int | None = None
+    step_budget: float | None = None
+    proposals_per_step: int | None = None
     relook_steps: int = 128
     min_gain: float = 0.03
     persist: bool = True
@@ -90,11 +90,13 @@ class SearchConfig:
 
         def whole(name: str, low: int) -> None:
             v = getattr(self, name)
-            _check(isinstance(v, int) and not isinstance(v, bool) and v >= low, f"{name} must be an integer >= {low}, got {v!r}")
+            ok = isinstance(v, int) and not isinstance(v, bool) and v >= low
+            _check(ok, f"{name} must be an integer >= {low}, got {v!r}")
 
         def number(name: str) -> float:
             v = getattr(self, name)
-            _check(isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v), f"{name} must be a number, got {v!r}")
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+            _check(ok, f"{name} must be a number, got {v!r}")
             return float(v)
 
         for name, low in (("context_window", 1), ("bayes_interval", 0), ("patience", 1), ("max_proposals", 1),
@@ -125,7 +127,7 @@ class SwiftConfig:
     skip_attn: tuple[int, ...] | None = None
     skip_mlp: tuple[int, ...] | None = None
     optimize: bool = True
-    search: Union[SearchConfig, str, None] = None
+    search: SearchConfig | str | None = None
     confidence_threshold: float = 0.8
     max_draft_tokens: int = 25
     topk: int = 10

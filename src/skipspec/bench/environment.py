@@ -6,7 +6,6 @@ import datetime as _dt
 import os
 import platform
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -22,7 +21,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def load_average() -> Optional[tuple[float, float, float]]:
+def load_average() -> tuple[float, float, float] | None:
     """1/5/15-minute load: other processes on the machine make CPU timings noisy, so say how busy it was."""
     try:
         return tuple(round(x, 2) for x in os.getloadavg())  # type: ignore[return-value]
@@ -33,7 +32,7 @@ def load_average() -> Optional[tuple[float, float, float]]:
 def environment(model_ref: str, model: torch.nn.Module, device: torch.device, command: str) -> dict:
     import transformers
 
-    from .. import __version__
+    from .. import SwiftConfig, __version__
 
     cfg = model.config
     return {
@@ -55,4 +54,6 @@ def environment(model_ref: str, model: torch.nn.Module, device: torch.device, co
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "load_average_start": load_average(),
+        # What `swift` meant when this ran: the engine's default changes as the search evolves.
+        "swift_default_config": repr(SwiftConfig()),
     }

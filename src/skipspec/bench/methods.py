@@ -8,13 +8,14 @@ of `skipspec.bench.run_bench` may also pass their own mapping.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 
-from ..config import SwiftConfig
+from ..config import SearchConfig, SwiftConfig
 from ..errors import ConfigError
 from .records import GenSettings, Outcome
 
@@ -113,7 +114,7 @@ class HFMethod:
                 )
         finally:
             hook.remove()
-        tokens = tuple(int(t) for t in out[0, input_ids.shape[1]:].tolist())
+        tokens = tuple(int(t) for t in out[0, input_ids.shape[1] :].tolist())
         steps = forwards[0] - 1  # the first forward is the prefill, which yields the first token
         stats: dict = {"verify_steps": steps}
         if steps > 0:
@@ -127,11 +128,25 @@ def _engine(config: SwiftConfig, mode: str) -> Callable[[MethodContext], Method]
 
 _BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec("ar", "this engine, plain autoregressive decoding", _engine(SwiftConfig(optimize=False), "ar")),
-    MethodSpec("swift", "this engine, SWIFT with the default SwiftConfig", lambda ctx: EngineMethod(ctx, SwiftConfig(), "swift")),
+    # SwiftConfig() is built when the method is, so `swift` follows the engine's current default.
+    MethodSpec(
+        "swift", "this engine, SWIFT with the default SwiftConfig", lambda ctx: EngineMethod(ctx, SwiftConfig(), "swift")
+    ),
     MethodSpec(
         "swift-start",
         "this engine, SWIFT with the starting skip set (every other inner layer), no optimization",
         _engine(SwiftConfig(optimize=False), "swift"),
+    ),
+    MethodSpec(
+        "swift-paper",
+        "this engine, SWIFT's own on-the-fly search (matchness at skip ratio 0.45, random + Bayesian proposals), "
+        "cold start, nothing saved",
+        _engine(SwiftConfig(search=SearchConfig(objective="paper", persist=False)), "swift"),
+    ),
+    MethodSpec(
+        "swift-speed",
+        "this engine, the speed objective (measured tokens/s, plain decoding a candidate), cold start, nothing saved",
+        _engine(SwiftConfig(search=SearchConfig(persist=False)), "swift"),
     ),
     MethodSpec("hf", "transformers generate", lambda ctx: HFMethod(ctx)),
     MethodSpec(

@@ -11,8 +11,8 @@ Conventions (as Spec-Bench's own speed script):
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterable, Mapping, Optional, Sequence
 
 from .records import PromptRecord
 
@@ -27,11 +27,11 @@ class Summary:
     new_tokens: int
     time_s: float
     tokens_per_s: float
-    speedup_vs_ar: Optional[float]
-    speedup_vs_hf: Optional[float]
-    mean_accepted: Optional[float]
-    acceptance_rate: Optional[float]
-    identical_to_ar: Optional[float]
+    speedup_vs_ar: float | None
+    speedup_vs_hf: float | None
+    mean_accepted: float | None
+    acceptance_rate: float | None
+    identical_to_ar: float | None
 
 
 def tokens_per_s(records: Iterable[PromptRecord]) -> float:
@@ -46,27 +46,27 @@ def tokens_per_s(records: Iterable[PromptRecord]) -> float:
     return sum(r.new_tokens for r in records) / time if time > 0 else 0.0
 
 
-def mean_accepted(records: Iterable[PromptRecord]) -> Optional[float]:
+def mean_accepted(records: Iterable[PromptRecord]) -> float | None:
     """Tokens per verify step over all steps of the records that count steps (None if none do)."""
     counted = [r for r in records if r.verify_steps and r.mean_accepted is not None]
     steps = sum(r.verify_steps for r in counted)
     return sum(r.mean_accepted * r.verify_steps for r in counted) / steps if steps else None
 
 
-def acceptance_rate(records: Iterable[PromptRecord]) -> Optional[float]:
+def acceptance_rate(records: Iterable[PromptRecord]) -> float | None:
     """Accepted / drafted draft tokens (None when nothing was drafted, e.g. plain decoding)."""
     counted = [r for r in records if r.drafted_tokens is not None and r.accepted_tokens is not None]
     drafted = sum(r.drafted_tokens for r in counted)
     return sum(r.accepted_tokens for r in counted) / drafted if drafted else None
 
 
-def identical_fraction(records: Iterable[PromptRecord]) -> Optional[float]:
+def identical_fraction(records: Iterable[PromptRecord]) -> float | None:
     """Fraction of records whose output equals the reference's (None when none was compared)."""
     flags = [r.identical_to_ar for r in records if r.identical_to_ar is not None]
     return sum(flags) / len(flags) if flags else None
 
 
-def speedup(rate: float, baseline: Optional[float]) -> Optional[float]:
+def speedup(rate: float, baseline: float | None) -> float | None:
     return rate / baseline if baseline else None
 
 

@@ -23,12 +23,12 @@ def _pyplot():
     return plt
 
 
-def _title(result: "BenchResult") -> str:
+def _title(result: BenchResult) -> str:
     env = result.environment
     return f"{Path(env['model']).name} · {env['dtype']} · {env['device']}"
 
 
-def plot_speedup(result: "BenchResult", path: Path) -> Path:
+def plot_speedup(result: BenchResult, path: Path) -> Path:
     """Grouped bars: speedup vs ar per category (and overall), one bar per method."""
     plt = _pyplot()
     summary = result.summary
@@ -50,7 +50,7 @@ def plot_speedup(result: "BenchResult", path: Path) -> Path:
     return path
 
 
-def plot_accepted(result: "BenchResult", path: Path) -> Path | None:
+def plot_accepted(result: BenchResult, path: Path) -> Path | None:
     """Share of verify steps accepting k draft tokens, per method that drafts (None if none does)."""
     by_method = {m: cats[OVERALL] for m, cats in group(result.records).items()}
     hists = {m: accepted_histogram(rs) for m, rs in by_method.items() if any(r.drafted_tokens for r in rs)}
@@ -63,6 +63,7 @@ def plot_accepted(result: "BenchResult", path: Path) -> Path | None:
     for i, (m, h) in enumerate(hists.items()):
         ks = list(range(top + 1))
         ax.bar([k + (i - (len(hists) - 1) / 2) * width for k in ks], [h.get(k, 0.0) for k in ks], width, label=m)
+    ax.set_xticks(range(top + 1))
     ax.set_xlabel("draft tokens accepted in a verify step (bonus token excluded)")
     ax.set_ylabel("share of verify steps")
     ax.set_title(_title(result), fontsize=9)
@@ -73,6 +74,6 @@ def plot_accepted(result: "BenchResult", path: Path) -> Path | None:
     return path
 
 
-def write_plots(result: "BenchResult", out: Path) -> list[Path]:
+def write_plots(result: BenchResult, out: Path) -> list[Path]:
     paths = [plot_speedup(result, out / SPEEDUP_PNG), plot_accepted(result, out / ACCEPTED_PNG)]
     return [p for p in paths if p is not None]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 from ..errors import ConfigError
 
@@ -25,8 +24,10 @@ class GenSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
-               f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}")
+        _check(
+            isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+            f"max_new_tokens must be >= 1, got {self.max_new_tokens!r}",
+        )
         _check(self.temperature >= 0, f"temperature must be >= 0 (0 = greedy), got {self.temperature!r}")
 
     @property
@@ -38,6 +39,7 @@ class GenSettings:
 class BenchConfig:
     """One `skipspec bench` run.
 
+    categories: only these prompt categories (None: all).
     repeats: timed runs per (prompt, method); the median time is kept.
     warmup_tokens: length of the one untimed generation per method before timing starts; short,
     because it only has to pay first-call costs (allocator, kernels, lazy imports).
@@ -47,13 +49,14 @@ class BenchConfig:
     model: str
     suites: tuple[str, ...]
     methods: tuple[str, ...] = ("ar", "swift", "hf", "hf-pld")
-    limit: Optional[int] = None
+    limit: int | None = None
+    categories: tuple[str, ...] | None = None
     settings: GenSettings = field(default_factory=GenSettings)
     repeats: int = 1
-    out: str = "bench_results"
-    device: Optional[str] = None
-    dtype: Optional[str] = None
-    threads: Optional[int] = None
+    out: str = "bench-out"
+    device: str | None = None
+    dtype: str | None = None
+    threads: int | None = None
     warmup_tokens: int = 16
     progress: bool = True
     plots: bool = True
@@ -62,6 +65,8 @@ class BenchConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "suites", tuple(self.suites))
         object.__setattr__(self, "methods", tuple(self.methods))
+        if self.categories is not None:
+            object.__setattr__(self, "categories", tuple(self.categories))
         _check(bool(self.suites), "at least one suite is needed")
         _check(bool(self.methods), "at least one method is needed")
         _check(len(set(self.methods)) == len(self.methods), f"methods repeat: {list(self.methods)}")
@@ -105,17 +110,17 @@ class PromptRecord:
     time_s: float
     times: tuple[float, ...]
     tokens: tuple[int, ...]
-    verify_steps: Optional[int] = None
-    mean_accepted: Optional[float] = None
-    accepted_tokens: Optional[int] = None
-    drafted_tokens: Optional[int] = None
+    verify_steps: int | None = None
+    mean_accepted: float | None = None
+    accepted_tokens: int | None = None
+    drafted_tokens: int | None = None
     accepted_per_step: tuple[int, ...] = ()
-    draft_time: Optional[float] = None
-    verify_time: Optional[float] = None
-    optimize_time: Optional[float] = None
+    draft_time: float | None = None
+    verify_time: float | None = None
+    optimize_time: float | None = None
     skip_attn: tuple[int, ...] = ()
     skip_mlp: tuple[int, ...] = ()
-    identical_to_ar: Optional[bool] = None
+    identical_to_ar: bool | None = None
 
     @property
     def tokens_per_s(self) -> float:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING
 
 from .metrics import OVERALL, Summary
 
@@ -16,15 +17,24 @@ RESULTS_JSON = "results.json"
 REPORT_MD = "report.md"
 
 
-def _fmt(value: Optional[float], spec: str = ".2f", suffix: str = "") -> str:
+def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "–" if value is None else f"{value:{spec}}{suffix}"
 
 
-def _pct(value: Optional[float]) -> str:
+def _count(n: int) -> str:
+    """2.3e5 -> '0.23M', 1.35e8 -> '135M', 1.54e9 -> '1.54B'."""
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.3g}M"
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _pct(value: float | None) -> str:
     return "–" if value is None else f"{value:.0%}"
 
 
-def results_dict(result: "BenchResult") -> dict:
+def results_dict(result: BenchResult) -> dict:
     return {
         "environment": result.environment,
         "config": result.config.to_dict(),
@@ -45,8 +55,10 @@ def metric_table(summary: Mapping[str, Mapping[str, Summary]], field: str, fmt) 
 
 def overall_table(summary: Mapping[str, Mapping[str, Summary]]) -> str:
     """One row per method over all prompts."""
-    head = ("| method | tokens/s | speedup vs ar | speedup vs hf | mean accepted | acceptance | identical to ar "
-            "| new tokens | time (s) |")
+    head = (
+        "| method | tokens/s | speedup vs ar | speedup vs hf | mean accepted | acceptance | identical to ar "
+        "| new tokens | time (s) |"
+    )
     lines = [head, "|---|" + "---:|" * 8]
     for method, by_cat in summary.items():
         s = by_cat[OVERALL]
@@ -58,7 +70,7 @@ def overall_table(summary: Mapping[str, Mapping[str, Summary]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(result: "BenchResult", plots: Sequence[str] = ()) -> str:
+def markdown_report(result: BenchResult, plots: Sequence[str] = ()) -> str:
     env, cfg, summary = result.environment, result.config, result.summary
     settings = cfg.settings
     decoding = "greedy" if not settings.do_sample else f"sampling, temperature {settings.temperature}"
@@ -67,10 +79,11 @@ def markdown_report(result: "BenchResult", plots: Sequence[str] = ()) -> str:
         f"# Benchmark: {env['model']}",
         "",
         f"- model: `{env['model']}` ({env['model_class']}, {env['num_layers']} layers, "
-        f"{env['parameters'] / 1e6:.0f}M parameters), {env['dtype']} on {env['device']}"
-        + (f" ({env['gpu']})" if env.get("gpu") else f" ({env['cpu']}, {env['threads']} threads)"),
+        f"{_count(env['parameters'])} parameters), {env['dtype']} on {env['device']}"
+        + (f" ({env['gpu']})" if env.get("gpu") else f" ({env['cpu']}, {_plural(env['threads'], 'thread')})"),
         f"- suites: {', '.join(cfg.suites)}; {prompts} prompts"
-        + (f" (first {cfg.limit} per category)" if cfg.limit else ""),
+        + (f" (first {cfg.limit} per category)" if cfg.limit else "")
+        + (f"; categories {', '.join(cfg.categories)}" if cfg.categories else ""),
         f"- {decoding}, max {settings.max_new_tokens} new tokens, seed {settings.seed}, "
         f"{cfg.repeats} timed repeat(s) per prompt (median), one warm-up per method, methods interleaved per prompt",
         f"- torch {env['torch']}, transformers {env['transformers']}, skipspec {env['skipspec']}; "
@@ -106,7 +119,7 @@ def markdown_report(result: "BenchResult", plots: Sequence[str] = ()) -> str:
     return "\n".join(parts)
 
 
-def write_outputs(result: "BenchResult", out: Path) -> list[Path]:
+def write_outputs(result: BenchResult, out: Path) -> list[Path]:
     """results.json, report.md and (when enabled) PNG plots in `out`; returns the paths written."""
     out.mkdir(parents=True, exist_ok=True)
     written = [out / RESULTS_JSON]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -39,7 +39,7 @@ class BenchResult:
 
 def encode_all(tokenizer, prompts: Sequence[Prompt]) -> list[EncodedPrompt]:
     """Token ids per prompt: chat-templated when the suite asks for it and the tokenizer has one."""
-    from ..cli import encode_prompt
+    from ..prompts import encode_prompt
 
     has_template = bool(getattr(tokenizer, "chat_template", None))
     return [EncodedPrompt(p, tuple(encode_prompt(tokenizer, p.text, p.chat and has_template))) for p in prompts]
@@ -101,7 +101,7 @@ def measure(
     *,
     repeats: int = 1,
     warmup_tokens: int = 16,
-    device: torch.device = torch.device("cpu"),
+    device: torch.device | None = None,
     progress: bool = False,
 ) -> list[PromptRecord]:
     """Warm up each method once, then time each on each prompt `repeats` times (median kept).
@@ -110,6 +110,7 @@ def measure(
     sampling) repeats produce the same tokens, and the first run is the one an on-the-fly
     optimizer saw fresh.
     """
+    device = device or torch.device("cpu")
     total = len(methods) * (len(prompts) * repeats + (1 if warmup_tokens else 0))
     records = []
     with _progress(total, progress) as bar:
@@ -122,7 +123,7 @@ def measure(
             runs: dict[str, tuple[Outcome, list[float]]] = {}
             for _ in range(repeats):
                 for name, method in methods.items():
-                    outcome, seconds = timed(lambda: method.generate(p.ids, settings), device)
+                    outcome, seconds = timed(device, method.generate, p.ids, settings)
                     runs.setdefault(name, (outcome, []))[1].append(seconds)
                     bar.step(f"{p.prompt.prompt_id} {name} {len(outcome.tokens) / seconds:.1f} tok/s")
             records += [make_record(p, name, outcome, times) for name, (outcome, times) in runs.items()]
@@ -136,7 +137,7 @@ def run_bench(config: BenchConfig, registry: Mapping[str, MethodSpec] = METHODS)
     from .report import write_outputs
 
     specs = resolve_methods(config.methods, registry)  # Fail on a typo before loading anything.
-    prompts = load_suites(config.suites, config.limit)
+    prompts = load_suites(config.suites, config.limit, categories=config.categories)
     if config.threads:
         torch.set_num_threads(config.threads)
     model, tokenizer = load(config.model, device=config.device, dtype=config.dtype)

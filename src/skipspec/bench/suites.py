@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 from ..errors import InputError
 
 #: Spec-Bench reports MT-bench's eight categories as one ("multi-turn conversation"); its
 #: question files keep the originals, so they are folded here to match its tables.
-MT_BENCH_CATEGORIES = frozenset(
-    {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
-)
+MT_BENCH_CATEGORIES = frozenset({"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"})
 
 SPEC_BENCH_NAME = "spec-bench"
 HUMANEVAL_NAME = "humaneval"
@@ -37,7 +35,7 @@ class Prompt:
     chat: bool
 
 
-def spec_bench_path(repo_root: Optional[Path] = None) -> Path:
+def spec_bench_path(repo_root: Path | None = None) -> Path:
     """The Spec-Bench dev file beside the repository.
 
     Looked up from `repo_root`, else from this source tree (an editable install) and then from the
@@ -48,7 +46,7 @@ def spec_bench_path(repo_root: Optional[Path] = None) -> Path:
     return next((c for c in candidates if c.is_file()), candidates[0])
 
 
-def limit_per_category(prompts: Iterable[Prompt], limit: Optional[int]) -> list[Prompt]:
+def limit_per_category(prompts: Iterable[Prompt], limit: int | None) -> list[Prompt]:
     """The first `limit` prompts of each category, in their original order (all when None).
 
     >>> ps = [Prompt(str(i), c, "", False) for i, c in enumerate("aab")]
@@ -103,22 +101,35 @@ def read_text_lines(path: Path) -> list[Prompt]:
     return [Prompt(f"{path.stem}/{i}", path.stem, ln, chat=True) for i, ln in enumerate(lines)]
 
 
-def load_suite(spec: str, limit: Optional[int] = None, repo_root: Optional[Path] = None) -> list[Prompt]:
+def load_suite(spec: str, limit: int | None = None, repo_root: Path | None = None) -> list[Prompt]:
     """Prompts of one suite: `spec-bench`, `humaneval`, a `.jsonl` file or a text file."""
     if spec == HUMANEVAL_NAME:
         return limit_per_category(read_humaneval(), limit)
     path = spec_bench_path(repo_root) if spec == SPEC_BENCH_NAME else Path(spec).expanduser()
     if not path.is_file():
         hint = " (the shortcut looks for ../shared/data beside the repository)" if spec == SPEC_BENCH_NAME else ""
-        raise InputError(f"suite {spec!r}: no such file {path}{hint}; "
-                         f"expected {SPEC_BENCH_NAME}, {HUMANEVAL_NAME}, a .jsonl file or a text file")
+        raise InputError(
+            f"suite {spec!r}: no such file {path}{hint}; "
+            f"expected {SPEC_BENCH_NAME}, {HUMANEVAL_NAME}, a .jsonl file or a text file"
+        )
     prompts = read_spec_bench(path) if path.suffix == ".jsonl" else read_text_lines(path)
     return limit_per_category(prompts, limit)
 
 
-def load_suites(specs: Sequence[str], limit: Optional[int] = None, repo_root: Optional[Path] = None) -> list[Prompt]:
-    """Several suites in order; prompt ids must stay unique across them."""
+def load_suites(
+    specs: Sequence[str],
+    limit: int | None = None,
+    repo_root: Path | None = None,
+    categories: Sequence[str] | None = None,
+) -> list[Prompt]:
+    """Several suites in order, optionally only some categories; prompt ids must stay unique."""
     prompts = [p for spec in specs for p in load_suite(spec, limit, repo_root)]
+    if categories is not None:
+        unknown = set(categories) - {p.category for p in prompts}
+        if unknown:
+            known = ", ".join(dict.fromkeys(p.category for p in prompts))
+            raise InputError(f"no prompts in categories {sorted(unknown)}; these suites have: {known}")
+        prompts = [p for p in prompts if p.category in set(categories)]
     dupes = [k for k, n in Counter(p.prompt_id for p in prompts).items() if n > 1]
     if dupes:
         raise InputError(f"duplicate prompt ids across suites: {dupes[:5]}")

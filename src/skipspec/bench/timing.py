@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 
@@ -16,10 +17,10 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], T], device: torch.device) -> tuple[T, float]:
-    """(fn(), seconds it took), synchronized before and after."""
+def timed(device: torch.device, fn: Callable[..., T], *args) -> tuple[T, float]:
+    """(fn(*args), seconds it took), synchronized before and after."""
     synchronize(device)
     start = time.perf_counter()
-    out = fn()
+    out = fn(*args)
     synchronize(device)
     return out, time.perf_counter() - start

@@ -10,12 +10,11 @@ import torch
 
 from ..config import GenerationResult, SamplingParams, SwiftConfig
 from ..drafting import Draft, LayerSkipDrafter
-from ..errors import ConfigError
 from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
 from ..runtime import RuntimeConfig, StaticRuntime
-from ..search import FixedSkipPolicy, SkipPolicy, StepContext
+from ..search import FixedSkipPolicy, SearchPolicy, SkipPolicy, StepContext
 from ..tree import TreeLayout, build_tree
 from ..verify import accept_longest_path, target_tokens
 from .request import PromptIds, Request, make_request
@@ -111,8 +110,11 @@ class SwiftDecoder:
         self.initial_skip = resolve_skip_set(self.config, self.adapter.num_layers)
         if policy is None:
             if self.config.optimize:
-                raise ConfigError("optimize=True needs a search policy; none is installed in this build")
-            policy = FixedSkipPolicy(self.initial_skip)
+                # On the fast path the search scores through the runtime's scoring graphs.
+                scorer = (lambda frame, cache, skip: self.fast.score(frame, skip)) if self.fast is not None else None
+                policy = SearchPolicy(self.adapter, self.config, self.initial_skip, scorer=scorer)
+            else:
+                policy = FixedSkipPolicy(self.initial_skip)
         self.policy = policy
         ids = default_stop_token_ids(model) if stop_token_ids is None else stop_token_ids
         self.stop_tokens = frozenset(int(t) for t in ids)
@@ -215,7 +217,7 @@ class SwiftDecoder:
             if policy:
                 policy.observe(
                     StepContext(a, state.cache, state.tokens, len(req.prompt), state.committed, accepted,
-                                draft.depth if draft else 0)
+                                draft.depth if draft else 0, req.sampling, 1 + sum(draft.widths) if draft else 1)
                 )
 
     def _prefill(self, req: Request, capacity: int, generator: torch.Generator) -> _Running:
@@ -312,6 +314,7 @@ class SwiftDecoder:
             "runtime": self.mode,
             "graph_captures": self.fast.captures if self.fast else 0,
             "capture_time": self.fast.capture_time if self.fast else 0.0,
+            "fused": self.fast.fused if self.fast else False,
         }
 
 

@@ -6,7 +6,7 @@ next tree bucket, the visible KV length to the whole cache (masked). Pure functi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..tree import TreeLayout
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -28,18 +27,20 @@ class RuntimeConfig:
     capacity_step: the KV cache's capacity is rounded up to a multiple of this, so requests of
     similar length reuse one cache and the graphs captured against it.
     memory_margin: fraction of the free device memory a request may plan to use.
-    fuse: compile the attention and MLP sublayer functions with TorchInductor (fewer, fused
-    kernels inside each graph; see `skipspec.runtime.fuse`). Off by default: the first use of
-    each step shape then compiles for tens of seconds.
+    fuse: compile the attention and MLP sublayer functions with TorchInductor, so each graph
+    holds fewer, fused kernels (see `skipspec.runtime.fuse`). None = on whenever CUDA graphs are
+    (measured on an H100: 1.7x faster steps on SmolLM2-135M, 1.25x on a Llama-2-7B shape; the
+    first steps of a model compile for a few seconds). If compiling fails, the runtime warns and
+    runs the plain sublayers.
     """
 
     mode: str = "auto"
     max_draft_graphs: int = 8
-    tree_buckets: Optional[tuple[int, ...]] = None
+    tree_buckets: tuple[int, ...] | None = None
     score_buckets: tuple[int, ...] = (16, 32, 64, 128)
     capacity_step: int = 256
     memory_margin: float = 0.9
-    fuse: bool = False
+    fuse: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,6 +59,10 @@ class RuntimeConfig:
             raise ConfigError(f"capacity_step must be an integer >= 1, got {self.capacity_step!r}")
         if not 0.0 < self.memory_margin <= 1.0:
             raise ConfigError(f"memory_margin must be in (0, 1], got {self.memory_margin!r}")
+
+    def resolved_fuse(self, mode: str) -> bool:
+        """Whether compiled sublayers run in `mode` (a resolved mode)."""
+        return (mode == "graphs") if self.fuse is None else bool(self.fuse and mode != "eager")
 
     def resolved_mode(self, device: torch.device) -> str:
         """The mode that runs on `device`: "auto" decided, "graphs" refused off CUDA."""

@@ -11,16 +11,38 @@ capture, never at import. Inductor's own CUDA graphs stay off: our runtime captu
 
 from __future__ import annotations
 
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
 from ..model.adapter import Sublayers, attention_sublayer, mlp_sublayer
 from ..model.cache import KVCache, LayerKV
 
 
-def compiled_sublayers(cache: KVCache, num_layers: int) -> Sublayers:
-    """Compiled sublayer regions writing into `cache` (one `LayerKV` per layer)."""
-    return Sublayers(
-        attention=torch.compile(attention_sublayer, dynamic=None),
-        mlp=torch.compile(mlp_sublayer, dynamic=None),
-        caches=tuple(LayerKV(cache, i) for i in range(num_layers)),
-    )
+def _own_copy(fn: Callable) -> Callable:
+    """`fn` with a code object of its own.
+
+    TorchDynamo keeps compiled variants per code object, up to a recompile limit (8). Two models
+    in one process (two families, or two dtypes) would share, and exhaust, that budget and fall
+    back to eager; a copy per runtime keeps each model's variants apart.
+    """
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+
+
+@dataclass(frozen=True)
+class CompiledSublayers:
+    """One runtime's compiled sublayer functions; `bind` points them at a cache."""
+
+    attention: Callable
+    mlp: Callable
+
+    @classmethod
+    def create(cls) -> CompiledSublayers:
+        # dynamic=None: the first shape compiles static, a second one of the same region compiles
+        # with that dimension symbolic, so all tree buckets share one variant.
+        return cls(torch.compile(_own_copy(attention_sublayer)), torch.compile(_own_copy(mlp_sublayer)))
+
+    def bind(self, cache: KVCache, num_layers: int) -> Sublayers:
+        return Sublayers(self.attention, self.mlp, tuple(LayerKV(cache, i) for i in range(num_layers)))

@@ -10,7 +10,8 @@ so nothing recompiles when the search tries a new skip set and nothing compiles 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Generic, Hashable, Optional, Sequence, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, TypeVar
 
 import torch
 
@@ -29,6 +30,8 @@ class StepGraph(Generic[T]):
     must be idempotent up to `mutable`: tensors the program advances itself (a draft step's
     position, say) are saved before the warm-up and restored after it. KV writes are idempotent
     because each program rewrites every cache slot it reads beyond the committed prefix.
+
+    Programs run under `torch.inference_mode()`: the runtime's buffers are inference tensors.
     """
 
     def __init__(
@@ -40,27 +43,42 @@ class StepGraph(Generic[T]):
         mutable: Sequence[torch.Tensor] = (),
     ) -> None:
         self._program = program
-        self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.outputs: Optional[T] = None
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.outputs: T | None = None
         if capture:
             self.graph, self.outputs = _capture(program, pool, mutable)
+        else:
+            # Uncaptured (static mode) still rehearses the warm-up, so the CPU tests see any
+            # first-use side effect a capture would have (say, inputs staged too late).
+            _warm_up(program, mutable, side_stream=False)
 
     def __call__(self) -> T:
         if self.graph is None:
-            return self._program()
+            with torch.inference_mode():
+                return self._program()
         self.graph.replay()
         return self.outputs  # type: ignore[return-value]
 
 
-def _capture(program: Callable[[], T], pool, mutable: Sequence[torch.Tensor]):
+@torch.inference_mode()
+def _warm_up(program: Callable[[], T], mutable: Sequence[torch.Tensor], side_stream: bool) -> None:
+    """Run `program` once (on a side stream before a capture, as PyTorch advises), then restore `mutable`."""
     saved = [t.clone() for t in mutable]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
+    if side_stream:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            program()
+        torch.cuda.current_stream().wait_stream(side)
+    else:
         program()
-    torch.cuda.current_stream().wait_stream(side)
     for tensor, value in zip(mutable, saved):
         tensor.copy_(value)
+
+
+@torch.inference_mode()
+def _capture(program: Callable[[], T], pool, mutable: Sequence[torch.Tensor]):
+    _warm_up(program, mutable, side_stream=True)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         outputs = program()

@@ -68,11 +68,12 @@ def available_bytes(device: torch.device) -> int:
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
-def check_fits(plan: MemoryPlan, device: torch.device, margin: float) -> None:
+def check_fits(plan: MemoryPlan, device: torch.device, margin: float, available: int | None = None) -> None:
     """Raise `DeviceMemoryError` unless `plan` fits in `margin` of the available memory (CUDA only)."""
     if device.type != "cuda":
         return
-    available = available_bytes(device)
+    if available is None:
+        available = available_bytes(device)
     if plan.total > margin * available:
         raise DeviceMemoryError(
             f"this request needs {plan.describe()} on {device}, but only {available / 2**30:.2f} GiB "

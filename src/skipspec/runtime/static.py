@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable, Optional
+import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -22,6 +23,8 @@ from .graphs import GraphCache, StepGraph
 from .memory import MemoryPlan, check_fits, plan_memory
 from .steps import NO_SKIP, StepInputs, draft_step, score_step, verify_step
 from .transfer import Uploader
+
+_SHRINK_BELOW = 4
 
 
 def sampling_key(params: SamplingParams) -> tuple:
@@ -55,11 +58,16 @@ class StaticRuntime:
                 f"tree_buckets end at {self.tree_buckets[-1]} but this SwiftConfig allows trees of {widest_tree} nodes"
             )
         self.score_buckets = config.score_buckets
-        self.cache: Optional[KVCache] = None
-        self.inputs: Optional[StepInputs] = None
-        self.noise: Optional[torch.Tensor] = None
+        self.cache: KVCache | None = None
+        self.inputs: StepInputs | None = None
+        self.noise: torch.Tensor | None = None
         self._pool = None
         self._sublayers = None
+        self._compiled = None
+        if config.resolved_fuse(mode):
+            from .fuse import CompiledSublayers  # torch.compile is touched only when asked for
+
+            self._compiled = CompiledSublayers.create()
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(len(self.score_buckets))
@@ -81,8 +89,9 @@ class StaticRuntime:
 
     def _reusable(self, capacity: int, sampling: bool) -> bool:
         held = self.cache.capacity if self.cache is not None else 0
-        # Attention reads the whole capacity, so a much larger held cache is not worth keeping.
-        return capacity <= held <= 2 * capacity and (self.noise is not None or not sampling)
+        # Attention reads the whole capacity, so a far larger held cache is not worth keeping; within
+        # a factor of 4, reuse wins: requests of mixed lengths do not recapture every time.
+        return capacity <= held <= _SHRINK_BELOW * capacity and (self.noise is not None or not sampling)
 
     def plan(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> MemoryPlan:
         widest = max(self.tree_buckets[-1], self.score_buckets[-1])
@@ -96,7 +105,9 @@ class StaticRuntime:
         held = self.cache.data.numel() * self.cache.data.element_size() if self.cache is not None else 0
         plan = self.plan(prompt_len, max_new_tokens, scratch, sampling)
         # What this runtime holds now is freed before the new cache is made.
-        check_fits(MemoryPlan(plan.capacity, plan.cache - held, plan.workspace), self.adapter.device, self.config.memory_margin)
+        check_fits(
+            MemoryPlan(plan.capacity, plan.cache - held, plan.workspace), self.adapter.device, self.config.memory_margin
+        )
 
     @torch.inference_mode()
     def reserve(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> KVCache:
@@ -116,10 +127,8 @@ class StaticRuntime:
             self.noise = torch.ones(self.tree_buckets[-1], a.vocab_size, device=a.device)
         if self.mode == "graphs":
             self._pool = torch.cuda.graph_pool_handle()
-        if self.config.fuse:
-            from .fuse import compiled_sublayers  # torch.compile is imported only when asked for
-
-            self._sublayers = compiled_sublayers(self.cache, a.num_layers)
+        if self._compiled is not None:
+            self._sublayers = self._compiled.bind(self.cache, a.num_layers)
         return self.cache
 
     def release(self) -> None:
@@ -128,11 +137,34 @@ class StaticRuntime:
             graphs.clear()
         self.cache = self.inputs = self.noise = self._pool = self._sublayers = None
 
+    @property
+    def fused(self) -> bool:
+        return self._sublayers is not None
+
     def _step(self, program: Callable, mutable=()) -> StepGraph:
+        """Capture `program(sublayers=...)`. The caller must have staged the step's inputs: the
+        warm-up run before a capture executes the program for real (see `StepGraph`)."""
         start = time.perf_counter()
-        step = StepGraph(program, capture=self.mode == "graphs", pool=self._pool, mutable=mutable)
-        self.capture_time += time.perf_counter() - start
-        return step
+        try:
+            return self._capture(functools.partial(program, sublayers=self._sublayers), mutable)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, loudly
+            if self._sublayers is None:
+                raise
+            warnings.warn(
+                f"skipspec: compiling the fused sublayers failed ({type(err).__name__}: {err}); "
+                "running the plain ones (RuntimeConfig(fuse=False) silences this)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self._compiled = self._sublayers = None
+            for graphs in (self._drafts, self._verifies, self._scores):
+                graphs.clear()  # steps captured with the compiled sublayers go too
+            return self._capture(functools.partial(program, sublayers=None), mutable)
+        finally:
+            self.capture_time += time.perf_counter() - start
+
+    def _capture(self, program: Callable, mutable) -> StepGraph:
+        return StepGraph(program, capture=self.mode == "graphs", pool=self._pool, mutable=mutable)
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -144,7 +176,7 @@ class StaticRuntime:
 
     @torch.inference_mode()
     def verify(
-        self, committed: int, draft: Optional[Draft], params: SamplingParams, generator: torch.Generator
+        self, committed: int, draft: Draft | None, params: SamplingParams, generator: torch.Generator
     ) -> tuple[int, int, list[int]]:
         """One verify step (plain decoding when `draft` is None), committed in the cache.
 
@@ -155,23 +187,34 @@ class StaticRuntime:
         bucket = bucket_for(layout.size, self.tree_buckets)
         if draft is not None and draft.candidates.data_ptr() != inp.cand.data_ptr():
             inp.cand[: draft.depth, : draft.candidates.shape[1]].copy_(draft.candidates)
-        self._tree_upload.upload(pack_tree(layout, committed, bucket), inp.tree)
+        self.upload_tree(layout, committed, bucket)
         if params.do_sample:
             # Only the real nodes' rows: the same draws as the eager path's for the same seed.
             self.noise[: layout.size].exponential_(generator=generator)
-        key = (bucket, sampling_key(params))
-        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise, self._sublayers)
-        step = self._verifies.get(key, lambda: self._step(program, mutable=(inp.root,)))
-        packed = step().tolist()  # the step's one host sync: the accepted path
+        packed = self.verify_graph(bucket, params)().tolist()  # the step's one host sync: the accepted path
         length, bonus = packed[0], packed[1]
         return length, bonus, packed[2 + bucket : 2 + bucket + length]
 
-    def drafter(self, params: SamplingParams, stop_tokens: frozenset[int], swift: SwiftConfig) -> "GraphDrafter":
+    def verify_graph(self, bucket: int, params: SamplingParams) -> StepGraph:
+        """The verify step for `bucket` tree nodes; reads `inputs.tree` (`upload_tree` first: a
+        first-use capture runs the step once)."""
+        inp = self.inputs
+        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise)
+        return self._verifies.get((bucket, sampling_key(params)), lambda: self._step(program, mutable=(inp.root,)))
+
+    @torch.inference_mode()
+    def upload_tree(self, layout, committed: int, bucket: int) -> None:
+        """Stage a tree's layout for the next verify replay (asynchronously, no host sync)."""
+        self._tree_upload.upload(pack_tree(layout, committed, bucket), self.inputs.tree)
+
+    def drafter(self, params: SamplingParams, stop_tokens: frozenset[int], swift: SwiftConfig) -> GraphDrafter:
         return GraphDrafter(self, params, stop_tokens, swift)
 
     def draft_graph(self, skip: SkipSet, params: SamplingParams) -> StepGraph:
+        """The draft step of `skip`, kept in the LRU; reads and advances `inputs.pos` and `inputs.token`
+        (set them first: a first-use capture runs the step once)."""
         inp = self.inputs
-        program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params, self._sublayers)
+        program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params)
         return self._drafts.get((skip, sampling_key(params)), lambda: self._step(program, mutable=(inp.pos, inp.token)))
 
     @torch.inference_mode()
@@ -202,7 +245,7 @@ class StaticRuntime:
         keep = [int(i not in skip.attn) for i in range(self.adapter.num_layers)]
         keep += [int(i not in skip.mlp) for i in range(self.adapter.num_layers)]
         self._keep_upload.upload(keep, inp.keep.view(-1))
-        program = functools.partial(score_step, self.adapter, self.cache, inp, bucket, self._sublayers)
+        program = functools.partial(score_step, self.adapter, self.cache, inp, bucket)
         logits = self._scores.get(bucket, lambda: self._step(program))()
         return logits[q - 1 : q].clone() if last_only else logits[:q].clone()
 
@@ -240,9 +283,9 @@ class GraphDrafter:
     def propose(self, root: torch.Tensor, committed: int, max_depth: int, skip: SkipSet) -> Draft:
         cfg, rt = self.config, self.runtime
         inp = rt.inputs
-        step = rt.draft_graph(skip, self.params)
         inp.token.copy_(root.view(1, 1))
         inp.pos.fill_(committed)
+        step = rt.draft_graph(skip, self.params)  # after staging: a first-use capture runs it once
         widths, probs = [], []
         for d in range(max_depth):
             candidates, head = step()

@@ -9,7 +9,6 @@ tensor back. Shapes: C = the cache capacity, B = the step's bucket, K = top-k, L
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 
@@ -53,7 +52,7 @@ class StepInputs:
     @classmethod
     def allocate(
         cls, capacity: int, depth: int, topk: int, tree_max: int, score_max: int, layers: int, device
-    ) -> "StepInputs":
+    ) -> StepInputs:
         long = dict(dtype=torch.long, device=device)
         return cls(
             cols=torch.arange(capacity, device=device),
@@ -121,7 +120,7 @@ def tree_frame(inp: StepInputs, bucket: int) -> TreeFrame:
     )
 
 
-def race_tokens(logits: torch.Tensor, params: SamplingParams, noise: Optional[torch.Tensor]) -> torch.Tensor:
+def race_tokens(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None) -> torch.Tensor:
     """`verify.target_tokens` with the Exp(1) draws passed in, so the random draw stays outside the graph."""
     processed = process_logits(logits, params)
     if not params.do_sample:
@@ -135,8 +134,8 @@ def verify_step(
     inp: StepInputs,
     bucket: int,
     params: SamplingParams,
-    noise: Optional[torch.Tensor],
-    sublayers: Optional[Sublayers] = None,
+    noise: torch.Tensor | None,
+    sublayers: Sublayers | None = None,
 ) -> torch.Tensor:
     """Full-model forward over the padded tree, acceptance, and the commit of the accepted path.
 
@@ -163,7 +162,7 @@ def draft_step(
     inp: StepInputs,
     skip: SkipSet,
     params: SamplingParams,
-    sublayers: Optional[Sublayers] = None,
+    sublayers: Sublayers | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One skip-mode forward of `inp.token` at `inp.pos`; advances both to the chain's next token.
 
@@ -180,7 +179,7 @@ def draft_step(
 
 
 def score_step(
-    adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: int, sublayers: Optional[Sublayers] = None
+    adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: int, sublayers: Sublayers | None = None
 ) -> torch.Tensor:
     """The search's scoring forward: any skip set (from `inp.keep`) over `bucket` queries; logits `(B, vocab)`."""
     slots = inp.score_slots[:bucket]

@@ -7,7 +7,7 @@ the GPU has drained its queue: a hidden sync per call. Copying from pinned memor
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

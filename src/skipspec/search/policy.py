@@ -7,9 +7,11 @@ the request's cache, past the committed slots) within its own time budget.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Protocol
 
+from ..config import SamplingParams
 from ..model.adapter import ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
@@ -23,6 +25,8 @@ class StepContext:
     prompt_len: where the output starts in `tokens`
     committed: slots [0, committed) of `cache` hold the full model's KV of tokens[:committed]
     accepted:  draft tokens accepted in this step (bonus excluded); drafted: chain tokens proposed
+    sampling:  the request's target-distribution settings (the search scores under them)
+    tree_size: nodes of this step's verification tree, root included (1: a plain step)
     """
 
     adapter: ModelAdapter
@@ -32,19 +36,25 @@ class StepContext:
     committed: int
     accepted: int
     drafted: int
+    sampling: SamplingParams = SamplingParams()
+    tree_size: int = 1
 
 
 class SkipPolicy(Protocol):
     #: scratch cache slots the policy's scoring forwards need past the committed ones
     scratch_slots: int
-    #: seconds spent choosing (reported as `optimize_time`)
+    #: seconds spent choosing during the current request (reported as `optimize_time`)
     optimize_time: float
 
     def begin(self, prompt_len: int, max_new_tokens: int) -> None: ...
 
-    def skip_set(self) -> Optional[SkipSet]: ...
+    def skip_set(self) -> SkipSet | None: ...
 
     def observe(self, ctx: StepContext) -> None: ...
+
+    def stats(self) -> dict:
+        """What the policy did so far (search proposals, chosen set size, ...); {} when there is nothing to say."""
+        ...
 
 
 class FixedSkipPolicy:
@@ -59,8 +69,11 @@ class FixedSkipPolicy:
     def begin(self, prompt_len: int, max_new_tokens: int) -> None:
         pass
 
-    def skip_set(self) -> Optional[SkipSet]:
+    def skip_set(self) -> SkipSet | None:
         return self.skip
 
     def observe(self, ctx: StepContext) -> None:
         pass
+
+    def stats(self) -> dict:
+        return {}

@@ -41,7 +41,7 @@ def accept_longest_path(
     """
     n = tokens.shape[0]
     correct = tokens == targets[parents.clamp(min=0)]
-    correct[0] = True
+    correct[:1] = True  # a slice fill: no scalar copied to the device
     ok = ~(ancestors & ~correct[None, :]).any(dim=1)
     # Index with one-element tensors, never a 0-d one: `x[t]` with a 0-d device tensor reads it
     # back to the host (a hidden sync, and an error inside a CUDA graph capture).

@@ -1,0 +1,373 @@
+"""`SearchPolicy`: the on-the-fly search behind the decoder's policy seam.
+
+Per verify step (`observe`) it may run a few scoring forwards (`matchness`) under a time budget,
+hands them to the objective's search (`PaperSearch` or `SpeedSearch`), and answers `skip_set()`
+with the search's current decision. It also keeps what must outlive a request: the measured costs,
+the search state, and the saved set (`store`). Everything lives in this instance, so two decoders
+never share a set.
+
+Budget: with a finite `step_budget`, every verify step adds `step_budget x` the measured cost of
+a plain step to a credit; a scoring forward runs only when the credit covers its predicted cost
+(that of a full forward over the context), and its measured time is charged. The credit is capped
+at one forward, so the search never runs more than one forward in a step after an idle spell;
+time spent beyond the prediction (a Bayesian-optimisation suggestion) drives the credit negative
+and is paid back by later steps. So the search costs at most about `step_budget` of decoding time,
+whatever the model and device.
+
+Never much slower than plain decoding ("speed" only): the empty set is a candidate, so a search
+that finds nothing decodes plainly and looks again after `relook_steps` steps (doubling up to
+32x while nothing changes). While a set is in use, every step's realized tokens per modelled
+second (accepted + 1 tokens, over the measured costs of the forwards it really ran) is tracked
+over the last 8 drafted steps; under plain decoding's rate, the set is dropped and the estimator's
+trust in its own numbers lowered.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+
+from ..config import SamplingParams, SwiftConfig
+from ..errors import ConfigError
+from ..model.adapter import Frame, ModelAdapter
+from ..model.cache import KVCache
+from ..model.skipset import SkipSet
+from .costs import CostModel, measure_costs
+from .matchness import Context, context_frame, influence, score_skip_set, target_probs
+from .objective import DraftRule
+from .paper import PaperSearch
+from .policy import StepContext
+from .speed import PROBE, SpeedSearch
+from .store import LayerSetStore, StoreKey, device_kind, model_identity
+
+#: (frame, request cache, skip set) -> logits (Q, vocab) float32 of a scoring forward.
+Scorer = Callable[[Frame, KVCache, SkipSet], torch.Tensor]
+
+_MONITOR_STEPS = 8
+_MAX_RELOOK_DOUBLINGS = 5
+
+
+class RealizedRate:
+    """Tokens and modelled seconds of the last `steps` verify steps of one set.
+
+    >>> r = RealizedRate(2)
+    >>> r.add(3, 1.0); r.speedup(plain_cost=0.5) is None
+    True
+    >>> r.add(1, 1.0); r.speedup(plain_cost=0.5)
+    1.0
+    """
+
+    def __init__(self, steps: int = _MONITOR_STEPS) -> None:
+        self.steps: deque[tuple[float, float]] = deque(maxlen=steps)
+
+    def add(self, tokens: float, seconds: float) -> None:
+        self.steps.append((tokens, seconds))
+
+    def reset(self) -> None:
+        self.steps.clear()
+
+    def speedup(self, plain_cost: float) -> float | None:
+        """Realized tokens/s over plain decoding's, once the window is full."""
+        if len(self.steps) < (self.steps.maxlen or 0):
+            return None
+        tokens = sum(t for t, _ in self.steps)
+        seconds = sum(s for _, s in self.steps)
+        return tokens / seconds * plain_cost if seconds > 0 else None
+
+
+class SearchPolicy:
+    """On-the-fly skip-set search for one decoder (see the module docstring)."""
+
+    def __init__(
+        self,
+        adapter: ModelAdapter,
+        config: SwiftConfig,
+        start: SkipSet,
+        *,
+        scorer: Scorer | None = None,
+        store: LayerSetStore | None = None,
+        costs: CostModel | None = None,
+    ) -> None:
+        """scorer: how scoring forwards run (default `adapter.forward`); store: where sets are saved
+        (default: the user's cache); costs: use these instead of measuring (or loading) them."""
+        self.adapter = adapter
+        self.cfg = config.search
+        self.start = start
+        # A set the user named is where the search starts, before anything saved.
+        self.explicit = not (config.skip_attn is None and config.skip_mlp is None)
+        self.rule = DraftRule.of(config, adapter.vocab_size)
+        self.scorer: Scorer = scorer or (lambda frame, cache, skip: adapter.forward(frame, cache, skip))
+        self.scratch_slots = self.cfg.context_window
+        self.optimize_time = 0.0  # this request's
+        self.total_time = 0.0
+        self.calibration_time = 0.0
+        self.costs: CostModel | None = costs
+        self.search: PaperSearch | SpeedSearch | None = None
+        self._store = store
+        self._key: StoreKey | None = None
+        self.fallbacks = 0
+        # Seconds of scoring, of budget handed out, and of the longest scoring call: a call runs only
+        # with at least its predicted cost in credit, so spent <= granted + longest.
+        self.spent = self.granted = self.longest = 0.0
+        self.forwards = 0  # scoring forwards run (proposals, re-scorings of the incumbent, probes)
+        self._prompt_len = 0
+        self._context: Context | None = None
+        self._targets: torch.Tensor | None = None
+        self._p: torch.Tensor | None = None
+        self._credit = 0.0
+        self._idle = 0
+        self._streak = 0
+        self._rate = RealizedRate()
+        self._rated: SkipSet | None = None
+        self._round_from: SkipSet | None = None
+
+    # -- the seam -------------------------------------------------------------------------------
+
+    def begin(self, prompt_len: int, max_new_tokens: int) -> None:
+        self.optimize_time = 0.0
+        with self._timed():
+            if self.search is None:
+                self._setup()
+            self._prompt_len = prompt_len
+            self._context = self._targets = self._p = None
+
+    def skip_set(self) -> SkipSet | None:
+        if self.search is None:
+            return self.start if self.cfg.objective == "paper" else None
+        return self.search.decision()
+
+    def observe(self, ctx: StepContext) -> None:
+        with self._timed():
+            self._observe(ctx)
+
+    def stats(self) -> dict:
+        s = self.search
+        chosen = self.skip_set()
+        out = {
+            "objective": self.cfg.objective,
+            "proposals": s.proposals if s else 0,
+            "scoring_forwards": self.forwards,
+            "searching": bool(s and s.active),
+            "chosen_size": len(chosen) if chosen else 0,
+            "calibration_time": self.calibration_time,
+            "search_time": self.total_time,
+        }
+        if isinstance(s, PaperSearch):
+            out.update(matchness=s.best_score, stop_reason=s.stop_reason)
+        elif isinstance(s, SpeedSearch):
+            out.update(rounds=s.rounds, estimated_speedup=s.top_speedup if chosen else 1.0,
+                       correction=s.correction, fallbacks=self.fallbacks)  # fmt: skip
+        return out
+
+    @property
+    def store_path(self):
+        """Where results are saved (None when `persist` is off or before the first request)."""
+        return self._store.path if self._key is not None else None
+
+    # -- set-up -----------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        a, cfg = self.adapter, self.cfg
+        if cfg.persist:
+            dtype = str(a.dtype).removeprefix("torch.")
+            self._key = StoreKey(model_identity(a.model), dtype, device_kind(a.device), cfg.task, cfg.objective)
+            self._store = self._store or LayerSetStore()
+        saved = self._load(str(self._key)) if self._key else None
+        if self.costs is None and (cfg.objective == "speed" or math.isfinite(cfg.step_budget)):
+            self.costs = self._measured_costs()
+        if cfg.objective == "paper":
+            if saved is None or saved["set"] is None or self.explicit:
+                self.search = PaperSearch(a.num_layers, cfg, self.start)
+            else:
+                self.search = PaperSearch(a.num_layers, cfg, saved["set"], done=bool(saved.get("done")))
+            return
+        if saved is None or self.explicit:
+            # The named (or SWIFT's starting) set is used until the search has scored it; the
+            # realized-rate watch drops it within `_MONITOR_STEPS` drafted steps if it loses.
+            saved, top, speedup = {}, self.start, math.inf
+        else:
+            top, speedup = saved["set"], float(saved.get("speedup") or 0.0)
+        self.search = SpeedSearch(
+            a.num_layers,
+            cfg,
+            self.costs,
+            self.rule,
+            order=saved.get("order"),
+            top=top,
+            top_speedup=speedup,
+            correction=float(saved.get("correction", 1.0)),
+        )
+        self._start_round(self.search)
+
+    def _measured_costs(self) -> CostModel:
+        n = self.adapter.num_layers
+        if self._key is not None:
+            record = self._store.get("costs", self._key.hardware)
+            if record is not None:
+                try:
+                    costs = CostModel.from_dict(record)
+                    if costs.num_layers == n:
+                        return costs
+                except (KeyError, TypeError, ValueError):
+                    pass
+                warnings.warn(f"ignoring a malformed cost record in {self._store.path}", RuntimeWarning, stacklevel=4)
+        start = time.perf_counter()
+        costs = measure_costs(self.adapter)
+        self.calibration_time = time.perf_counter() - start
+        if self._key is not None:
+            self._store.put("costs", self._key.hardware, costs.to_dict())
+        return costs
+
+    def _load(self, key: str) -> dict | None:
+        """The saved entry, with its sets as `SkipSet`s; None (and a warning) if it does not fit."""
+        entry = self._store.get("sets", key)
+        if entry is None:
+            return None
+        n = self.adapter.num_layers
+        try:
+            if entry["num_layers"] != n:
+                raise ValueError(f"it is for {entry['num_layers']} layers, this model has {n}")
+            out = dict(entry)
+            chosen = entry.get("set")
+            out["set"] = None if chosen is None else SkipSet.of(chosen["attn"], chosen["mlp"]).validate(n)
+            if self.cfg.objective == "speed":
+                order = tuple(int(s) for s in entry["order"]) if entry.get("order") is not None else None
+                if order is not None and sorted(order) != list(range(2 * (n - 2))):
+                    raise ValueError("its slot order is not a permutation of this model's slots")
+                out["order"] = order
+            return out
+        except (KeyError, TypeError, ValueError, ConfigError) as err:
+            message = f"ignoring the saved layer set for {key} in {self._store.path}: {err}"
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
+            return None
+
+    def save(self) -> None:
+        """Write the search's current result to the store (no-op when `persist` is off)."""
+        if self._key is None or self.search is None:
+            return
+        s, n = self.search, self.adapter.num_layers
+        entry: dict = {"num_layers": n, "proposals": s.proposals,
+                       "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}  # fmt: skip
+        as_dict = lambda skip: None if skip is None else {"attn": sorted(skip.attn), "mlp": sorted(skip.mlp)}  # noqa: E731
+        if isinstance(s, PaperSearch):
+            entry.update(set=as_dict(s.best), matchness=s.best_score, done=s.done, stop_reason=s.stop_reason)
+        else:
+            speedup = s.top_speedup if math.isfinite(s.top_speedup) else None
+            entry.update(set=as_dict(s.top), speedup=speedup, chosen=s.chosen is not None,
+                         order=list(s.order) if s.order else None, correction=s.correction)  # fmt: skip
+        self._store.put("sets", str(self._key), entry)
+
+    # -- per step ---------------------------------------------------------------------------------
+
+    def _observe(self, ctx: StepContext) -> None:
+        s = self.search
+        if isinstance(s, SpeedSearch):
+            s.context_length = ctx.committed
+            self._watch(ctx, s)
+            if not s.active:
+                self._idle -= 1
+                if self._idle > 0:
+                    return
+                self._start_round(s)
+                self._context = None  # look at the latest text
+        if not s.active:
+            return
+        context = self._ensure_context(ctx)
+        if context is None:
+            return
+        need = self.costs.verify_cost(context.width, ctx.committed) if self.costs else 0.0
+        finite = math.isfinite(self.cfg.step_budget)
+        if finite:
+            gain = self.cfg.step_budget * self.costs.plain(ctx.committed)
+            self._credit = min(self._credit + gain, max(need, gain))
+            self.granted += gain
+        before = s.decision()
+        for _ in range(self.cfg.proposals_per_step):
+            request = s.next_request()  # may end a round by itself (the bound): no credit needed
+            if request is None or (finite and self._credit < need):
+                break
+            start = time.perf_counter()
+            s.answer(self._run(request, ctx, context))
+            spent = time.perf_counter() - start
+            self._credit -= spent
+            self.spent += spent
+            self.longest = max(self.longest, spent)
+            self.forwards += 1
+        if not s.active and isinstance(s, SpeedSearch):
+            self._settle()
+        elif s.decision() != before or not s.active:
+            self.save()
+
+    def _ensure_context(self, ctx: StepContext) -> Context | None:
+        if self._context is None:
+            w = self.cfg.context_window
+            if len(ctx.tokens) - self._prompt_len < w + 1:
+                return None
+            # "paper": the request's first W tokens, as SWIFT; "speed": the latest W.
+            start = self._prompt_len if self.cfg.objective == "paper" else ctx.committed - w
+            self._context = Context.of(ctx.tokens, start, w)
+            self._targets = torch.tensor(self._context.targets, device=self.adapter.device)
+            self._p = None
+            self.search.rebase()
+        return self._context
+
+    def _run(self, request, ctx: StepContext, context: Context):
+        frame = context_frame(context, ctx.committed, self.adapter.device)
+        sampling: SamplingParams = ctx.sampling
+        if request is PROBE:
+            values, logits = influence(self.adapter, ctx.cache, frame)
+            if sampling.do_sample and self._p is None:
+                self._p = target_probs(logits, sampling)
+            return values
+        if sampling.do_sample and self._p is None:
+            self._p = target_probs(self.scorer(frame, ctx.cache, SkipSet.empty()), sampling)
+        profile = score_skip_set(
+            lambda f, skip: self.scorer(f, ctx.cache, skip), frame, self._targets, request, self.rule, sampling, self._p
+        )
+        return self.search.evaluation(request, profile)
+
+    def _watch(self, ctx: StepContext, s: SpeedSearch) -> None:
+        """Realized rate of the set in use; drop it when it falls under plain decoding's."""
+        chosen = s.decision()
+        if chosen != self._rated:
+            self._rate.reset()
+            self._rated = chosen
+        if chosen is None or ctx.drafted == 0:
+            return
+        c = ctx.committed
+        seconds = ctx.drafted * self.costs.draft_cost(chosen, c) + self.costs.verify_cost(ctx.tree_size, c)
+        self._rate.add(ctx.accepted + 1, seconds)
+        realized = self._rate.speedup(self.costs.plain(c))
+        if realized is not None and realized < 1.0:
+            s.fall_back(realized)
+            self.fallbacks += 1
+            self._idle = self.cfg.relook_steps
+            self.save()
+
+    def _start_round(self, s: SpeedSearch) -> None:
+        self._round_from = s.decision()
+        s.start_round()
+
+    def _settle(self) -> None:
+        """A speed round ended: wait before the next one, longer while rounds change nothing."""
+        s = self.search
+        self._streak = self._streak + 1 if s.decision() == self._round_from else 0
+        self._idle = self.cfg.relook_steps * 2 ** min(self._streak, _MAX_RELOOK_DOUBLINGS)
+        self.save()
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        """Adds the block's wall time to `optimize_time` (this request's) and `total_time`."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            spent = time.perf_counter() - start
+            self.optimize_time += spent
+            self.total_time += spent

@@ -1,0 +1,106 @@
+"""`skipspec bench` end to end on a tiny random model saved to disk with a tiny offline tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from tiny_models import tiny_model
+from typer.testing import CliRunner
+
+from skipspec.cli import app
+
+WORDS = "please write a short story about the sea and a ship translate this into german what is two plus".split()
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|> {{ m['content'] }} <|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>{% endif %}"
+)
+
+
+def save_tiny_tokenizer(folder: Path, vocab_size: int) -> None:
+    """A word-level tokenizer with a chat template, built offline and sized to the model's vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    names = ["[UNK]", "<|im_start|>", "<|im_end|>", *dict.fromkeys(WORDS)]
+    names += [f"w{i}" for i in range(vocab_size - len(names))]
+    core = Tokenizer(models.WordLevel({w: i for i, w in enumerate(names)}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", eos_token="<|im_end|>", pad_token="[UNK]",
+        additional_special_tokens=["<|im_start|>"],
+    )  # fmt: skip
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = tiny_model("llama")
+    model.generation_config.eos_token_id = 2
+    model.save_pretrained(folder)
+    save_tiny_tokenizer(folder, model.config.vocab_size)
+    return folder
+
+
+def test_bench_writes_results_report_and_plots(model_dir, tmp_path, monkeypatch):
+    # The default `swift` may save its chosen skip set; keep that out of the user's cache.
+    monkeypatch.setenv("SKIPSPEC_CACHE", str(tmp_path / "cache"))
+    suite = tmp_path / "q.jsonl"
+    rows = [
+        {"question_id": 1, "category": "writing", "turns": ["please write a short story about the sea"]},
+        {"question_id": 2, "category": "translation", "turns": ["translate this into german"]},
+    ]
+    suite.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    methods = "ar,swift,swift-start,hf,hf-pld"
+    args = ["bench", "--model", str(model_dir), "--suite", str(suite), "--methods", methods, "-n", "8",
+            "--repeats", "2", "--out", str(out), "--dtype", "float32", "--device", "cpu", "--no-progress"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+    data = json.loads((out / "results.json").read_text())
+    env = data["environment"]
+    for key in ("model", "device", "dtype", "torch", "transformers", "skipspec", "cpu", "threads", "date", "command"):
+        assert key in env
+    assert env["dtype"] == "float32" and env["device"] == "cpu"
+    summary = data["summary"]
+    assert list(summary) == methods.split(",")
+    for by_cat in summary.values():
+        assert set(by_cat) == {"mt_bench", "translation", "overall"}
+        for s in by_cat.values():
+            for key in ("tokens_per_s", "speedup_vs_ar", "speedup_vs_hf", "mean_accepted", "acceptance_rate",
+                        "identical_to_ar"):  # fmt: skip
+                assert key in s
+            assert s["tokens_per_s"] > 0
+    assert summary["ar"]["overall"]["speedup_vs_ar"] == pytest.approx(1.0)
+    assert summary["hf"]["overall"]["speedup_vs_hf"] == pytest.approx(1.0)
+    # Greedy self-speculation is lossless: the engine's methods reproduce plain decoding.
+    for method in ("ar", "swift", "swift-start"):
+        assert summary[method]["overall"]["identical_to_ar"] == 1.0
+
+    records = data["records"]
+    assert len(records) == 2 * 5
+    assert {(r["prompt_id"], r["method"]) for r in records} == {
+        (p, m) for p in ("mt_bench/1", "translation/2") for m in methods.split(",")
+    }
+    for r in records:
+        assert 1 <= r["new_tokens"] <= 8 and len(r["tokens"]) == r["new_tokens"] and len(r["times"]) == 2
+    # The fixed starting set always drafts (the default `swift` may choose plain decoding).
+    start = [r for r in records if r["method"] == "swift-start"]
+    assert all(r["drafted_tokens"] > 0 and r["accepted_per_step"] for r in start)
+
+    report = (out / "report.md").read_text()
+    assert "| method | mt_bench | translation | overall |" in report
+    assert "speedup.png" in report and "accepted_per_step.png" in report
+    for png in ("speedup.png", "accepted_per_step.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_method_fails_before_loading(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "--model", str(tmp_path / "nope"), "--suite", "humaneval",
+                                      "--methods", "ar,warp", "--no-progress"])  # fmt: skip
+    assert result.exit_code == 2
+    assert "warp" in result.output

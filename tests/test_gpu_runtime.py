@@ -1,0 +1,125 @@
+"""On a GPU, the captured CUDA-graph path emits exactly what the eager path emits (float32, greedy).
+
+Skipped without CUDA (conftest). Run on the device with `pytest -m gpu tests/test_gpu_runtime.py`;
+results are recorded in docs/benchmarks.md ("GPU fast path").
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from tiny_models import FAMILIES, tiny_model
+
+from skipspec import SkipSet, SwiftConfig, SwiftDecoder
+from skipspec.runtime import DeviceMemoryError, RuntimeConfig
+
+pytestmark = pytest.mark.gpu
+
+GRAPHS = RuntimeConfig(mode="graphs")
+EAGER = RuntimeConfig(mode="eager")
+
+
+def _cuda_model(family: str) -> torch.nn.Module:
+    return tiny_model(family).to("cuda")
+
+
+def _config(rng: random.Random, num_layers: int) -> SwiftConfig:
+    inner = list(range(1, num_layers - 1))
+    return SwiftConfig(
+        optimize=False,
+        skip_attn=rng.sample(inner, rng.randint(0, 2)),
+        skip_mlp=rng.sample(inner, rng.randint(0, 2)),
+        confidence_threshold=rng.choice([0.0, 0.0, 0.5]),
+        max_draft_tokens=rng.randint(1, 10),
+        topk=rng.randint(1, 8),
+    )
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_graph_path_matches_eager_path_and_plain_decoding(family):
+    model = _cuda_model(family)
+    rng = random.Random(f"gpu-{family}")
+    deep = 0
+    for case in range(5):
+        cfg = _config(rng, model.config.num_hidden_layers)
+        prompt = [rng.randrange(97) for _ in range(rng.randint(1, 40))]
+        max_new = rng.randint(8, 40)
+        graphs = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=GRAPHS)
+        eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
+        swift = graphs.generate(prompt, max_new)
+        context = f"{family} case {case}: {cfg}, prompt={prompt}"
+        assert swift.stats["runtime"] == "graphs" and swift.stats["graph_captures"] > 0
+        assert swift.tokens == eager.generate(prompt, max_new).tokens, context
+        assert swift.tokens == graphs.generate(prompt, max_new, method="ar").tokens, context
+        assert swift.tokens == eager.generate(prompt, max_new, method="ar").tokens, context
+        deep += max(swift.stats["accepted_per_step"], default=0) >= 2
+    assert deep >= 1
+
+
+def test_graph_sampling_is_reproducible_and_close_to_eager():
+    model = _cuda_model("llama")
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    kwargs = dict(do_sample=True, temperature=0.7, top_p=0.9, seed=5)
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=GRAPHS)
+    first = dec.generate(list(range(3, 20)), 40, **kwargs).tokens
+    assert dec.generate(list(range(3, 20)), 40, **kwargs).tokens == first
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER).generate(list(range(3, 20)), 40, **kwargs).tokens
+    # Same seed, same draws: only a float32 rounding tie could tell them apart.
+    assert first == eager
+
+
+def test_draft_graphs_are_evicted_least_recently_used_first():
+    model = _cuda_model("llama")
+    sets = [SkipSet.of([1], [2]), SkipSet.of([2], [3]), SkipSet.of([3], [4])]
+    runtime = RuntimeConfig(mode="graphs", max_draft_graphs=2)
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=runtime)
+    expected = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=EAGER)
+    for skip in sets + sets[:1]:
+        dec.policy.skip = expected.policy.skip = skip
+        assert dec.generate(list(range(3, 13)), 12).tokens == expected.generate(list(range(3, 13)), 12).tokens
+    assert [k[0] for k in dec.fast._drafts.keys()] == [sets[2], sets[0]]
+    assert dec.fast._drafts.evictions == 2
+
+
+def test_scoring_graph_equals_skip_mode_forward():
+    from skipspec.model.adapter import Frame
+
+    model = _cuda_model("mistral")
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=GRAPHS)
+    dec.generate(list(range(5, 35)), 20)
+    rt = dec.fast
+    committed, q = 40, 12
+    start = committed + 8
+    positions = torch.arange(committed - q, committed, device="cuda")
+    allowed = torch.zeros(q, start + q, dtype=torch.bool, device="cuda")
+    allowed[:, : committed - q] = True
+    allowed[:, start:] = torch.ones(q, q, dtype=torch.bool, device="cuda").tril()
+    keys = torch.zeros(start + q, dtype=torch.long, device="cuda")
+    keys[: committed - q] = torch.arange(committed - q, device="cuda")
+    keys[start:] = positions
+    frame = Frame(torch.randint(0, 97, (1, q), device="cuda"), positions, start, allowed, keys)
+    for skip in (SkipSet.of([1, 2], [3]), SkipSet.of([4], [1, 2, 3]), SkipSet.empty()):
+        torch.testing.assert_close(rt.score(frame, skip), dec.adapter.forward(frame, rt.cache, skip), atol=1e-4, rtol=1e-4)
+    assert rt._scores.captures == 1, "one scoring graph must serve every skip set"
+
+
+def test_a_request_that_cannot_fit_fails_before_any_work():
+    model = _cuda_model("llama")
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=RuntimeConfig(memory_margin=1e-9))
+    before = torch.cuda.memory_allocated()
+    with pytest.raises(DeviceMemoryError, match="KV cache of"):
+        dec.stream([1, 2, 3], 10)
+    assert torch.cuda.memory_allocated() == before and dec.fast.cache is None
+
+
+def test_fused_graph_path_matches_eager_path():
+    """The opt-in TorchInductor fusion (compiles for a while on first use)."""
+    model = _cuda_model("llama")
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    fused = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="graphs", fuse=True))
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
+    prompt = list(range(3, 30))
+    assert fused.generate(prompt, 30).tokens == eager.generate(prompt, 30).tokens
+    assert fused.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens

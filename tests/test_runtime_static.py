@@ -1,0 +1,175 @@
+"""The graph path's fixed-shape steps, run uncaptured on the CPU (`RuntimeConfig(mode="static")`).
+
+Everything a CUDA graph replays is here except the capture itself: persistent buffers, padded
+trees, full-capacity masks, the in-step commit, cache reuse across requests and the draft-graph
+LRU. So the GPU test only has to show that capture and replay change nothing.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from tiny_models import FAMILIES, tiny_model
+
+from skipspec import SkipSet, SwiftConfig, SwiftDecoder
+from skipspec.model.adapter import Frame
+from skipspec.runtime import RuntimeConfig
+
+STATIC = RuntimeConfig(mode="static")
+EAGER = RuntimeConfig(mode="eager")
+
+
+def _config(rng: random.Random, num_layers: int) -> SwiftConfig:
+    inner = list(range(1, num_layers - 1))
+    return SwiftConfig(
+        optimize=False,
+        # Small sets, so drafts are often accepted and deep trees (larger buckets) occur.
+        skip_attn=rng.sample(inner, rng.randint(0, 2)),
+        skip_mlp=rng.sample(inner, rng.randint(0, 2)),
+        confidence_threshold=rng.choice([0.0, 0.0, 0.5, 0.8]),
+        max_draft_tokens=rng.randint(1, 10),
+        topk=rng.randint(1, 8),
+    )
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_static_path_matches_eager_path_and_plain_decoding(family):
+    model = tiny_model(family)
+    rng = random.Random(f"static-{family}")
+    deep = 0
+    for case in range(8):
+        cfg = _config(rng, model.config.num_hidden_layers)
+        stop = [rng.randrange(97)] if rng.random() < 0.3 else []
+        prompt = [rng.randrange(97) for _ in range(rng.randint(1, 40))]
+        max_new = rng.randint(1, 40)
+        static = SwiftDecoder(model, cfg, stop_token_ids=stop, runtime=STATIC)
+        eager = SwiftDecoder(model, cfg, stop_token_ids=stop, runtime=EAGER)
+        swift = static.generate(prompt, max_new)
+        context = f"{family} case {case}: {cfg}, stop={stop}, prompt={prompt}"
+        assert swift.tokens == eager.generate(prompt, max_new).tokens, context
+        assert swift.tokens == static.generate(prompt, max_new, method="ar").tokens, context
+        assert swift.stats["runtime"] == "static"
+        deep += max(swift.stats["accepted_per_step"], default=0) >= 2
+    assert deep >= 1, "no case accepted a deep path: the tree buckets were not exercised"
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma2"])
+def test_static_sampling_draws_what_the_eager_path_draws_for_the_same_seed(family):
+    model = tiny_model(family)
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    prompt = list(range(3, 20))
+    kwargs = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=20, seed=11)
+    static = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=STATIC).generate(prompt, 40, **kwargs)
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER).generate(prompt, 40, **kwargs)
+    # The noise rows of the real nodes are drawn exactly as the eager path draws them, so in
+    # float32 the samples agree token for token.
+    assert static.tokens == eager.tokens
+
+
+def _plain_kv(decoder: SwiftDecoder, tokens: list[int]) -> torch.Tensor:
+    a = decoder.adapter
+    n = len(tokens)
+    cache = a.new_cache(n)
+    frame = Frame(torch.tensor([tokens]), torch.arange(n), 0, torch.ones(n, n, dtype=torch.bool).tril(), torch.arange(n))
+    a.forward(frame, cache, SkipSet.empty())
+    return cache.positions_view(n)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
+def test_static_cache_holds_plain_decodings_kv_after_every_step(family):
+    """The in-step commit moves a whole bucket of slots; the committed prefix must still be exact."""
+    snapshots = []
+
+    class Recording(SwiftDecoder):
+        def _verify(self, state, draft, sampling, generator):
+            accepted, new = super()._verify(state, draft, sampling, generator)
+            snapshots.append((list(state.tokens) + new[:-1], state.cache.positions_view(state.committed).clone()))
+            return accepted, new
+
+    model = tiny_model(family)
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    dec = Recording(model, cfg, stop_token_ids=[], runtime=STATIC)
+    dec.generate(list(range(3, 20)), 30)
+    assert any(len(b[0]) - len(a[0]) > 2 for a, b in zip(snapshots, snapshots[1:])), "no multi-token step"
+    for tokens, kv in snapshots:
+        torch.testing.assert_close(kv, _plain_kv(dec, tokens), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "mistral", "gemma2"])
+def test_scoring_forward_equals_the_skip_mode_forward_for_any_skip_set(family):
+    """One scoring graph serves every skip set: its select-gated forward equals skipping."""
+    model = tiny_model(family)
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=STATIC)
+    prompt = list(range(5, 35))
+    dec.generate(prompt, 20)  # leaves a committed prefix in the runtime's cache
+    rt = dec.fast
+    rng = random.Random(family)
+    committed = len(prompt) + 10
+    for _ in range(6):
+        layers = model.config.num_hidden_layers
+        skip = SkipSet.of(
+            rng.sample(range(1, layers - 1), rng.randint(0, 3)), rng.sample(range(1, layers - 1), rng.randint(0, 3))
+        )
+        q = rng.randint(1, 20)
+        start = committed + rng.randint(0, 20)  # a scratch region past the committed slots
+        ids = torch.randint(0, 97, (1, q))
+        positions = torch.arange(committed - q, committed)
+        gap = start - committed + q  # slots between the context re-read and the scratch writes
+        allowed = torch.cat(
+            [
+                torch.ones(q, committed - q, dtype=torch.bool),
+                torch.zeros(q, gap, dtype=torch.bool),
+                torch.ones(q, q, dtype=torch.bool).tril(),
+            ],
+            dim=1,
+        )
+        keys = torch.cat([torch.arange(committed - q), torch.zeros(gap, dtype=torch.long), positions])
+        frame = Frame(ids, positions, start, allowed, keys)
+        scored = rt.score(frame, skip)
+        expected = dec.adapter.forward(frame, rt.cache, skip)
+        torch.testing.assert_close(scored, expected, atol=1e-4, rtol=1e-4)
+        assert torch.equal(rt.score(frame, skip, last_only=True), scored[-1:])
+    assert len(rt._scores) >= 1 and rt._scores.captures <= len(rt.score_buckets)
+
+
+def test_cache_and_graphs_are_reused_by_requests_that_fit_and_regrown_for_one_that_does_not():
+    model = tiny_model("llama")
+    cfg = SwiftConfig(optimize=False, max_draft_tokens=4, topk=3)
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="static", capacity_step=64))
+    dec.generate(list(range(3, 13)), 10)
+    first = dec.fast.cache
+    steps = dec.fast.captures
+    dec.generate(list(range(5, 20)), 12)
+    assert dec.fast.cache is first and dec.fast.captures == steps, "a fitting request must reuse cache and steps"
+    dec.generate([i % 90 + 3 for i in range(100)], 100)
+    assert dec.fast.cache is not first and dec.fast.cache.capacity > first.capacity
+
+
+def test_draft_steps_are_kept_per_skip_set_least_recently_used_first():
+    model = tiny_model("llama")
+    sets = [SkipSet.of([1], [2]), SkipSet.of([2], [3]), SkipSet.of([3], [4])]
+    dec = SwiftDecoder(
+        model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=RuntimeConfig(mode="static", max_draft_graphs=2)
+    )
+    for skip in sets:
+        dec.policy.skip = skip
+        dec.generate(list(range(3, 13)), 8)
+    keys = [key[0] for key in dec.fast._drafts.keys()]
+    assert keys == sets[1:] and dec.fast._drafts.evictions == 1
+
+
+def test_cli_no_graphs_flag_runs_the_eager_path(tmp_path):
+    import json
+
+    from tiny_models import save_tiny
+    from typer.testing import CliRunner
+
+    from skipspec.cli import app
+
+    folder = save_tiny(tmp_path / "m")
+    for flag, runtime in (("--no-graphs", "eager"), ("--graphs", "eager")):  # on a CPU "auto" resolves to eager
+        res = CliRunner().invoke(app, ["generate", "--model", folder, "--prompt", "w5 w6", "-n", "6", "--json", flag])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout.strip().splitlines()[-1])["stats"]["runtime"] == runtime

@@ -1,0 +1,208 @@
+"""The on-the-fly search, end to end on tiny models: what it finds, when it decodes plainly, what it saves.
+
+Synthetic step costs (`flat_costs`) make the speed objective's choices independent of how loaded
+the test machine is; one test runs on measured costs to check the time budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from tiny_models import tiny_model
+
+from skipspec import SkipSet, SwiftConfig, SwiftDecoder
+from skipspec.config import SearchConfig
+from skipspec.model.adapter import ModelAdapter
+from skipspec.search import LayerSetStore, SearchPolicy
+from skipspec.search.costs import CostModel, Line
+
+PROMPTS = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8], [1, 6, 1, 8, 0, 3, 3, 9, 8], [5, 7, 7, 2, 1]]
+
+
+def identity_model(zero_attn=(), zero_mlp=(), seed=0, family="llama"):
+    """An undamped tiny model (every real sublayer matters) whose listed sublayers add exactly zero."""
+    model = tiny_model(family, seed=seed, damp=1.0)
+    with torch.no_grad():
+        for i in zero_attn:
+            model.model.layers[i].self_attn.o_proj.weight.zero_()
+        for i in zero_mlp:
+            model.model.layers[i].mlp.down_proj.weight.zero_()
+    return model
+
+
+def flat_costs(num_layers: int, slot: float = 0.08, per_node: float = 0.01) -> CostModel:
+    """Plain step 1 s, each inner sublayer `slot` s, a verify forward 1 s + `per_node` per extra node."""
+    n = num_layers - 2
+    return CostModel(num_layers, Line(1.0, 0.0), Line(0.2, 0.0), (Line(slot, 0.0),) * n, (Line(slot, 0.0),) * n,
+                     ((1, 0.0), (64, 63 * per_node)))  # fmt: skip
+
+
+def search_decoder(model, objective, *, costs=True, store=None, skip=None, **search):
+    search = dict(context_window=16, step_budget=math.inf, proposals_per_step=8, persist=store is not None) | search
+    attn, mlp = skip if skip is not None else (None, None)
+    cfg = SwiftConfig(skip_attn=attn, skip_mlp=mlp, confidence_threshold=0.0, max_draft_tokens=8, topk=1,
+                      search=SearchConfig(objective=objective, **search))  # fmt: skip
+    adapter = ModelAdapter(model)
+    start = SkipSet.starting(adapter.num_layers) if skip is None else SkipSet.of(attn, mlp)
+    policy = SearchPolicy(adapter, cfg, start, store=store, costs=flat_costs(adapter.num_layers) if costs else None)
+    return SwiftDecoder(model, cfg, stop_token_ids=[], policy=policy)
+
+
+def run_until_settled(dec, requests=12, new_tokens=60):
+    """Generate until the search stops looking (checking every output against plain decoding)."""
+    for i in range(requests):
+        prompt = PROMPTS[i % len(PROMPTS)]
+        res = dec.generate(prompt, new_tokens)
+        assert res.tokens == dec.generate(prompt, new_tokens, method="ar").tokens
+        if not dec.policy.search.active:
+            return res
+    raise AssertionError(f"search still running after {requests} requests: {dec.policy.stats()}")
+
+
+ZEROED = SkipSet.of([2, 4], [3])  # 3 slots: SWIFT's fixed size for 6 layers is int(8 * 0.45) = 3
+
+
+@pytest.mark.parametrize("objective", ["paper", "speed"])
+def test_search_finds_the_sublayers_that_are_identities(objective):
+    model = identity_model(zero_attn=[2, 4], zero_mlp=[3])
+    dec = search_decoder(model, objective)
+    run_until_settled(dec)
+    assert dec.policy.skip_set() == ZEROED, dec.policy.stats()
+    if objective == "paper":
+        assert dec.policy.search.best_score == 1.0
+        assert "matchness" in dec.policy.search.stop_reason
+    # Skipping exact identities drafts exactly what the full model says: every draft is accepted.
+    res = dec.generate(PROMPTS[0], 40)
+    assert res.stats["acceptance_rate"] == 1.0 and res.stats["drafted_tokens"] > 0
+
+
+def test_speed_search_decodes_plainly_when_every_skip_hurts():
+    dec = search_decoder(identity_model(), "speed")
+    run_until_settled(dec)
+    assert dec.policy.stats()["proposals"] > 0
+    assert dec.policy.skip_set() is None
+    after = dec.generate(PROMPTS[1], 30)
+    assert after.stats["drafted_tokens"] == 0 and after.stats["skip_attn"] == [] and after.stats["skip_mlp"] == []
+
+
+def test_a_set_that_loses_in_use_is_dropped_before_the_search_scores_it():
+    """Realized rate: a named bad set is used as asked, then dropped once it is measured slower than plain."""
+    inner = [1, 2, 3, 4]
+    dec = search_decoder(identity_model(), "speed", skip=(inner, inner), context_window=64)
+    res = dec.generate(PROMPTS[0], 50)
+    assert res.stats["drafted_tokens"] > 0  # it was used
+    assert dec.policy.skip_set() is None and dec.policy.fallbacks == 1
+    assert dec.policy.stats()["proposals"] == 0  # no scoring forward: the context never filled
+    assert res.tokens == dec.generate(PROMPTS[0], 50, method="ar").tokens
+
+
+def test_search_time_stays_within_its_budget():
+    """Scoring forwards may spend `step_budget` x the measured plain step per verify step (plus one forward)."""
+    model = tiny_model("llama")
+    budget = 0.05
+    # SWIFT's search never runs out of proposals here, so only the budget holds it back.
+    settings = dict(costs=False, context_window=8, proposals_per_step=2, stop_score=math.inf, bayes_interval=0)
+    dec = search_decoder(model, "paper", step_budget=budget, **settings)
+    for prompt in PROMPTS:
+        dec.generate(prompt, 80)
+    p = dec.policy
+    assert p.forwards > 0
+    assert p.spent <= p.granted + p.longest, (p.spent, p.granted, p.longest)
+    free = search_decoder(model, "paper", **settings)
+    for prompt in PROMPTS:
+        free.generate(prompt, 80)
+    assert free.policy.forwards > 5 * p.forwards
+
+
+# -- saved sets -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("SKIPSPEC_CACHE", str(tmp_path))
+    return LayerSetStore()
+
+
+def test_saved_set_round_trip(store):
+    model = identity_model(zero_attn=[2, 4], zero_mlp=[3])
+    run_until_settled(search_decoder(model, "paper", store=store))
+    entry = next(iter(json.loads(store.path.read_text())["sets"].values()))
+    assert entry["set"] == {"attn": [2, 4], "mlp": [3]} and entry["done"] is True
+    # A later decoder (or process) starts from the saved set and does not search again.
+    again = search_decoder(model, "paper", store=store)
+    res = again.generate(PROMPTS[2], 40)
+    assert again.policy.skip_set() == ZEROED and res.stats["acceptance_rate"] == 1.0
+    assert again.policy.stats()["proposals"] == 0
+
+
+def test_a_corrupt_store_is_ignored_with_a_warning(store):
+    store.path.parent.mkdir(parents=True, exist_ok=True)
+    store.path.write_text("{ not json")
+    model = identity_model(zero_attn=[2, 4], zero_mlp=[3])
+    dec = search_decoder(model, "paper", store=store)
+    with pytest.warns(RuntimeWarning, match="not valid JSON"):
+        run_until_settled(dec)
+    assert dec.policy.skip_set() == ZEROED
+    assert json.loads(store.path.read_text())["version"] == 1  # replaced by a good file
+
+
+def test_a_saved_set_for_another_shape_is_ignored_with_a_warning(store):
+    model = identity_model(zero_attn=[2, 4], zero_mlp=[3])
+    run_until_settled(search_decoder(model, "paper", store=store))
+    doc = json.loads(store.path.read_text())
+    for entry in doc["sets"].values():
+        entry["num_layers"] = 40
+    store.path.write_text(json.dumps(doc))
+    dec = search_decoder(model, "paper", store=store)
+    with pytest.warns(RuntimeWarning, match="40 layers"):
+        dec.generate(PROMPTS[0], 10)
+    assert dec.policy.skip_set() == SkipSet.starting(6)
+
+
+def test_two_models_keep_separate_sets(store):
+    a = identity_model(zero_attn=[2, 4], zero_mlp=[3], seed=1)
+    b = identity_model(zero_attn=[1], zero_mlp=[2, 4], seed=2)
+    dec_a, dec_b = search_decoder(a, "paper", store=store), search_decoder(b, "paper", store=store)
+    for _ in range(3):  # interleaved, as two decoders serving in one process
+        dec_a.generate(PROMPTS[0], 60)
+        dec_b.generate(PROMPTS[1], 60)
+    run_until_settled(dec_a)
+    run_until_settled(dec_b)
+    assert dec_a.policy.skip_set() == ZEROED
+    assert dec_b.policy.skip_set() == SkipSet.of([1], [2, 4])
+    assert len(json.loads(store.path.read_text())["sets"]) == 2
+    assert search_decoder(a, "paper", store=store).generate(PROMPTS[3], 5).stats["skip_attn"] == [2, 4]
+    assert search_decoder(b, "paper", store=store).generate(PROMPTS[3], 5).stats["skip_attn"] == [1]
+
+
+def test_measured_costs_are_saved_and_reused(store):
+    model = tiny_model("qwen2")
+    first = search_decoder(model, "speed", costs=False, store=store)
+    first.generate(PROMPTS[0], 4)
+    assert first.policy.calibration_time > 0
+    second = search_decoder(model, "speed", costs=False, store=store)
+    second.generate(PROMPTS[0], 4)
+    assert second.policy.calibration_time == 0 and second.policy.costs == first.policy.costs
+
+
+def test_tune_command_saves_a_set_under_its_task(store, tmp_path):
+    from tiny_models import save_tiny
+    from typer.testing import CliRunner
+
+    from skipspec.cli import app
+
+    folder = save_tiny(tmp_path / "m")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text('w5 w6 w7 w8\n\n{"turns": ["w9 w3 w2", "ignored"]}\n')
+    res = CliRunner().invoke(app, ["tune", "--model", folder, "--prompts", str(prompts), "--task", "chat",
+                                   "--objective", "paper", "-n", "40", "--passes", "1"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["proposals"] > 0 and out["requests"] >= 2
+    ((key, entry),) = json.loads(store.path.read_text())["sets"].items()
+    assert key.endswith("|chat|paper") and entry["set"]["attn"] == out["skip_attn"]
+    bad = CliRunner().invoke(app, ["tune", "--model", folder, "--prompts", str(prompts), "--objective", "fast"])
+    assert bad.exit_code == 2 and "objective" in bad.output
