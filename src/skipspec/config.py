@@ -39,7 +39,7 @@ _PRESETS: dict[str, dict[str, float]] = {
     "paper": dict(bayes_interval=25, stop_score=0.93, patience=300, max_proposals=1000,
                   step_budget=math.inf, proposals_per_step=1),
     "speed": dict(bayes_interval=0, stop_score=math.inf, patience=24, max_proposals=200,
-                  step_budget=0.05, proposals_per_step=2),
+                  step_budget=0.03, proposals_per_step=2),
 }  # fmt: skip
 
 
@@ -76,7 +76,7 @@ class SearchConfig:
     max_proposals: int | None = None
     step_budget: float | None = None
     proposals_per_step: int | None = None
-    relook_steps: int = 128
+    relook_steps: int = 256
     min_gain: float = 0.03
     persist: bool = True
     task: str = "default"

@@ -227,8 +227,11 @@ def cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV)
     if root:
         return Path(root).expanduser() / "models"
-    import platformdirs  # Only needed here; keeps importing this module cheap.
-
+    try:
+        import platformdirs  # Only needed here; keeps importing this module cheap.
+    except ImportError:  # minimal images (the GPU one) lack it: use the XDG default it would pick on Linux
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return base / "skipspec" / "models"
     return Path(platformdirs.user_cache_dir("skipspec")) / "models"
 
 
