@@ -235,6 +235,10 @@ def test_store_round_trip_and_bad_files(tmp_path):
     with pytest.warns(RuntimeWarning):
         store.put("sets", "k", {"y": 2})
     assert store.get("sets", "k") == {"y": 2}
+    (tmp_path / "a-file").write_text("")
+    with pytest.warns(RuntimeWarning) as caught:
+        LayerSetStore(tmp_path / "a-file" / "sets.json").put("sets", "k", {})  # unwritable: a warning, no crash
+    assert any("cannot save" in str(w.message) for w in caught)
 
 
 # -- configuration --------------------------------------------------------------------------------

@@ -133,6 +133,7 @@ class LayerSetStore:
     def put(self, section: str, key: str, entry: dict) -> None:
         doc = self._read()
         doc[section][key] = entry
+        tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".layer_sets.", dir=self.path.parent)
@@ -140,6 +141,8 @@ class LayerSetStore:
                 json.dump(doc, f, indent=1, sort_keys=True)
             os.replace(tmp, self.path)
         except OSError as err:
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
             warnings.warn(f"cannot save to layer-set store {self.path}: {err}", RuntimeWarning, stacklevel=2)
 
 
