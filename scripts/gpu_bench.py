@@ -273,17 +273,18 @@ def speedup_model(ctx_res: dict, topk: int) -> dict:
 # -- section 2: SmolLM2 on Spec-Bench prompts --------------------------------------------------------
 
 
-def spec_bench_prompts(path: Path, per_group: int) -> list[tuple[str, str]]:
-    """(category, text) pairs, `per_group` from each Spec-Bench group (MT-bench's eight folded into
-    one), ordered round-robin: the first six hold one prompt of each group."""
+def spec_bench_prompts(path: Path, per_group: int) -> list[tuple[str, str, bool]]:
+    """(category, text, chat) triples, `per_group` from each Spec-Bench group (MT-bench's eight folded
+    into one), ordered round-robin: the first six hold one prompt of each group. A line may say
+    `"chat": false` (HumanEval problems appended to the file: plain completions, no chat template)."""
     mt = {"writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"}
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[tuple[str, bool]]] = {}
     for line in path.read_text().splitlines():
         q = json.loads(line)
         group = "mt_bench" if q["category"] in mt else q["category"]
         if len(groups.setdefault(group, [])) < per_group:
-            groups[group].append(q["turns"][0])
-    return [(g, texts[i]) for i in range(per_group) for g, texts in groups.items() if i < len(texts)]
+            groups[group].append((q["turns"][0], bool(q.get("chat", True))))
+    return [(g, *items[i]) for i in range(per_group) for g, items in groups.items() if i < len(items)]
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -295,7 +296,16 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def smollm(model_path: str | None, prompts_path: Path, device, per_group: int, timed: int, max_new: int, fuse: bool) -> dict:
+def smollm(
+    model_path: str | None,
+    prompts_path: Path,
+    device,
+    per_group: int,
+    timed: int,
+    max_new: int,
+    fuse: bool,
+    only: set[str] | None = None,
+) -> dict:
     """Every method on the first `timed` prompts (tokens/s side by side); graph methods on all of them
     (bf16 agreement with plain decoding needs more prompts than the slow eager methods can afford)."""
     from skipspec import load
@@ -307,10 +317,13 @@ def smollm(model_path: str | None, prompts_path: Path, device, per_group: int, t
         model, tok = load(model_path, device=str(device), dtype="bfloat16" if device.type == "cuda" else "float32")
         stop = tokenizer_stop_token_ids(tok, model)
         prompts = []
-        for cat, text in spec_bench_prompts(prompts_path, per_group):
-            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True,
-                                          return_dict=False)  # fmt: skip
-            ids = ids["input_ids"] if isinstance(ids, dict) else ids
+        for cat, text, chat in spec_bench_prompts(prompts_path, per_group):
+            if chat:
+                ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=False)  # fmt: skip
+                ids = ids["input_ids"] if isinstance(ids, dict) else ids
+            else:
+                ids = tok(text)["input_ids"]
             prompts.append((cat, list(ids)[-1536:]))
         real = True
     else:  # no checkpoint here: the same shape with random weights (timings only)
@@ -330,9 +343,10 @@ def smollm(model_path: str | None, prompts_path: Path, device, per_group: int, t
     layers = model.config.num_hidden_layers
     sets = {"start": SkipSet.starting(layers), "r0.2": spread_skip(layers, 0.2)}
     runs: dict[str, dict[int, dict]] = {}  # method -> prompt index -> {tokens, seconds, steps, ...}
+    search_stats: dict[str, dict] = {}  # method -> the search's stats after its last request
 
-    def run_engine(name: str, runtime: RuntimeConfig, method: str, skip: SkipSet | None, count: int, optimize=False):
-        cfg = SwiftConfig(optimize=optimize, skip_attn=sorted(skip.attn) if skip else None,
+    def run_engine(name: str, runtime: RuntimeConfig, method: str, skip: SkipSet | None, count: int, search=None):
+        cfg = SwiftConfig(optimize=search is not None, search=search, skip_attn=sorted(skip.attn) if skip else None,
                           skip_mlp=sorted(skip.mlp) if skip else None)  # fmt: skip
         dec = SwiftDecoder(model, cfg, stop_token_ids=stop, runtime=runtime)
         if runtime.mode != "eager":  # untimed pass: captures (and compiles) happen here
@@ -346,12 +360,14 @@ def smollm(model_path: str | None, prompts_path: Path, device, per_group: int, t
             r = dec.generate(ids, max_new, method=method)
             sync(device)
             runs[name][i] = {"tokens": r.tokens, "seconds": time.perf_counter() - t0, "steps": r.stats["verify_steps"],
-                             "drafted": r.stats["drafted_tokens"], "accepted": r.stats["accepted_tokens"]}  # fmt: skip
+                             "drafted": r.stats["drafted_tokens"], "accepted": r.stats["accepted_tokens"],
+                             "optimize": r.stats.get("optimize_time", 0.0)}  # fmt: skip
         m = summarize(runs[name], range(count))
         m["captures_during_timing"] = (dec.fast.captures if dec.fast else 0) - captures
         m["fused"] = bool(dec.fast and dec.fast.fused)
-        if optimize:
-            m["search"] = {k: v for k, v in dec.policy.stats().items() if isinstance(v, (int, float, str, list))}
+        if search is not None:
+            search_stats[name] = {k: v for k, v in dec.policy.stats().items() if isinstance(v, (int, float, str, list))}
+            log(f"{name} search: {json.dumps(search_stats[name])}")
         log(f"{name:24s} {m['tokens_per_s']:8.1f} tokens/s  ({m['tokens']} tokens on {count} prompts, "
             f"{m['tokens_per_step']:.2f} per step, acceptance {m['acceptance']:.0%})")  # fmt: skip
 
@@ -388,16 +404,32 @@ def smollm(model_path: str | None, prompts_path: Path, device, per_group: int, t
         plan += [("fused-ar", (RuntimeConfig(mode=fast, fuse=True), "ar", None), every),
                  ("fused-swift-start", (RuntimeConfig(mode=fast, fuse=True), "swift", sets["start"]), every),
                  ("fused-swift-r0.2", (RuntimeConfig(mode=fast, fuse=True), "swift", sets["r0.2"]), every),
-                 ("fused-swift-search", (RuntimeConfig(mode=fast, fuse=True), "swift", None), every)]  # fmt: skip
+                 ("fused-swift-search", (RuntimeConfig(mode=fast, fuse=True), "swift", None), every),
+                 ("fused-swift-paper", (RuntimeConfig(mode=fast, fuse=True), "swift", None), every)]  # fmt: skip
+    searches = {"search": "speed", "paper": "paper"}  # method name suffix -> the search's objective
     for name, spec, count in plan:
+        if only and name not in only:
+            continue
         try:
             if spec is None:
                 run_hf(count)
             else:
-                run_engine(name, *spec, count, optimize=name.endswith("search"))
+                run_engine(name, *spec, count, search=searches.get(name.rsplit("-", 1)[-1]))
         except Exception:  # one broken method must not cost the whole run
             log(f"{name} FAILED:\n{traceback.format_exc()}")
+    if only and not any(name in only for name in ("hf-generate", "eager-ar")):
+        timed = len(prompts)  # no slow method ran: every method ran every prompt
     methods = {name: summarize(r, range(timed)) for name, r in runs.items()}  # the common prompts
+    # Per Spec-Bench group: each method's tokens/s over the same runtime's plain decoding.
+    by_group: dict[str, dict[str, float]] = {}
+    for name, r in runs.items():
+        ar = runs.get(f"{name.split('-')[0]}-ar")
+        if ar is None or ar is r:
+            continue
+        for group in dict.fromkeys(cat for cat, _ in prompts):
+            idx = [i for i, (cat, _) in enumerate(prompts) if cat == group and i in r and i in ar]
+            if idx:
+                by_group.setdefault(name, {})[group] = summarize(r, idx)["tokens_per_s"] / summarize(ar, idx)["tokens_per_s"]
     hf = methods.get("hf-generate", {}).get("tokens_per_s")
     for name, m in methods.items():
         m["vs_hf"] = m["tokens_per_s"] / hf if hf else None
@@ -422,7 +454,8 @@ def smollm(model_path: str | None, prompts_path: Path, device, per_group: int, t
                 }
     all_methods = {name: summarize(r, sorted(r)) for name, r in runs.items()}
     return {"real_weights": real, "prompts": len(prompts), "timed_prompts": timed, "max_new_tokens": max_new,
-            "methods": methods, "methods_all_prompts": all_methods, "agreement": agreement,
+            "methods": methods, "methods_all_prompts": all_methods, "agreement": agreement, "vs_plain_by_group": by_group,
+            "search": search_stats,
             "skip_sets": {k: v.as_dict() for k, v in sets.items()}}  # fmt: skip
 
 
@@ -433,7 +466,8 @@ def summarize(per_prompt: dict[int, dict], indices) -> dict:
     steps = sum(r["steps"] for r in rows)
     drafted = sum(r["drafted"] for r in rows)
     return {"prompts": len(rows), "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds if seconds else 0.0,
-            "verify_steps": steps, "tokens_per_step": tokens / max(steps, 1),
+            "verify_steps": steps, "tokens_per_step": tokens / max(steps, 1), "drafted": drafted,
+            "search_share": sum(r.get("optimize", 0.0) for r in rows) / seconds if seconds else 0.0,
             "acceptance": sum(r["accepted"] for r in rows) / max(drafted, 1)}  # fmt: skip
 
 
@@ -506,6 +540,15 @@ def short_table(results: dict) -> str:
             rows.append(f"smollm2 {name:20s} {m['tokens_per_s']:7.1f} tok/s vsHF {m.get('vs_hf') or 0:5.1f}x "
                         f"vsAR {m.get('vs_plain_same_runtime') or 0:4.2f}x tok/step {m['tokens_per_step']:.2f} "
                         f"same-as-{kind}-ar {a.get('identical_prompts', '-')}/{a.get('prompts', '-')}")  # fmt: skip
+        every = s.get("methods_all_prompts", {})
+        for name, m in every.items():
+            ar = every.get(f"{name.split('-')[0]}-ar")
+            if ar and ar is not m:
+                ratio = m["tokens_per_s"] / ar["tokens_per_s"]
+                rows.append(f"smollm2 {name} on {m['prompts']} prompts: {ratio:.3f}x plain, "
+                            f"drafted {m.get('drafted', 0)}, search share {m.get('search_share', 0):.1%}")  # fmt: skip
+        for name, groups in s.get("vs_plain_by_group", {}).items():
+            rows.append(f"smollm2 {name} vs plain by group: " + " ".join(f"{g} {v:.2f}x" for g, v in groups.items()))
     for c in results.get("cost", []):
         for ctx, r in c["contexts"].items():
             v = r["verify_ms"]
@@ -556,6 +599,7 @@ def main() -> int:
     ap.add_argument("--timed", type=int, default=6, help="prompts every method runs (the slow eager ones too)")
     ap.add_argument("--max-new", type=int, default=128)
     ap.add_argument("--sections", default="smollm,cost")
+    ap.add_argument("--methods", default=None, help="smollm section: only these methods (comma list of names)")
     ap.add_argument("--shapes", default="llama2-7b,llama2-13b,smollm2-shape")
     ap.add_argument("--contexts", default="512,2048")
     ap.add_argument("--fuse", action="store_true", help="also measure graphs + fused (compiled) sublayers")
@@ -583,7 +627,14 @@ def main() -> int:
     if "smollm" in sections:
         try:
             results["smollm"] = smollm(
-                args.model, Path(args.prompts), device, args.per_group, args.timed, args.max_new, args.fuse
+                args.model,
+                Path(args.prompts),
+                device,
+                args.per_group,
+                args.timed,
+                args.max_new,
+                args.fuse,
+                set(args.methods.split(",")) if args.methods else None,
             )
         except Exception:
             log(f"smollm section FAILED:\n{traceback.format_exc()}")

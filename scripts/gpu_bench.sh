@@ -41,7 +41,7 @@ if [ -f "$GGUF" ]; then
 else
   echo "SmolLM2 GGUF not here: its section runs on random weights of its shape"
 fi
-prompts=$(ls .gpu/*/spec_bench_dev.jsonl ../shared/data/spec_bench_dev.jsonl 2>/dev/null | head -1)
+prompts=$( (ls .gpu/*/prompts.jsonl; ls .gpu/*/spec_bench_dev.jsonl ../shared/data/spec_bench_dev.jsonl) 2>/dev/null | head -1)
 PROMPT_ARGS=()
 [ -n "$prompts" ] && PROMPT_ARGS=(--prompts "$prompts")
 

@@ -18,6 +18,7 @@ from skipspec import (
     UnsupportedArchitectureError,
 )
 from skipspec.cli import app
+from skipspec.config import SearchConfig
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,16 @@ def test_cli_reports_errors_without_a_traceback(tmp_path):
     result = CliRunner().invoke(app, ["generate", "--model", str(tmp_path / "missing"), "--prompt", "hi"])
     assert result.exit_code == 2
     assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_paper_search_without_its_optional_package_fails_at_construction(monkeypatch):
+    """SWIFT's Bayesian proposals need the `search` extra: say so when the decoder is built, not
+    at the 25th proposal in the middle of a generation."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bayes_opt" else real(name, *a))
+    model = tiny_model("llama")
+    with pytest.raises(ConfigError, match="bayesian-optimization"):
+        SwiftDecoder(model, SwiftConfig(search="paper"))
+    SwiftDecoder(model, SwiftConfig(search=SearchConfig(objective="paper", bayes_interval=0)))  # random proposals only

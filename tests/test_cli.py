@@ -27,8 +27,21 @@ def test_generate_json_has_text_tokens_and_stats(tmp_path):
 
 def test_generate_streams_text_and_prints_a_summary(tmp_path):
     folder = save_tiny(tmp_path / "m")
-    res = run("generate", "--model", folder, "--prompt", "w5 w6", "-n", "8", "--method", "ar", "--temperature", "0.7",
-              "--seed", "1")
+    res = run(
+        "generate",
+        "--model",
+        folder,
+        "--prompt",
+        "w5 w6",
+        "-n",
+        "8",
+        "--method",
+        "ar",
+        "--temperature",
+        "0.7",
+        "--seed",
+        "1",
+    )
     assert res.exit_code == 0, res.output
     assert "tokens/s" in res.output and "mean accepted" in res.output
 

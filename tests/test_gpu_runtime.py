@@ -6,14 +6,17 @@ results are recorded in docs/benchmarks.md ("GPU fast path").
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
-from tiny_models import FAMILIES, tiny_model
+from tiny_models import FAMILIES, small_skip_config, tiny_model
 
 from skipspec import SkipSet, SwiftConfig, SwiftDecoder
+from skipspec.config import SearchConfig
 from skipspec.runtime import DeviceMemoryError, RuntimeConfig
+from skipspec.search import LayerSetStore
 
 pytestmark = pytest.mark.gpu
 
@@ -25,25 +28,13 @@ def _cuda_model(family: str) -> torch.nn.Module:
     return tiny_model(family).to("cuda")
 
 
-def _config(rng: random.Random, num_layers: int) -> SwiftConfig:
-    inner = list(range(1, num_layers - 1))
-    return SwiftConfig(
-        optimize=False,
-        skip_attn=rng.sample(inner, rng.randint(0, 2)),
-        skip_mlp=rng.sample(inner, rng.randint(0, 2)),
-        confidence_threshold=rng.choice([0.0, 0.0, 0.5]),
-        max_draft_tokens=rng.randint(1, 10),
-        topk=rng.randint(1, 8),
-    )
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_graph_path_matches_eager_path_and_plain_decoding(family):
     model = _cuda_model(family)
     rng = random.Random(f"gpu-{family}")
     deep = 0
     for case in range(5):
-        cfg = _config(rng, model.config.num_hidden_layers)
+        cfg = small_skip_config(rng, model.config.num_hidden_layers)
         prompt = [rng.randrange(97) for _ in range(rng.randint(1, 40))]
         max_new = rng.randint(8, 40)
         graphs = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=GRAPHS)
@@ -123,3 +114,18 @@ def test_fused_graph_path_matches_eager_path():
     prompt = list(range(3, 30))
     assert fused.generate(prompt, 30).tokens == eager.generate(prompt, 30).tokens
     assert fused.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
+
+
+def test_search_on_the_graph_path_times_captured_steps_and_stays_lossless(tmp_path, monkeypatch):
+    """The default (search on) on the graph path: its costs come from captured steps (a 32-token
+    forward is not priced like a 1-token one, as eager GPU timings would have it) and the output
+    equals plain decoding."""
+    monkeypatch.setenv("SKIPSPEC_CACHE", str(tmp_path))
+    model = _cuda_model("llama")
+    cfg = SwiftConfig(search=SearchConfig(context_window=8))
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=GRAPHS)
+    prompt = list(range(5, 25))
+    assert dec.generate(prompt, 40).tokens == dec.generate(prompt, 40, method="ar").tokens
+    costs = dec.policy.costs
+    assert dec.policy.calibration_time > 0 and costs.plain(64) > 0
+    assert "|graphs" in next(iter(json.loads(LayerSetStore().path.read_text())["costs"]))

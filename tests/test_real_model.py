@@ -13,8 +13,8 @@ import torch
 
 import skipspec
 from skipspec import SwiftConfig, SwiftDecoder, offline_models
-from skipspec.prompts import encode_prompt
 from skipspec.engine.stops import tokenizer_stop_token_ids
+from skipspec.prompts import encode_prompt
 
 pytestmark = pytest.mark.slow
 
@@ -46,8 +46,10 @@ def test_swift_greedy_equals_plain_greedy_on_smollm2(smollm2):
     stops = tokenizer_stop_token_ids(tok, model)
     assert tok.convert_tokens_to_ids("<|im_end|>") in stops
     prompts = spec_bench_prompts()[:4]
-    fixed = (SwiftConfig(optimize=False),
-             SwiftConfig(skip_attn=[5, 9, 14], skip_mlp=[20], confidence_threshold=0.6, optimize=False))
+    fixed = (
+        SwiftConfig(optimize=False),
+        SwiftConfig(skip_attn=[5, 9, 14], skip_mlp=[20], confidence_threshold=0.6, optimize=False),
+    )
     for cfg in (*fixed, SwiftConfig()):
         dec = SwiftDecoder(model, cfg, stop_token_ids=stops)
         for text in prompts:
@@ -58,7 +60,12 @@ def test_swift_greedy_equals_plain_greedy_on_smollm2(smollm2):
             if not cfg.optimize:
                 assert swift.stats["drafted_tokens"] > 0
     ids = encode_prompt(tok, prompts[0], chat=True)
-    hf = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                        max_new_tokens=40, do_sample=False, eos_token_id=stops)[0, len(ids):].tolist()
+    hf = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=40,
+        do_sample=False,
+        eos_token_id=stops,
+    )[0, len(ids) :].tolist()
     ours = SwiftDecoder(model, stop_token_ids=stops).generate(ids, 40).tokens
     assert ours == hf[: len(ours)] and len(ours) == len(hf)

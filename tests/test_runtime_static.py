@@ -11,7 +11,7 @@ import random
 
 import pytest
 import torch
-from tiny_models import FAMILIES, tiny_model
+from tiny_models import FAMILIES, small_skip_config, tiny_model
 
 from skipspec import SkipSet, SwiftConfig, SwiftDecoder
 from skipspec.model.adapter import Frame
@@ -21,26 +21,13 @@ STATIC = RuntimeConfig(mode="static")
 EAGER = RuntimeConfig(mode="eager")
 
 
-def _config(rng: random.Random, num_layers: int) -> SwiftConfig:
-    inner = list(range(1, num_layers - 1))
-    return SwiftConfig(
-        optimize=False,
-        # Small sets, so drafts are often accepted and deep trees (larger buckets) occur.
-        skip_attn=rng.sample(inner, rng.randint(0, 2)),
-        skip_mlp=rng.sample(inner, rng.randint(0, 2)),
-        confidence_threshold=rng.choice([0.0, 0.0, 0.5, 0.8]),
-        max_draft_tokens=rng.randint(1, 10),
-        topk=rng.randint(1, 8),
-    )
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_static_path_matches_eager_path_and_plain_decoding(family):
     model = tiny_model(family)
     rng = random.Random(f"static-{family}")
     deep = 0
     for case in range(8):
-        cfg = _config(rng, model.config.num_hidden_layers)
+        cfg = small_skip_config(rng, model.config.num_hidden_layers)
         stop = [rng.randrange(97)] if rng.random() < 0.3 else []
         prompt = [rng.randrange(97) for _ in range(rng.randint(1, 40))]
         max_new = rng.randint(1, 40)
@@ -173,3 +160,17 @@ def test_cli_no_graphs_flag_runs_the_eager_path(tmp_path):
         res = CliRunner().invoke(app, ["generate", "--model", folder, "--prompt", "w5 w6", "-n", "6", "--json", flag])
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout.strip().splitlines()[-1])["stats"]["runtime"] == runtime
+
+
+def test_the_search_needs_no_larger_cache_than_plain_decoding():
+    """Scoring forwards write where a verify tree would: with the search on, a request gets the
+    cache plain decoding gets (steps attend over the whole capacity, so a larger one is slower)."""
+    dec = SwiftDecoder(tiny_model("llama"), SwiftConfig(), stop_token_ids=[], runtime=STATIC)
+    scratch = dec.policy.scratch_slots
+    assert scratch > 0
+    step, tree = dec.fast.config.capacity_step, dec.fast.tree_buckets[-1]
+    # Lengths that fill the cache to a capacity step exactly: any extra room would add a step.
+    for max_new in (1, 20):
+        prompt_len = 2 * step - tree - max_new
+        searching, plain = (dec.fast.plan(prompt_len, max_new, room, False) for room in (scratch, 0))
+        assert searching.capacity == plain.capacity

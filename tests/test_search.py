@@ -188,6 +188,31 @@ def test_measured_costs_are_saved_and_reused(store):
     assert second.policy.calibration_time == 0 and second.policy.costs == first.policy.costs
 
 
+def test_fast_path_costs_are_measured_on_its_own_steps_and_kept_apart(store, monkeypatch):
+    """A decoder on the fixed-shape runtime times its own kind of step (`StepTimer`), not eager
+    forwards, and saves costs and sets under its runtime's name, apart from the eager path's."""
+    from skipspec.runtime import RuntimeConfig
+    from skipspec.runtime.timing import StepTimer
+
+    calls = []
+    original = StepTimer.__call__
+    monkeypatch.setattr(StepTimer, "__call__", lambda self, *a: calls.append(a) or original(self, *a))
+    model = tiny_model("llama")
+    cfg = SwiftConfig(search=SearchConfig(context_window=8, persist=True))
+    fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="static"))
+    prompt = PROMPTS[0]
+    assert fast.generate(prompt, 20).tokens == fast.generate(prompt, 20, method="ar").tokens
+    assert calls and fast.policy.calibration_time > 0
+    assert {n for n, _, _ in calls} >= {1, 4, 32}  # plain, sublayer and verify-size forwards
+    costs = json.loads(store.path.read_text())["costs"]
+    assert [k.split("|")[3] for k in costs] == ["static"]
+    calls.clear()
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="eager"))
+    eager.generate(prompt, 4)
+    assert not calls and eager.policy.calibration_time > 0  # its own costs, measured eagerly
+    assert sorted(k.split("|")[3] for k in json.loads(store.path.read_text())["costs"]) == ["eager", "static"]
+
+
 def test_tune_command_saves_a_set_under_its_task(store, tmp_path):
     from tiny_models import save_tiny
     from typer.testing import CliRunner

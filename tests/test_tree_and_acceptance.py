@@ -42,8 +42,9 @@ def test_width_follows_confidence_schedule():
 
 def _accept(widths, tokens, targets):
     t = build_tree(widths)
-    r = accept_longest_path(torch.tensor(tokens), torch.tensor(t.parents), torch.tensor(t.depths), t.ancestors(),
-                            torch.tensor(targets))
+    r = accept_longest_path(
+        torch.tensor(tokens), torch.tensor(t.parents), torch.tensor(t.depths), t.ancestors(), torch.tensor(targets)
+    )
     packed = r.packed.tolist()
     n = t.size
     length = packed[0]

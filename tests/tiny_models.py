@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 from transformers import (
     Gemma2Config,
@@ -108,3 +110,19 @@ def save_tiny(path, family: str = "llama", seed: int = 0) -> str:
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def small_skip_config(rng: random.Random, num_layers: int):
+    """A fixed (no search) SwiftConfig with small random skip sets, so drafts are often accepted
+    and deep trees (larger verify buckets) occur."""
+    from skipspec import SwiftConfig
+
+    inner = list(range(1, num_layers - 1))
+    return SwiftConfig(
+        optimize=False,
+        skip_attn=rng.sample(inner, rng.randint(0, 2)),
+        skip_mlp=rng.sample(inner, rng.randint(0, 2)),
+        confidence_threshold=rng.choice([0.0, 0.0, 0.5, 0.8]),
+        max_draft_tokens=rng.randint(1, 10),
+        topk=rng.randint(1, 8),
+    )

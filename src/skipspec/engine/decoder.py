@@ -110,9 +110,15 @@ class SwiftDecoder:
         self.initial_skip = resolve_skip_set(self.config, self.adapter.num_layers)
         if policy is None:
             if self.config.optimize:
-                # On the fast path the search scores through the runtime's scoring graphs.
-                scorer = (lambda frame, cache, skip: self.fast.score(frame, skip)) if self.fast is not None else None
-                policy = SearchPolicy(self.adapter, self.config, self.initial_skip, scorer=scorer)
+                # On the fast path the search scores through the runtime's scoring graphs,
+                # and its costs are those of the runtime's own steps.
+                fast = self.fast
+                policy = SearchPolicy(
+                    self.adapter, self.config, self.initial_skip,
+                    scorer=(lambda frame, cache, skip: fast.score(frame, skip)) if fast is not None else None,
+                    timer=fast.cost_timer if fast is not None else None,
+                    runtime=fast.tag if fast is not None else "eager",
+                )  # fmt: skip
             else:
                 policy = FixedSkipPolicy(self.initial_skip)
         self.policy = policy
@@ -216,8 +222,17 @@ class SwiftDecoder:
                 return
             if policy:
                 policy.observe(
-                    StepContext(a, state.cache, state.tokens, len(req.prompt), state.committed, accepted,
-                                draft.depth if draft else 0, req.sampling, 1 + sum(draft.widths) if draft else 1)
+                    StepContext(
+                        a,
+                        state.cache,
+                        state.tokens,
+                        len(req.prompt),
+                        state.committed,
+                        accepted,
+                        draft.depth if draft else 0,
+                        req.sampling,
+                        1 + sum(draft.widths) if draft else 1,
+                    )
                 )
 
     def _prefill(self, req: Request, capacity: int, generator: torch.Generator) -> _Running:

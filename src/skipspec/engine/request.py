@@ -62,9 +62,7 @@ def make_request(
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
     if max_positions is not None:
         if len(prompt) >= max_positions:
-            raise InputError(
-                f"the prompt has {len(prompt)} tokens, at or over the model's context of {max_positions}"
-            )
+            raise InputError(f"the prompt has {len(prompt)} tokens, at or over the model's context of {max_positions}")
         if len(prompt) + max_new_tokens > max_positions:
             raise InputError(
                 f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's context "

@@ -87,9 +87,7 @@ class ModelAdapter:
         return self.base.embed_tokens.weight.dtype
 
     def new_cache(self, capacity: int) -> KVCache:
-        return KVCache(
-            self.num_layers, self.num_kv_heads, self.head_dim, capacity, dtype=self.dtype, device=self.device
-        )
+        return KVCache(self.num_layers, self.num_kv_heads, self.head_dim, capacity, dtype=self.dtype, device=self.device)
 
     def _masks(
         self, allowed: torch.Tensor, positions: torch.Tensor, key_positions: torch.Tensor, additive: bool
@@ -120,9 +118,7 @@ class ModelAdapter:
         return {t: shared for t in set(self.layer_types)}
 
     @torch.inference_mode()
-    def forward(
-        self, frame: Frame, cache: KVCache, skip: SkipSet, *, last_only: bool = False
-    ) -> torch.Tensor:
+    def forward(self, frame: Frame, cache: KVCache, skip: SkipSet, *, last_only: bool = False) -> torch.Tensor:
         """Logits `(Q, vocab)` (or `(1, vocab)` with `last_only`), in float32."""
         cache.prepare(frame.write_start, frame.input_ids.shape[1], frame.allowed.shape[1])
         masks = self._masks(frame.allowed, frame.positions, frame.key_positions, self.additive_mask)

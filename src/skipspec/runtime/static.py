@@ -22,6 +22,7 @@ from .config import RuntimeConfig
 from .graphs import GraphCache, StepGraph
 from .memory import MemoryPlan, check_fits, plan_memory
 from .steps import NO_SKIP, StepInputs, draft_step, score_step, verify_step
+from .timing import StepTimer
 from .transfer import Uploader
 
 _SHRINK_BELOW = 4
@@ -82,9 +83,12 @@ class StaticRuntime:
         return self._drafts.captures + self._verifies.captures + self._scores.captures
 
     def _capacity(self, prompt_len: int, max_new_tokens: int, scratch: int) -> int:
-        # A verify at the last committed slot writes a whole bucket; scoring writes past the tree.
+        # A verify at the last committed slot writes a whole bucket, and a scoring forward writes its
+        # bucket at the same place: one room serves both. (Room for scoring alone would make the
+        # search's capacity differ from plain decoding's, and a step attends over the whole
+        # capacity: a few percent slower and, in bf16, other kernels and so other near-ties.)
         score_room = bucket_for(scratch, self.score_buckets) if 0 < scratch <= self.score_buckets[-1] else scratch
-        needed = prompt_len + max_new_tokens + self.tree_buckets[-1] + score_room
+        needed = prompt_len + max_new_tokens + max(self.tree_buckets[-1], score_room)
         return round_up(needed, self.config.capacity_step)
 
     def _reusable(self, capacity: int, sampling: bool) -> bool:
@@ -140,6 +144,17 @@ class StaticRuntime:
     @property
     def fused(self) -> bool:
         return self._sublayers is not None
+
+    @property
+    def tag(self) -> str:
+        """How steps run here ("graphs+fused", "static", ...): step costs, and so saved sets, depend on it."""
+        return self.mode + ("+fused" if self._compiled is not None else "")
+
+    def cost_timer(self) -> StepTimer:
+        """A timer of this runtime's kind of step, on its own buffers (see `runtime.timing`)."""
+        compiled, layers = self._compiled, self.adapter.num_layers
+        bind = (lambda cache: compiled.bind(cache, layers)) if compiled is not None else (lambda cache: None)
+        return StepTimer(self.adapter, capture=self.mode == "graphs", capacity_step=self.config.capacity_step, bind=bind)
 
     def _step(self, program: Callable, mutable=()) -> StepGraph:
         """Capture `program(sublayers=...)`. The caller must have staged the step's inputs: the

@@ -38,11 +38,12 @@ from ..errors import ConfigError
 from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
-from .costs import CostModel, measure_costs
+from .costs import CostModel, Timer, measure_costs
 from .matchness import Context, context_frame, influence, score_skip_set, target_probs
 from .objective import DraftRule
 from .paper import PaperSearch
 from .policy import StepContext
+from .random_bo import require_bayes_opt
 from .speed import PROBE, SpeedSearch
 from .store import LayerSetStore, StoreKey, device_kind, model_identity
 
@@ -93,11 +94,17 @@ class SearchPolicy:
         scorer: Scorer | None = None,
         store: LayerSetStore | None = None,
         costs: CostModel | None = None,
+        timer: Callable[[], Timer] | None = None,
+        runtime: str = "eager",
     ) -> None:
         """scorer: how scoring forwards run (default `adapter.forward`); store: where sets are saved
-        (default: the user's cache); costs: use these instead of measuring (or loading) them."""
+        (default: the user's cache); costs: use these instead of measuring (or loading) them;
+        timer: makes the timer costs are measured with (default: eager forwards), and `runtime`
+        names how the decoder's steps run (`StaticRuntime.tag`), for the store's keys."""
         self.adapter = adapter
         self.cfg = config.search
+        if self.cfg.bayes_interval:
+            require_bayes_opt()
         self.start = start
         # A set the user named is where the search starts, before anything saved.
         self.explicit = not (config.skip_attn is None and config.skip_mlp is None)
@@ -110,6 +117,8 @@ class SearchPolicy:
         self.costs: CostModel | None = costs
         self.search: PaperSearch | SpeedSearch | None = None
         self._store = store
+        self._timer = timer
+        self._runtime = runtime
         self._key: StoreKey | None = None
         self.fallbacks = 0
         # Seconds of scoring, of budget handed out, and of the longest scoring call: a call runs only
@@ -176,7 +185,8 @@ class SearchPolicy:
         a, cfg = self.adapter, self.cfg
         if cfg.persist:
             dtype = str(a.dtype).removeprefix("torch.")
-            self._key = StoreKey(model_identity(a.model), dtype, device_kind(a.device), cfg.task, cfg.objective)
+            identity = model_identity(a.model)
+            self._key = StoreKey(identity, dtype, device_kind(a.device), cfg.task, cfg.objective, self._runtime)
             self._store = self._store or LayerSetStore()
         saved = self._load(str(self._key)) if self._key else None
         if self.costs is None and (cfg.objective == "speed" or math.isfinite(cfg.step_budget)):
@@ -218,7 +228,12 @@ class SearchPolicy:
                     pass
                 warnings.warn(f"ignoring a malformed cost record in {self._store.path}", RuntimeWarning, stacklevel=4)
         start = time.perf_counter()
-        costs = measure_costs(self.adapter)
+        timer = self._timer() if self._timer is not None else None
+        try:
+            costs = measure_costs(self.adapter, timer=timer)
+        finally:
+            if timer is not None:
+                timer.close()
         self.calibration_time = time.perf_counter() - start
         if self._key is not None:
             self._store.put("costs", self._key.hardware, costs.to_dict())

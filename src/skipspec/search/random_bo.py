@@ -12,9 +12,12 @@ points and 2 L-BFGS starts instead of 10,000 and 10.
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 
 import numpy as np
+
+from ..errors import ConfigError
 
 
 def random_slots(rng: np.random.Generator, n_slots: int, k: int) -> tuple[int, ...]:
@@ -38,6 +41,15 @@ def top_k(point: Sequence[float], k: int) -> tuple[int, ...]:
 
 def _key(i: int) -> str:
     return f"x{i:04d}"
+
+
+def require_bayes_opt() -> None:
+    """Raise `ConfigError` now, not mid-generation, when Bayesian proposals are asked for without the package."""
+    if importlib.util.find_spec("bayes_opt") is None:
+        raise ConfigError(
+            "bayes_interval > 0 needs the bayesian-optimization package: pip install 'skipspec[search]' "
+            "(or SearchConfig(bayes_interval=0) for random proposals only)"
+        )
 
 
 def bayes_suggest(

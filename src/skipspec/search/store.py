@@ -40,8 +40,10 @@ _SAMPLE = 4096
 class StoreKey:
     """What a saved set depends on.
 
+    runtime: how steps run (`StaticRuntime.tag`, or "eager"): a captured step costs differently.
+
     >>> str(StoreKey("ab12", "float32", "cpu", "code", "speed"))
-    'ab12|float32|cpu|code|speed'
+    'ab12|float32|cpu|eager|code|speed'
     """
 
     model: str
@@ -49,14 +51,15 @@ class StoreKey:
     device: str
     task: str
     objective: str
+    runtime: str = "eager"
 
     def __str__(self) -> str:
-        return "|".join((self.model, self.dtype, self.device, self.task, self.objective))
+        return "|".join((self.model, self.dtype, self.device, self.runtime, self.task, self.objective))
 
     @property
     def hardware(self) -> str:
         """The part that step costs depend on (not the task or objective)."""
-        return "|".join((self.model, self.dtype, self.device, f"threads={torch.get_num_threads()}"))
+        return "|".join((self.model, self.dtype, self.device, self.runtime, f"threads={torch.get_num_threads()}"))
 
 
 def default_path() -> Path:

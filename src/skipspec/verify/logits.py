@@ -47,9 +47,7 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     return out
 
 
-def target_tokens(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
-) -> torch.Tensor:
+def target_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
     """The full model's choice at each row of `(N, vocab)` logits: argmax, or one sample each.
 
     Sampling uses the exponential-race form of the Gumbel-max trick (argmax of p / E with
