@@ -77,11 +77,14 @@ def test_stats_describe_the_run():
     assert s["skip_attn"] == [2] and s["skip_mlp"] == [3]
     assert s["verify_steps"] == len(s["accepted_per_step"])
     assert s["accepted_tokens"] == sum(s["accepted_per_step"])
+    assert s["drafted_tokens"] == sum(s["drafted_per_step"]) and len(s["drafted_per_step"]) == s["verify_steps"]
+    assert all(a <= d for a, d in zip(s["accepted_per_step"], s["drafted_per_step"]))
     assert abs(s["mean_accepted"] - 29 / s["verify_steps"]) < 1e-9  # first token comes from the prefill
     assert 0 <= s["acceptance_rate"] <= 1
     assert s["draft_forwards"] >= s["verify_steps"] - 1
     plain = dec.generate([4, 5, 6], 30, method="ar").stats
     assert plain["verify_steps"] == 29 and plain["draft_forwards"] == 0 and plain["mean_accepted"] == 1.0
+    assert set(plain["drafted_per_step"]) == {0}
 
 
 def test_same_seed_same_sample():

@@ -103,7 +103,7 @@ def generate(
 
 
 def _public(stats: dict) -> dict:
-    return {k: v for k, v in stats.items() if k != "accepted_per_step"}
+    return {k: v for k, v in stats.items() if k not in ("accepted_per_step", "drafted_per_step")}
 
 
 def _indices(text: str | None) -> list[int] | None:

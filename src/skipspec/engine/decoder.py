@@ -34,6 +34,8 @@ class _Counters:
     draft_time: float = 0.0
     verify_time: float = 0.0
     accepted_per_step: list[int] = field(default_factory=list)
+    # Chain tokens drafted per verify step: 0 tells a plain step from a rejected draft.
+    drafted_per_step: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -214,6 +216,7 @@ class SwiftDecoder:
             c.accepted += accepted
             c.verified_tokens += len(new)
             c.accepted_per_step.append(accepted)
+            c.drafted_per_step.append(draft.depth if draft is not None else 0)
             new, stopped = self._truncate(new, remaining)
             state.tokens.extend(new)
             state.emitted += len(new)
@@ -316,6 +319,7 @@ class SwiftDecoder:
             "mean_accepted": c.verified_tokens / c.verify_steps if c.verify_steps else 0.0,
             "acceptance_rate": c.accepted / c.drafted if c.drafted else 0.0,
             "accepted_per_step": list(c.accepted_per_step),
+            "drafted_per_step": list(c.drafted_per_step),
             "prefill_time": c.prefill_time,
             "draft_time": c.draft_time,
             "verify_time": c.verify_time,
