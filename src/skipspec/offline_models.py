@@ -196,7 +196,7 @@ _REGISTRY: tuple[OfflineModel, ...] = (
         size=253_113_024,
         architecture="gemma3",
         gguf_name="Gemma 3 270m",
-        description=("Gemma 3 270M (pretrained base, not instruction-tuned), Q4_K_M, 18 layers; Gemma terms of use apply."),
+        description="Gemma 3 270M (pretrained base, not instruction-tuned), Q4_K_M, 18 layers; Gemma terms of use apply.",
     ),
 )
 

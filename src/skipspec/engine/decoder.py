@@ -115,12 +115,12 @@ class SwiftDecoder:
                 # On the fast path the search scores through the runtime's scoring graphs,
                 # and its costs are those of the runtime's own steps.
                 fast = self.fast
-                policy = SearchPolicy(
-                    self.adapter, self.config, self.initial_skip,
-                    scorer=(lambda frame, cache, skip: fast.score(frame, skip)) if fast is not None else None,
-                    timer=fast.cost_timer if fast is not None else None,
-                    runtime=fast.tag if fast is not None else "eager",
-                )  # fmt: skip
+                on_fast_path = (
+                    dict(scorer=lambda frame, cache, skip: fast.score(frame, skip), timer=fast.cost_timer, runtime=fast.tag)
+                    if fast is not None
+                    else {}
+                )
+                policy = SearchPolicy(self.adapter, self.config, self.initial_skip, **on_fast_path)
             else:
                 policy = FixedSkipPolicy(self.initial_skip)
         self.policy = policy

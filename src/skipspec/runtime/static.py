@@ -153,8 +153,8 @@ class StaticRuntime:
     def cost_timer(self) -> StepTimer:
         """A timer of this runtime's kind of step, on its own buffers (see `runtime.timing`)."""
         compiled, layers = self._compiled, self.adapter.num_layers
-        bind = (lambda cache: compiled.bind(cache, layers)) if compiled is not None else (lambda cache: None)
-        return StepTimer(self.adapter, capture=self.mode == "graphs", capacity_step=self.config.capacity_step, bind=bind)
+        fused = {} if compiled is None else {"bind": lambda cache: compiled.bind(cache, layers)}
+        return StepTimer(self.adapter, capture=self.mode == "graphs", capacity_step=self.config.capacity_step, **fused)
 
     def _step(self, program: Callable, mutable=()) -> StepGraph:
         """Capture `program(sublayers=...)`. The caller must have staged the step's inputs: the

@@ -53,8 +53,8 @@ class StepTimer:
     """`search.costs.Timer` over fixed-shape steps: seconds of one forward of n tokens after `context` slots.
 
     A (capacity, n, skip) shape is captured (or, uncaptured, rehearsed) on first use, untimed;
-    each call then times `_REPLAYS` replays and returns their mean. `close()` frees the caches and
-    graphs (dropping the timer does too).
+    each call then times `_REPLAYS` replays and returns their mean. Its caches and graphs live as
+    long as the timer.
     """
 
     def __init__(
@@ -84,11 +84,6 @@ class StepTimer:
             out = step()
         out[-1, 0].item()  # the host read waits for the device
         return (time.perf_counter() - start) / _REPLAYS
-
-    def close(self) -> None:
-        self._graphs.clear()
-        self._caches.clear()
-        self._pool = None
 
     def _graph(self, capacity: int, n: int, context: int, skip: SkipSet) -> StepGraph:
         key = (capacity, n, context, skip)

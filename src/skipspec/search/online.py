@@ -228,12 +228,8 @@ class SearchPolicy:
                     pass
                 warnings.warn(f"ignoring a malformed cost record in {self._store.path}", RuntimeWarning, stacklevel=4)
         start = time.perf_counter()
-        timer = self._timer() if self._timer is not None else None
-        try:
-            costs = measure_costs(self.adapter, timer=timer)
-        finally:
-            if timer is not None:
-                timer.close()
+        # The timer's caches and graphs go when it does, at the end of this call.
+        costs = measure_costs(self.adapter, timer=self._timer() if self._timer is not None else None)
         self.calibration_time = time.perf_counter() - start
         if self._key is not None:
             self._store.put("costs", self._key.hardware, costs.to_dict())
