@@ -603,6 +603,7 @@ def main() -> int:
     ap.add_argument("--shapes", default="llama2-7b,llama2-13b,smollm2-shape")
     ap.add_argument("--contexts", default="512,2048")
     ap.add_argument("--fuse", action="store_true", help="also measure graphs + fused (compiled) sublayers")
+    ap.add_argument("--fused-only", action="store_true", help="cost model: only graphs + fused sublayers (the default)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="CPU check of this script: tiny shapes")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only re-render: merge results.json files into --out")
@@ -647,7 +648,7 @@ def main() -> int:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         bandwidth = env["copy_bandwidth_TBps"] * 1e12 if device.type == "cuda" else 1e11
         for shape in shapes:
-            for fuse in (False, True) if args.fuse else (False,):
+            for fuse in (True,) if args.fused_only else (False, True) if args.fuse else (False,):
                 try:
                     results["cost"].append(cost_model(shape, device, dtype, contexts, sizes, bandwidth, fuse, args.quick))
                 except Exception:

@@ -14,4 +14,4 @@ python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 python -c "import torch" 2>/dev/null || python -m pip install -q torch==2.13.0 2>&1 | grep -v "is ignored" || true
 python -m pip install -q "transformers==${TF_VERSION}" -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 python -c "import transformers; assert transformers.__version__ == '${TF_VERSION}', transformers.__version__"
-python -m pytest -q tests/test_greedy_lossless.py tests/test_kv_cache.py tests/test_api.py
+python -m pytest -q tests/test_greedy_lossless.py tests/test_kv_cache.py tests/test_api.py tests/test_runtime_weights.py

@@ -105,15 +105,20 @@ def test_a_request_that_cannot_fit_fails_before_any_work():
     assert torch.cuda.memory_allocated() == before and dec.fast.cache is None
 
 
-def test_fused_graph_path_matches_eager_path():
-    """The opt-in TorchInductor fusion (compiles for a while on first use)."""
-    model = _cuda_model("llama")
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
+def test_default_graph_path_with_every_step_optimisation_matches_eager_path(family):
+    """The default on CUDA: compiled sublayers, grouped projections, column-major weights, eager
+    attention for trees (compiles for a while on first use); qwen2 has projection biases."""
+    model = _cuda_model(family)
     cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
-    fused = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="graphs", fuse=True))
+    fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=GRAPHS)
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
     prompt = list(range(3, 30))
-    assert fused.generate(prompt, 30).tokens == eager.generate(prompt, 30).tokens
-    assert fused.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
+    out = fast.generate(prompt, 30)
+    assert out.stats["fast_path"] == "graphs+fused+grouped+colmajor+eager-tree-attn"
+    assert max(out.stats["accepted_per_step"]) >= 2, "no tree was verified"
+    assert out.tokens == eager.generate(prompt, 30).tokens
+    assert fast.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
 
 
 def test_search_on_the_graph_path_times_captured_steps_and_stays_lossless(tmp_path, monkeypatch):

@@ -19,10 +19,13 @@ from skipspec.runtime import RuntimeConfig
 
 STATIC = RuntimeConfig(mode="static")
 EAGER = RuntimeConfig(mode="eager")
+# What the graph path does by default on CUDA, minus capture and compilation (see test_runtime_weights).
+PACKED = RuntimeConfig(mode="static", group_projections=True, transpose_weights=True, eager_tree_attention=True)
 
 
+@pytest.mark.parametrize("runtime", [STATIC, PACKED], ids=["model-layout", "packed"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_static_path_matches_eager_path_and_plain_decoding(family):
+def test_static_path_matches_eager_path_and_plain_decoding(family, runtime):
     model = tiny_model(family)
     rng = random.Random(f"static-{family}")
     deep = 0
@@ -31,7 +34,7 @@ def test_static_path_matches_eager_path_and_plain_decoding(family):
         stop = [rng.randrange(97)] if rng.random() < 0.3 else []
         prompt = [rng.randrange(97) for _ in range(rng.randint(1, 40))]
         max_new = rng.randint(1, 40)
-        static = SwiftDecoder(model, cfg, stop_token_ids=stop, runtime=STATIC)
+        static = SwiftDecoder(model, cfg, stop_token_ids=stop, runtime=runtime)
         eager = SwiftDecoder(model, cfg, stop_token_ids=stop, runtime=EAGER)
         swift = static.generate(prompt, max_new)
         context = f"{family} case {case}: {cfg}, stop={stop}, prompt={prompt}"

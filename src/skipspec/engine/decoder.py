@@ -334,6 +334,7 @@ class SwiftDecoder:
             "graph_captures": self.fast.captures if self.fast else 0,
             "capture_time": self.fast.capture_time if self.fast else 0.0,
             "fused": self.fast.fused if self.fast else False,
+            "fast_path": self.fast.tag if self.fast else self.mode,
         }
 
 

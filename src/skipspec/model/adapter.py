@@ -166,7 +166,7 @@ class ModelAdapter:
         hidden = self.base.embed_tokens(input_ids)
         rope = self._rope(hidden, positions)
         sandwich = self.spec.sandwich_norms
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(run.layers or self.layers):
             kind = self.layer_types[i]
             kv = run.caches[i] if run.caches is not None else cache
             if keep is not None:
@@ -211,11 +211,14 @@ class Sublayers:
     caches: per-layer objects passed as `past_key_values` instead of the shared cache (a
     `LayerKV` each): a compiled region must not see the layer index, or it would be specialised,
     and recompiled, once per layer.
+    layers: stand-ins for the model's decoder layers (same weights, grouped projections: see
+    `skipspec.runtime.weights.grouped_layers`); None runs the model's own.
     """
 
     attention: Callable = attention_sublayer
     mlp: Callable = mlp_sublayer
     caches: Sequence | None = None
+    layers: Sequence | None = None
 
 
 PLAIN_SUBLAYERS = Sublayers()

@@ -7,5 +7,6 @@ first used by a decoder whose `RuntimeConfig` resolves to mode "graphs".
 from .config import RuntimeConfig
 from .memory import DeviceMemoryError, MemoryPlan
 from .static import GraphDrafter, StaticRuntime
+from .weights import unpack_weights
 
-__all__ = ["DeviceMemoryError", "GraphDrafter", "MemoryPlan", "RuntimeConfig", "StaticRuntime"]
+__all__ = ["DeviceMemoryError", "GraphDrafter", "MemoryPlan", "RuntimeConfig", "StaticRuntime", "unpack_weights"]

@@ -32,6 +32,16 @@ class RuntimeConfig:
     (measured on an H100: 1.7x faster steps on SmolLM2-135M, 1.25x on a Llama-2-7B shape; the
     first steps of a model compile for a few seconds). If compiling fails, the runtime warns and
     runs the plain sublayers.
+    group_projections: run q/k/v and gate/up of each layer as one GEMV each; their weights are
+    moved into one storage per group, in place (see `skipspec.runtime.weights`). None = on
+    whenever CUDA graphs are.
+    transpose_weights: store weight matrices column-major, the layout cuBLAS streams fastest in a
+    GEMV; in place, values unchanged. None = on whenever CUDA graphs are.
+    eager_tree_attention: run the attention of multi-token steps (verify trees, scoring) with
+    transformers' "eager" implementation (two matmuls and a softmax) instead of the model's SDPA
+    kernel; one-token steps and the model itself keep theirs. On an H100, cuDNN's SDPA kernel for
+    16 queries over a 2.8k-slot cache took 65 us a layer, the eager matmuls 10 us; for one query
+    SDPA is the faster. None = on whenever the fused sublayers run.
     """
 
     mode: str = "auto"
@@ -41,6 +51,9 @@ class RuntimeConfig:
     capacity_step: int = 256
     memory_margin: float = 0.9
     fuse: bool | None = None
+    group_projections: bool | None = None
+    transpose_weights: bool | None = None
+    eager_tree_attention: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -63,6 +76,20 @@ class RuntimeConfig:
     def resolved_fuse(self, mode: str) -> bool:
         """Whether compiled sublayers run in `mode` (a resolved mode)."""
         return (mode == "graphs") if self.fuse is None else bool(self.fuse and mode != "eager")
+
+    def resolved_grouping(self, mode: str) -> bool:
+        """Whether the sublayers run grouped projections in `mode`."""
+        return (mode == "graphs") if self.group_projections is None else bool(self.group_projections and mode != "eager")
+
+    def resolved_transpose(self, mode: str) -> bool:
+        """Whether weights are stored column-major for `mode`."""
+        return (mode == "graphs") if self.transpose_weights is None else bool(self.transpose_weights and mode != "eager")
+
+    def resolved_eager_tree_attention(self, mode: str) -> bool:
+        """Whether multi-token steps' attention runs transformers' eager implementation in `mode`."""
+        if self.eager_tree_attention is None:
+            return self.resolved_fuse(mode)
+        return bool(self.eager_tree_attention and mode != "eager")
 
     def resolved_mode(self, device: torch.device) -> str:
         """The mode that runs on `device`: "auto" decided, "graphs" refused off CUDA."""

@@ -12,7 +12,7 @@ import torch
 from ..config import SamplingParams, SwiftConfig
 from ..drafting.base import Draft
 from ..errors import ConfigError
-from ..model.adapter import Frame, ModelAdapter
+from ..model.adapter import Frame, ModelAdapter, Sublayers
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
 from ..tree import build_tree, width_for
@@ -20,10 +20,12 @@ from ..verify import target_tokens
 from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from .config import RuntimeConfig
 from .graphs import GraphCache, StepGraph
+from .layers import stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
 from .steps import NO_SKIP, StepInputs, draft_step, score_step, verify_step
 from .timing import StepTimer
 from .transfer import Uploader
+from .weights import pack_weights
 
 _SHRINK_BELOW = 4
 
@@ -69,6 +71,18 @@ class StaticRuntime:
             from .fuse import CompiledSublayers  # torch.compile is touched only when asked for
 
             self._compiled = CompiledSublayers.create()
+        group, transpose = config.resolved_grouping(mode), config.resolved_transpose(mode)
+        # A model loaded with eager attention (Gemma 2's softcapping needs it) runs its own.
+        eager_tree = config.resolved_eager_tree_attention(mode) and not adapter.additive_mask
+        self._layout = tuple(
+            name for on, name in ((group, "grouped"), (transpose, "colmajor"), (eager_tree, "eager-tree-attn")) if on
+        )
+        if group or transpose:
+            pack_weights(adapter.model, adapter.layers, group=group, transpose=transpose)
+        # The layers one-token steps run, and those multi-token ones (trees, scoring) run; None = the model's.
+        one = stand_in_layers(adapter.layers, group=True, attention=None) if group else None
+        wide = stand_in_layers(adapter.layers, group=group, attention="eager") if eager_tree else one
+        self._stand_ins = (one, wide)
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(len(self.score_buckets))
@@ -131,9 +145,18 @@ class StaticRuntime:
             self.noise = torch.ones(self.tree_buckets[-1], a.vocab_size, device=a.device)
         if self.mode == "graphs":
             self._pool = torch.cuda.graph_pool_handle()
-        if self._compiled is not None:
-            self._sublayers = self._compiled.bind(self.cache, a.num_layers)
+        self._sublayers = self._bind_both(self.cache)
         return self.cache
+
+    def _bind(self, cache: KVCache, queries: int) -> Sublayers | None:
+        """The sublayers a step of `queries` tokens runs against `cache` (None: the model's own, uncompiled)."""
+        layers = self._stand_ins[queries > 1]
+        if self._compiled is not None:
+            return self._compiled.bind(cache, self.adapter.num_layers, layers)
+        return None if layers is None else Sublayers(layers=layers)
+
+    def _bind_both(self, cache: KVCache) -> tuple[Sublayers | None, Sublayers | None]:
+        return self._bind(cache, 1), self._bind(cache, 2)
 
     def release(self) -> None:
         """Drop the cache, buffers and graphs (their memory returns to PyTorch's allocator)."""
@@ -143,27 +166,29 @@ class StaticRuntime:
 
     @property
     def fused(self) -> bool:
-        return self._sublayers is not None
+        """Whether the compiled sublayers run (False after a compile failure fell back)."""
+        return self._compiled is not None
 
     @property
     def tag(self) -> str:
-        """How steps run here ("graphs+fused", "static", ...): step costs, and so saved sets, depend on it."""
-        return self.mode + ("+fused" if self._compiled is not None else "")
+        """How steps run here ("graphs+fused+grouped+colmajor+eager-attn", "static", ...): step costs,
+        and so saved sets, depend on it."""
+        return "+".join([self.mode, *(("fused",) if self.fused else ()), *self._layout])
 
     def cost_timer(self) -> StepTimer:
         """A timer of this runtime's kind of step, on its own buffers (see `runtime.timing`)."""
-        compiled, layers = self._compiled, self.adapter.num_layers
-        fused = {} if compiled is None else {"bind": lambda cache: compiled.bind(cache, layers)}
-        return StepTimer(self.adapter, capture=self.mode == "graphs", capacity_step=self.config.capacity_step, **fused)
+        return StepTimer(
+            self.adapter, capture=self.mode == "graphs", capacity_step=self.config.capacity_step, bind=self._bind
+        )
 
-    def _step(self, program: Callable, mutable=()) -> StepGraph:
+    def _step(self, program: Callable, wide: bool, mutable=()) -> StepGraph:
         """Capture `program(sublayers=...)`. The caller must have staged the step's inputs: the
         warm-up run before a capture executes the program for real (see `StepGraph`)."""
         start = time.perf_counter()
         try:
-            return self._capture(functools.partial(program, sublayers=self._sublayers), mutable)
+            return self._capture(functools.partial(program, sublayers=self._sublayers[wide]), mutable)
         except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, loudly
-            if self._sublayers is None:
+            if self._compiled is None:
                 raise
             warnings.warn(
                 f"skipspec: compiling the fused sublayers failed ({type(err).__name__}: {err}); "
@@ -171,10 +196,11 @@ class StaticRuntime:
                 RuntimeWarning,
                 stacklevel=3,
             )
-            self._compiled = self._sublayers = None
+            self._compiled = None
+            self._sublayers = self._bind_both(self.cache)
             for graphs in (self._drafts, self._verifies, self._scores):
                 graphs.clear()  # steps captured with the compiled sublayers go too
-            return self._capture(functools.partial(program, sublayers=None), mutable)
+            return self._capture(functools.partial(program, sublayers=self._sublayers[wide]), mutable)
         finally:
             self.capture_time += time.perf_counter() - start
 
@@ -215,7 +241,9 @@ class StaticRuntime:
         first-use capture runs the step once)."""
         inp = self.inputs
         program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise)
-        return self._verifies.get((bucket, sampling_key(params)), lambda: self._step(program, mutable=(inp.root,)))
+        return self._verifies.get(
+            (bucket, sampling_key(params)), lambda: self._step(program, bucket > 1, mutable=(inp.root,))
+        )
 
     @torch.inference_mode()
     def upload_tree(self, layout, committed: int, bucket: int) -> None:
@@ -230,7 +258,9 @@ class StaticRuntime:
         (set them first: a first-use capture runs the step once)."""
         inp = self.inputs
         program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params)
-        return self._drafts.get((skip, sampling_key(params)), lambda: self._step(program, mutable=(inp.pos, inp.token)))
+        return self._drafts.get(
+            (skip, sampling_key(params)), lambda: self._step(program, False, mutable=(inp.pos, inp.token))
+        )
 
     @torch.inference_mode()
     def score(self, frame: Frame, skip: SkipSet, *, last_only: bool = False) -> torch.Tensor:
@@ -261,7 +291,7 @@ class StaticRuntime:
         keep += [int(i not in skip.mlp) for i in range(self.adapter.num_layers)]
         self._keep_upload.upload(keep, inp.keep.view(-1))
         program = functools.partial(score_step, self.adapter, self.cache, inp, bucket)
-        logits = self._scores.get(bucket, lambda: self._step(program))()
+        logits = self._scores.get(bucket, lambda: self._step(program, True))()
         return logits[q - 1 : q].clone() if last_only else logits[:q].clone()
 
     @torch.inference_mode()

@@ -63,14 +63,14 @@ class StepTimer:
         *,
         capture: bool,
         capacity_step: int,
-        bind: Callable[[KVCache], Sublayers | None] = lambda cache: None,
+        bind: Callable[[KVCache, int], Sublayers | None] = lambda cache, queries: None,
     ) -> None:
-        """bind: the sublayers the runtime's steps use, bound to a cache (compiled ones when fusing)."""
+        """bind: the sublayers the runtime's steps of so many queries use, bound to a cache."""
         self.adapter = adapter
         self.capture = capture
         self.capacity_step = capacity_step
         self.bind = bind
-        self._caches: dict[int, tuple[KVCache, torch.Tensor, Sublayers | None]] = {}
+        self._caches: dict[int, tuple[KVCache, torch.Tensor]] = {}
         self._graphs: dict[tuple[int, int, int, SkipSet], StepGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
 
@@ -91,8 +91,9 @@ class StepTimer:
             if capacity not in self._caches:
                 cache = self.adapter.new_cache(capacity)
                 cols = torch.arange(capacity, device=self.adapter.device)
-                self._caches[capacity] = (cache, cols, self.bind(cache))
-            cache, cols, sublayers = self._caches[capacity]
+                self._caches[capacity] = (cache, cols)
+            cache, cols = self._caches[capacity]
+            sublayers = self.bind(cache, n)
             ids = torch.randint(0, self.adapter.vocab_size, (1, n), device=self.adapter.device)
             program = functools.partial(probe_step, self.adapter, cache, cols, ids, context, skip, sublayers=sublayers)
             self._graphs[key] = StepGraph(program, capture=self.capture, pool=self._pool)
