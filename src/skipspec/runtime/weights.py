@@ -11,9 +11,11 @@ their names, shapes, values and objects (only the storage under them changes) an
   streams a bf16 4096x4096 weight at 72% of copy bandwidth in `nn.Linear`'s row-major layout and
   at 80-95% stored this way (H100, `scripts/gpu_floor_probe.py`).
 
-What a user can notice: grouped projections share one storage, which `save_pretrained` refuses
-(safetensors rejects shared tensors); `unpack_weights(model)` gives every parameter its own
-contiguous storage back.
+What a user can notice: grouped projections share one storage and column-major matrices are
+strided, both of which safetensors (so `save_pretrained`) refuses; `unpack_weights(model)` gives
+every parameter its own contiguous storage back. In-place updates of a packed weight
+(`p.data.copy_`, `p.mul_`) reach the fast path; replacing `p.data` does not reach a decoder built
+before (its stand-in layers hold the packed storage): build a new decoder after.
 """
 
 from __future__ import annotations
@@ -99,7 +101,11 @@ def pack_weights(model: nn.Module, layers: Sequence[nn.Module], *, group: bool, 
 
 @torch.no_grad()
 def unpack_weights(model: nn.Module) -> None:
-    """Give every parameter its own contiguous storage again (e.g. before `save_pretrained`)."""
+    """Give every parameter its own contiguous storage again (e.g. before `save_pretrained`).
+
+    A decoder built before keeps the packed storage alive (its stand-in layers read it); drop it,
+    or expect the packed weights to take memory a second time.
+    """
     seen: set[int] = set()
     for p in model.parameters():  # tied parameters are one object, listed once
         if id(p) not in seen:
