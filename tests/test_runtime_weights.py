@@ -150,3 +150,29 @@ def test_steps_run_the_stand_ins_and_only_prefill_runs_the_models_own_projection
     out = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=PACKED).generate(list(range(5, 25)), 30)
     assert len(out.tokens) == 30 and out.stats["verify_steps"] > 1
     assert len(calls) == 3 * model.config.num_hidden_layers  # the prefill, once
+
+
+def test_running_out_of_memory_while_packing_leaves_every_value_and_the_output_as_they_were(monkeypatch):
+    model = tiny_model("qwen2")  # biases: a group whose weights were packed but not its biases must not group
+    values = {name: p.detach().clone() for name, p in model.named_parameters()}
+    prompt = list(range(4, 24))
+    cfg = small_skip_config(random.Random(5), model.config.num_hidden_layers)
+    expected = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="eager")).generate(prompt, 24)
+    real_cat, calls = torch.cat, []
+
+    def cat_that_runs_out(tensors, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:  # layer 0's q/k/v weights, biases and gate/up are packed; its o_proj runs out
+            raise torch.OutOfMemoryError("out of memory (simulated)")
+        return real_cat(tensors, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "cat", cat_that_runs_out)
+    with pytest.warns(RuntimeWarning, match="no device memory left"):
+        fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=PACKED)
+    monkeypatch.setattr(torch, "cat", real_cat)
+    for name, p in model.named_parameters():
+        assert torch.equal(p, values[name]), name
+    one, _ = fast.fast._stand_ins
+    assert isinstance(one[0].self_attn.q_proj, GroupedProjection) and isinstance(one[0].mlp.gate_proj, GroupedProjection)
+    assert one[1] is model.model.layers[1], "a layer packing did not reach runs as it is"
+    assert fast.generate(prompt, 24).tokens == expected.tokens

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .weights import joined_view, projection_groups
+from .weights import joined_view, projection_groups, stored_together
 
 
 class _Outputs:
@@ -45,6 +45,8 @@ class GroupedProjection(nn.Module):
         if weight is None:
             raise ValueError("the group's weights are not stored together (pack_weights first)")
         bias = None if linears[0].bias is None else joined_view([m.bias for m in linears])
+        if linears[0].bias is not None and bias is None:
+            raise ValueError("the group's biases are not stored together (pack_weights first)")
         # Parameters, not plain attributes: a compiled region takes them as inputs instead of
         # specialising on each layer's tensors.
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -95,6 +97,8 @@ def stand_in_layers(layers: Sequence[nn.Module], *, group: bool, attention: str 
     for layer in layers:
         children: dict[str, dict[str, nn.Module]] = {}
         for parent_name, _, names, linears in projection_groups(layer) if group else ():
+            if not stored_together(linears):  # packing stopped short of this group: it runs as it is
+                continue
             swap = children.setdefault(parent_name, {names[0]: GroupedProjection(linears, outputs)})
             for i, (name, linear) in enumerate(zip(names[1:], linears[1:]), 1):
                 swap[name] = GroupMember(linear, i, i == len(names) - 1, outputs)

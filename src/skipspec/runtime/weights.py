@@ -20,6 +20,7 @@ before (its stand-in layers hold the packed storage): build a new decoder after.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -80,23 +81,45 @@ def _store_together(params: Sequence[nn.Parameter], transpose: bool) -> None:
 
 
 @torch.no_grad()
-def pack_weights(model: nn.Module, layers: Sequence[nn.Module], *, group: bool, transpose: bool) -> None:
-    """Re-lay out the weights of `layers` (and the output head) in place; values unchanged, idempotent."""
-    for layer in layers:
-        grouped: set[int] = set()
-        if group:
-            for _, _, _, linears in projection_groups(layer):
-                _store_together([m.weight for m in linears], transpose)
-                if linears[0].bias is not None:
-                    _store_together([m.bias for m in linears], False)
-                grouped.update(id(m) for m in linears)
-        if transpose:
-            for m in layer.modules():
-                if type(m) is nn.Linear and id(m) not in grouped:
-                    _store_together([m.weight], True)
-    head = model.get_output_embeddings()
-    if transpose and type(head) is nn.Linear:
-        _store_together([head.weight], True)
+def pack_weights(model: nn.Module, layers: Sequence[nn.Module], *, group: bool, transpose: bool) -> bool:
+    """Re-lay out the weights of `layers` (and the output head) in place; values unchanged, idempotent.
+
+    Each re-layout briefly needs two copies of one group's weights. If the device runs out of memory
+    for that, packing stops with a warning and returns False: what was packed stays packed, the rest
+    as it was, all with the same values (the fast path then runs those layers' own projections).
+    """
+    try:
+        for layer in layers:
+            grouped: set[int] = set()
+            if group:
+                for _, _, _, linears in projection_groups(layer):
+                    _store_together([m.weight for m in linears], transpose)
+                    if linears[0].bias is not None:
+                        _store_together([m.bias for m in linears], False)
+                    grouped.update(id(m) for m in linears)
+            if transpose:
+                for m in layer.modules():
+                    if type(m) is nn.Linear and id(m) not in grouped:
+                        _store_together([m.weight], True)
+        head = model.get_output_embeddings()
+        if transpose and type(head) is nn.Linear:
+            _store_together([head.weight], True)
+    except torch.OutOfMemoryError:
+        warnings.warn(
+            "skipspec: no device memory left to re-lay out the weights for the fast path (it needs a second "
+            "copy of one projection group at a time); the rest keeps its layout and runs slower",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def stored_together(linears: Sequence[nn.Linear]) -> bool:
+    """Whether a group's weights (and biases) lie as one matrix (vector), as `pack_weights` leaves them."""
+    biases = [m.bias for m in linears]
+    joined_bias = biases[0] is None or joined_view(biases) is not None
+    return joined_view([m.weight for m in linears]) is not None and joined_bias
 
 
 @torch.no_grad()
