@@ -99,9 +99,10 @@ def stand_in_layers(layers: Sequence[nn.Module], *, group: bool, attention: str 
         for parent_name, _, names, linears in projection_groups(layer) if group else ():
             if not stored_together(linears):  # packing stopped short of this group: it runs as it is
                 continue
-            swap = children.setdefault(parent_name, {names[0]: GroupedProjection(linears, outputs)})
+            swap: dict[str, nn.Module] = {names[0]: GroupedProjection(linears, outputs)}
             for i, (name, linear) in enumerate(zip(names[1:], linears[1:]), 1):
                 swap[name] = GroupMember(linear, i, i == len(names) - 1, outputs)
+            children[parent_name] = swap
         swapped = {name: _with_children(getattr(layer, name), swap) for name, swap in children.items()}
         attn = swapped.get("self_attn", layer.self_attn)
         if attention is not None and getattr(attn.config, "_attn_implementation", None) != attention:

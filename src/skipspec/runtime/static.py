@@ -80,7 +80,7 @@ class StaticRuntime:
         if group or transpose:
             pack_weights(adapter.model, adapter.layers, group=group, transpose=transpose)
         # The layers one-token steps run, and those multi-token ones (trees, scoring) run; None = the model's.
-        one = stand_in_layers(adapter.layers, group=True, attention=None) if group else None
+        one = stand_in_layers(adapter.layers, group=group, attention=None) if group else None
         wide = stand_in_layers(adapter.layers, group=group, attention="eager") if eager_tree else one
         self._stand_ins = (one, wide)
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
