@@ -10,7 +10,7 @@ Random weights, Llama-2-7B shape, bf16. Every timing is a CUDA-graph replay time
    (--no-gemv skips); --compile-gemv adds torch.compile(max-autotune-no-cudagraphs) GEMVs.
 3. the engine's plain step at ctx 512 and its 16-node verify / plain ratio at ctx 2048, per runtime
    variant (`VARIANTS`: compiled sublayers or not, grouped projections, column-major weights,
-   autotuned kernels), each on the same weights given back their own layout first.
+   eager tree attention), each on the same weights given back their own layout first.
 4. kernels per plain step: torch.profiler over one eager run of the graphed program (GPU busy time per
    kernel kind; replay ms - busy ms ~ launch gaps), kernels seen in a replay, the graph's node count.
 
@@ -174,7 +174,8 @@ def engine_step(
 
 
 # Engine variants, each on the same random weights: the session-2 default (compiled sublayers, the
-# model's own projections and layout), each re-layout alone, both (today's default), and autotuned.
+# model's own projections and layout), each re-layout alone, both, both with eager tree attention
+# (today's default), and the default uncompiled.
 VARIANTS = {
     "fused": RuntimeConfig(mode="graphs", group_projections=False, transpose_weights=False, eager_tree_attention=False),
     "fused+grouped+colmajor+eager-tree-attn (default)": RuntimeConfig(mode="graphs"),

@@ -211,8 +211,8 @@ class Sublayers:
     caches: per-layer objects passed as `past_key_values` instead of the shared cache (a
     `LayerKV` each): a compiled region must not see the layer index, or it would be specialised,
     and recompiled, once per layer.
-    layers: stand-ins for the model's decoder layers (same weights, grouped projections: see
-    `skipspec.runtime.weights.grouped_layers`); None runs the model's own.
+    layers: stand-ins for the model's decoder layers (same weights, grouped projections, another
+    attention implementation: see `skipspec.runtime.layers.stand_in_layers`); None runs the model's own.
     """
 
     attention: Callable = attention_sublayer

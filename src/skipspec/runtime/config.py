@@ -73,23 +73,26 @@ class RuntimeConfig:
         if not 0.0 < self.memory_margin <= 1.0:
             raise ConfigError(f"memory_margin must be in (0, 1], got {self.memory_margin!r}")
 
+    @staticmethod
+    def _resolved(setting: bool | None, default: bool, mode: str) -> bool:
+        """An on/off step setting in `mode` (a resolved mode): `default` when unset, never eager."""
+        return default if setting is None else bool(setting and mode != "eager")
+
     def resolved_fuse(self, mode: str) -> bool:
         """Whether compiled sublayers run in `mode` (a resolved mode)."""
-        return (mode == "graphs") if self.fuse is None else bool(self.fuse and mode != "eager")
+        return self._resolved(self.fuse, mode == "graphs", mode)
 
     def resolved_grouping(self, mode: str) -> bool:
         """Whether the sublayers run grouped projections in `mode`."""
-        return (mode == "graphs") if self.group_projections is None else bool(self.group_projections and mode != "eager")
+        return self._resolved(self.group_projections, mode == "graphs", mode)
 
     def resolved_transpose(self, mode: str) -> bool:
         """Whether weights are stored column-major for `mode`."""
-        return (mode == "graphs") if self.transpose_weights is None else bool(self.transpose_weights and mode != "eager")
+        return self._resolved(self.transpose_weights, mode == "graphs", mode)
 
     def resolved_eager_tree_attention(self, mode: str) -> bool:
         """Whether multi-token steps' attention runs transformers' eager implementation in `mode`."""
-        if self.eager_tree_attention is None:
-            return self.resolved_fuse(mode)
-        return bool(self.eager_tree_attention and mode != "eager")
+        return self._resolved(self.eager_tree_attention, self.resolved_fuse(mode), mode)
 
     def resolved_mode(self, device: torch.device) -> str:
         """The mode that runs on `device`: "auto" decided, "graphs" refused off CUDA."""

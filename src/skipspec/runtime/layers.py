@@ -41,12 +41,10 @@ class GroupedProjection(nn.Module):
 
     def __init__(self, linears: Sequence[nn.Linear], outputs: _Outputs) -> None:
         super().__init__()
-        weight = joined_view([m.weight for m in linears])
-        if weight is None:
+        if not stored_together(linears):
             raise ValueError("the group's weights are not stored together (pack_weights first)")
+        weight = joined_view([m.weight for m in linears])
         bias = None if linears[0].bias is None else joined_view([m.bias for m in linears])
-        if linears[0].bias is not None and bias is None:
-            raise ValueError("the group's biases are not stored together (pack_weights first)")
         # Parameters, not plain attributes: a compiled region takes them as inputs instead of
         # specialising on each layer's tensors.
         self.weight = nn.Parameter(weight, requires_grad=False)
@@ -96,7 +94,7 @@ def stand_in_layers(layers: Sequence[nn.Module], *, group: bool, attention: str 
     stand_ins = []
     for layer in layers:
         children: dict[str, dict[str, nn.Module]] = {}
-        for parent_name, _, names, linears in projection_groups(layer) if group else ():
+        for parent_name, names, linears in projection_groups(layer) if group else ():
             if not stored_together(linears):  # packing stopped short of this group: it runs as it is
                 continue
             swap: dict[str, nn.Module] = {names[0]: GroupedProjection(linears, outputs)}

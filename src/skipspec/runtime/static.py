@@ -171,7 +171,7 @@ class StaticRuntime:
 
     @property
     def tag(self) -> str:
-        """How steps run here ("graphs+fused+grouped+colmajor+eager-attn", "static", ...): step costs,
+        """How steps run here ("graphs+fused+grouped+colmajor+eager-tree-attn", "static", ...): step costs,
         and so saved sets, depend on it."""
         return "+".join([self.mode, *(("fused",) if self.fused else ()), *self._layout])
 

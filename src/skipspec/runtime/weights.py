@@ -30,7 +30,7 @@ from torch import nn
 GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
 
 
-def projection_groups(layer: nn.Module) -> Iterator[tuple[str, nn.Module, tuple[str, ...], tuple[nn.Linear, ...]]]:
+def projection_groups(layer: nn.Module) -> Iterator[tuple[str, tuple[str, ...], tuple[nn.Linear, ...]]]:
     """The groups of `layer` that can share one GEMV: plain `nn.Linear`s (not quantized subclasses)
     with one input size, dtype and device, all with a bias or none (Phi-3's are already fused)."""
     for parent_name, names in GROUPS:
@@ -43,7 +43,7 @@ def projection_groups(layer: nn.Module) -> Iterator[tuple[str, nn.Module, tuple[
             continue
         if len({m.bias is None for m in linears}) != 1:
             continue
-        yield parent_name, parent, names, linears
+        yield parent_name, names, linears
 
 
 def joined_view(parts: Sequence[torch.Tensor]) -> torch.Tensor | None:
@@ -92,7 +92,7 @@ def pack_weights(model: nn.Module, layers: Sequence[nn.Module], *, group: bool, 
         for layer in layers:
             grouped: set[int] = set()
             if group:
-                for _, _, _, linears in projection_groups(layer):
+                for _, _, linears in projection_groups(layer):
                     _store_together([m.weight for m in linears], transpose)
                     if linears[0].bias is not None:
                         _store_together([m.bias for m in linears], False)
@@ -129,8 +129,5 @@ def unpack_weights(model: nn.Module) -> None:
     A decoder built before keeps the packed storage alive (its stand-in layers read it); drop it,
     or expect the packed weights to take memory a second time.
     """
-    seen: set[int] = set()
     for p in model.parameters():  # tied parameters are one object, listed once
-        if id(p) not in seen:
-            seen.add(id(p))
-            p.data = p.data.clone(memory_format=torch.contiguous_format)
+        p.data = p.data.clone(memory_format=torch.contiguous_format)
