@@ -35,7 +35,8 @@ def test_graph_path_matches_eager_path_and_plain_decoding(family):
     deep = 0
     for case in range(5):
         cfg = small_skip_config(rng, model.config.num_hidden_layers)
-        prompt = [rng.randrange(97) for _ in range(rng.randint(1, 40))]
+        # The later prompts cross FlexAttention's 128-slot key blocks (and the sliding windows' starts).
+        prompt = [rng.randrange(97) for _ in range(rng.randint(1, 40) if case < 3 else rng.randint(120, 200))]
         max_new = rng.randint(8, 40)
         graphs = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=GRAPHS)
         eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
@@ -105,20 +106,28 @@ def test_a_request_that_cannot_fit_fails_before_any_work():
     assert torch.cuda.memory_allocated() == before and dec.fast.cache is None
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3"])
-def test_default_graph_path_with_every_step_optimisation_matches_eager_path(family):
+@pytest.mark.parametrize(
+    "family, head_dim",
+    [("llama", None), ("qwen2", None), ("gemma3", None), ("gemma2", None), ("phi3", 96), ("gemma3", 256)],
+)
+def test_default_graph_path_with_every_step_optimisation_matches_eager_path(family, head_dim):
     """The default on CUDA: compiled sublayers, grouped projections, column-major weights, eager
-    attention for trees (compiles for a while on first use); qwen2 has projection biases."""
-    model = _cuda_model(family)
+    attention for trees (compiles for a while on first use). qwen2 has projection biases, gemma2
+    soft-caps attention logits; head dims 96 (Phi-3) and 256 (Gemma 3) are not the usual 64/128."""
+    model = (tiny_model(family, head_dim=head_dim) if head_dim else tiny_model(family)).to("cuda")
     cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
     fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=GRAPHS)
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
     prompt = list(range(3, 30))
     out = fast.generate(prompt, 30)
-    assert out.stats["fast_path"] == "graphs+fused+grouped+colmajor+eager-tree-attn"
+    # A model loaded with eager attention (Gemma 2, for its soft-capping) runs that for trees already.
+    tree = "" if family == "gemma2" else "+eager-tree-attn"
+    assert out.stats["fast_path"] == f"graphs+fused+grouped+colmajor{tree}"
     assert max(out.stats["accepted_per_step"]) >= 2, "no tree was verified"
     assert out.tokens == eager.generate(prompt, 30).tokens
     assert fast.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
+    long = [(7 * i) % 97 for i in range(150)]  # past the first key block
+    assert fast.generate(long, 30).tokens == eager.generate(long, 30).tokens
 
 
 def test_search_on_the_graph_path_times_captured_steps_and_stays_lossless(tmp_path, monkeypatch):

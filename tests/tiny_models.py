@@ -70,13 +70,15 @@ FAMILIES = {
 }
 
 
-def tiny_model(family: str, seed: int = 0, dtype=torch.float32, damp: float = 0.1) -> torch.nn.Module:
+def tiny_model(family: str, seed: int = 0, dtype=torch.float32, damp: float = 0.1, **overrides) -> torch.nn.Module:
     """A random model; inner layers' output projections are damped so drafts are often accepted.
 
     With `damp` < 1 a skip-mode draft agrees with the full model often enough to exercise deep
     accepted paths and sibling acceptance, not only immediate rejections.
     """
     cls, config = FAMILIES[family]()
+    for key, value in overrides.items():  # e.g. a real model's head_dim
+        setattr(config, key, value)
     attn = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
     config._attn_implementation = attn
     torch.manual_seed(seed)
