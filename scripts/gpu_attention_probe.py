@@ -1,12 +1,13 @@
 """One-token attention over a static KV cache on the GPU: SDPA over the whole capacity against
-FlexAttention's decoding kernel with a block mask (`skipspec.runtime.decode`), per kernel option set.
+FlexAttention's split-KV decoding kernel with a block mask that skips the blocks past the context,
+per kernel option set (the experiment behind docs/benchmarks.md, "Session 4").
 
 Each case is one layer's attention for one query token, captured as a CUDA graph of 32 calls, one
 per layer's cache (as 32 layers run: one cache reused would be read from L2), timed by replays.
 Reported per call: microseconds and the bandwidth of the visible keys and values it had to read.
 SDPA reads the whole capacity; Flex reads the visible blocks.
 
-Run:   PYTHONPATH=src python3 scripts/gpu_attention_probe.py --out $OUT/attn [--budget 240]
+Run:   python3 scripts/gpu_attention_probe.py --out $OUT/attn [--budget 240]
 Writes results.json under --out; prints a Markdown table last.
 """
 
@@ -22,8 +23,39 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-from skipspec.runtime.decode import DecodeMask, flex_decode_attention
+BLOCK = 128
+
+
+class DecodeMask:
+    """A block mask over persistent buffers, rewritten in place per step (as skipspec's runtime did in
+    commit a1342f8): the visible key blocks first, the slot mask inside them read by the mask function."""
+
+    def __init__(self, capacity: int, device) -> None:
+        self.capacity, self.blocks = capacity, -(-capacity // BLOCK)
+        allowed = self.allowed = torch.zeros(self.blocks * BLOCK, dtype=torch.bool, device=device)
+        self.count = torch.zeros(1, 1, 1, dtype=torch.int32, device=device)
+        self.indices = torch.zeros(1, 1, 1, self.blocks, dtype=torch.int32, device=device)
+        self.mask = BlockMask.from_kv_blocks(
+            self.count,
+            self.indices,
+            BLOCK_SIZE=BLOCK,
+            mask_mod=lambda b, h, q, kv: allowed[kv],
+            seq_lengths=(1, capacity),
+            compute_q_blocks=False,
+        )
+
+    def update(self, allowed: torch.Tensor) -> None:
+        self.allowed[: self.capacity].copy_(allowed)
+        active = self.allowed.view(self.blocks, BLOCK).any(dim=-1)
+        self.count.view(1).copy_(active.sum())
+        self.indices.view(-1).copy_(torch.argsort((~active).to(torch.int8), stable=True))
+
+
+def flex_decode(q, k, v, mask: BlockMask, kernel_options: dict):
+    return flex_attention(q, k, v, block_mask=mask, enable_gqa=q.shape[1] != k.shape[1], kernel_options=kernel_options)
+
 
 # (name, query heads, kv heads, head dim, capacity, contexts)
 SHAPES = [
@@ -52,12 +84,8 @@ def log(msg: str) -> None:
     print(f"[{time.perf_counter() - T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
-class _Module(torch.nn.Module):
-    training = False
-
-
 def _with_mask(fn, mask: DecodeMask):
-    return lambda q, k, v: fn(q, k, v, mask.mask)[0]
+    return lambda q, k, v: fn(q, k, v, mask.mask)
 
 
 def graph_us(fn, q: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor, reps: int = 20) -> float:
@@ -107,15 +135,13 @@ def run(args) -> list[dict]:
                 log("past the budget: stopping")
                 return rows
             torch._dynamo.reset()  # one compile per option set, not recompiles against dynamo's limit
-            fn = torch.compile(
-                functools.partial(flex_decode_attention, _Module(), kernel_options=opts), fullgraph=True, dynamic=False
-            )
+            fn = torch.compile(functools.partial(flex_decode, kernel_options=opts), fullgraph=True, dynamic=False)
             for ctx in contexts:
                 row = {"shape": name, "ctx": ctx, "capacity": cap, "kernel": f"flex {opts or 'defaults'}"}
                 try:
                     mask.update(torch.arange(cap, device=dev) < ctx)
                     step = _with_mask(fn, mask)
-                    row["max_err"] = (step(q, k, v).transpose(1, 2) - refs[ctx]).abs().max().item()
+                    row["max_err"] = (step(q, k, v) - refs[ctx]).abs().max().item()
                     row["us"] = graph_us(step, q, ks, vs)
                     row["GBps_visible"] = 2 * hkv * ctx * dim * 2 / row["us"] / 1e3
                     log(f"{name} ctx {ctx} {row['kernel']}: {row['us']:.1f} us, err {row['max_err']:.1e}")

@@ -10,7 +10,7 @@ Random weights, Llama-2-7B shape, bf16. Every timing is a CUDA-graph replay time
    (--no-gemv skips); --compile-gemv adds torch.compile(max-autotune-no-cudagraphs) GEMVs.
 3. the engine's plain step at ctx 512 and its 16-node verify / plain ratio at ctx 2048, per runtime
    variant (`VARIANTS`: compiled sublayers or not, grouped projections, column-major weights,
-   eager tree attention, flex decoding), each on the same weights given back their own layout first.
+   eager tree attention), each on the same weights given back their own layout first.
 4. kernels per plain step: torch.profiler over one eager run of the graphed program (GPU busy time per
    kernel kind; replay ms - busy ms ~ launch gaps), kernels seen in a replay, the graph's node count.
 
@@ -175,23 +175,16 @@ def engine_step(
 
 # Engine variants, each on the same random weights: the session-2 default (compiled sublayers, the
 # model's own projections and layout), each re-layout alone, both, with eager tree attention (the
-# default), with FlexAttention for one-token steps too (tried in session 4, off), and uncompiled.
-_OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False, flex_decode=False)
+# default), and the default uncompiled. (FlexAttention for one-token steps was tried in commit a1342f8:
+# scripts/gpu_attention_probe.py, docs/benchmarks.md "Session 4".)
+_OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False)
 VARIANTS = {
     "fused": RuntimeConfig(mode="graphs", **_OFF),
     "fused+grouped+colmajor+eager-tree-attn (default)": RuntimeConfig(mode="graphs"),
-    "fused+grouped+colmajor+eager-tree-attn+flex-decode": RuntimeConfig(mode="graphs", flex_decode=True),
-    "fused+grouped+colmajor": RuntimeConfig(mode="graphs", eager_tree_attention=False, flex_decode=False),
+    "fused+grouped+colmajor": RuntimeConfig(mode="graphs", eager_tree_attention=False),
     "fused+colmajor": RuntimeConfig(mode="graphs", **{**_OFF, "transpose_weights": True}),
     "fused+grouped": RuntimeConfig(mode="graphs", **{**_OFF, "group_projections": True}),
-    "unfused+grouped+colmajor": RuntimeConfig(mode="graphs", fuse=False, flex_decode=False),
-    # FlexAttention decoding kernel options (scripts/gpu_attention_probe.py times them alone)
-    "default+flex-3stages-4warps": RuntimeConfig(
-        mode="graphs", flex_decode=True, flex_kernel_options={"num_stages": 3, "num_warps": 4}
-    ),
-    "default+flex-split32-2stages-4warps": RuntimeConfig(
-        mode="graphs", flex_decode=True, flex_kernel_options={"SPLIT_KV": 32, "num_stages": 2, "num_warps": 4}
-    ),
+    "unfused+grouped+colmajor": RuntimeConfig(mode="graphs", fuse=False),
 }
 # Probe-only: the same default with cuDNN's SDPA kernel switched off process-wide, so one-token
 # steps get PyTorch's memory-efficient attention kernel (flash cannot take a mask).

@@ -148,10 +148,7 @@ class ModelAdapter:
         multiply), so one captured graph scores any skip set. Costs a full forward.
         sublayers: compiled sublayer regions (see `Sublayers`); None runs the plain ones.
         """
-        if sublayers is not None and sublayers.masks is not None:
-            masks = sublayers.masks(self._masks(allowed, positions, key_positions, additive=False))
-        else:
-            masks = self._masks(allowed, positions, key_positions, additive=True)
+        masks = self._masks(allowed, positions, key_positions, additive=True)
         return self._layers(input_ids, positions, masks, cache, skip, keep, False, sublayers)
 
     def _layers(
@@ -216,15 +213,12 @@ class Sublayers:
     and recompiled, once per layer.
     layers: stand-ins for the model's decoder layers (same weights, grouped projections, another
     attention implementation: see `skipspec.runtime.layers.stand_in_layers`); None runs the model's own.
-    masks: turns `forward_static`'s boolean masks, `(1, 1, Q, capacity)` per layer type, into what
-    those layers' attention takes (FlexAttention block masks: `skipspec.runtime.decode`); None: additive masks.
     """
 
     attention: Callable = attention_sublayer
     mlp: Callable = mlp_sublayer
     caches: Sequence | None = None
     layers: Sequence | None = None
-    masks: Callable[[dict[str, torch.Tensor]], dict] | None = None
 
 
 PLAIN_SUBLAYERS = Sublayers()

@@ -42,14 +42,6 @@ class RuntimeConfig:
     kernel; one-token steps and the model itself keep theirs. On an H100, cuDNN's SDPA kernel for
     16 queries over a 2.8k-slot cache took 65 us a layer, the eager matmuls 10 us; for one query
     SDPA is the faster. None = on whenever the fused sublayers run.
-    flex_decode: run the attention of one-token steps (plain decoding, drafts) with FlexAttention's
-    split-KV decoding kernel and a block mask that skips the cache blocks the query cannot see
-    (see `skipspec.runtime.decode`). Off unless asked: on an H100 with torch 2.11 it saved 1% of a
-    Llama-2-7B-shaped plain step at ctx 512, cost 1-6% at ctx 2048, and ran 2-45x slower than SDPA
-    on GQA shapes (docs/benchmarks.md, session 4). Unfused it is FlexAttention's reference code.
-    flex_kernel_options: FlexAttention kernel options for that kernel (`BLOCK_N`, `num_stages`,
-    `num_warps`, `SPLIT_KV`: see `torch.nn.attention.flex_attention.FlexKernelOptions`), for tuning
-    on another GPU; `scripts/gpu_attention_probe.py` times option sets. None = PyTorch's defaults.
     """
 
     mode: str = "auto"
@@ -62,8 +54,6 @@ class RuntimeConfig:
     group_projections: bool | None = None
     transpose_weights: bool | None = None
     eager_tree_attention: bool | None = None
-    flex_decode: bool | None = None
-    flex_kernel_options: tuple[tuple[str, int], ...] | dict | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -80,11 +70,6 @@ class RuntimeConfig:
             object.__setattr__(self, name, sizes)
         if not isinstance(self.capacity_step, int) or self.capacity_step < 1:
             raise ConfigError(f"capacity_step must be an integer >= 1, got {self.capacity_step!r}")
-        if self.flex_kernel_options is not None:
-            options = dict(self.flex_kernel_options)
-            if not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in options.items()):
-                raise ConfigError(f"flex_kernel_options maps option names to integers, got {self.flex_kernel_options!r}")
-            object.__setattr__(self, "flex_kernel_options", tuple(sorted(options.items())))
         if not 0.0 < self.memory_margin <= 1.0:
             raise ConfigError(f"memory_margin must be in (0, 1], got {self.memory_margin!r}")
 
@@ -108,10 +93,6 @@ class RuntimeConfig:
     def resolved_eager_tree_attention(self, mode: str) -> bool:
         """Whether multi-token steps' attention runs transformers' eager implementation in `mode`."""
         return self._resolved(self.eager_tree_attention, self.resolved_fuse(mode), mode)
-
-    def resolved_flex_decode(self, mode: str) -> bool:
-        """Whether one-token steps' attention runs FlexAttention's decoding kernel in `mode`."""
-        return self._resolved(self.flex_decode, False, mode)
 
     def resolved_mode(self, device: torch.device) -> str:
         """The mode that runs on `device`: "auto" decided, "graphs" refused off CUDA."""

@@ -44,5 +44,5 @@ class CompiledSublayers:
         # with that dimension symbolic, so all tree buckets share one variant.
         return cls(torch.compile(_own_copy(attention_sublayer)), torch.compile(_own_copy(mlp_sublayer)))
 
-    def bind(self, cache: KVCache, num_layers: int, layers: Sequence | None = None, masks=None) -> Sublayers:
-        return Sublayers(self.attention, self.mlp, tuple(LayerKV(cache, i) for i in range(num_layers)), layers, masks)
+    def bind(self, cache: KVCache, num_layers: int, layers: Sequence | None = None) -> Sublayers:
+        return Sublayers(self.attention, self.mlp, tuple(LayerKV(cache, i) for i in range(num_layers)), layers)

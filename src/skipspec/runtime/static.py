@@ -19,8 +19,6 @@ from ..tree import build_tree, width_for
 from ..verify import target_tokens
 from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from .config import RuntimeConfig
-from .decode import DecodeMasks
-from .decode import register as register_flex_decode
 from .graphs import GraphCache, StepGraph
 from .layers import stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
@@ -76,31 +74,15 @@ class StaticRuntime:
         group, transpose = config.resolved_grouping(mode), config.resolved_transpose(mode)
         # A model loaded with eager attention (Gemma 2's softcapping needs it) runs its own.
         eager_tree = config.resolved_eager_tree_attention(mode) and not adapter.additive_mask
-        flex = config.resolved_flex_decode(mode)
         self._layout = tuple(
-            name
-            for on, name in (
-                (group, "grouped"),
-                (transpose, "colmajor"),
-                (eager_tree, "eager-tree-attn"),
-                (flex, "flex-decode"),
-            )
-            if on
+            name for on, name in ((group, "grouped"), (transpose, "colmajor"), (eager_tree, "eager-tree-attn")) if on
         )
         if group or transpose:
             pack_weights(adapter.model, adapter.layers, group=group, transpose=transpose)
         # The layers one-token steps run, and those multi-token ones (trees, scoring) run; None = the model's.
-        one_attention = register_flex_decode(config.flex_kernel_options or ()) if flex else None
-        wide_attention = "eager" if eager_tree else None
-        one = stand_in_layers(adapter.layers, group=group, attention=one_attention) if group or flex else None
-        if wide_attention == one_attention:
-            wide = one
-        elif group or eager_tree:
-            wide = stand_in_layers(adapter.layers, group=group, attention=wide_attention)
-        else:
-            wide = None
+        one = stand_in_layers(adapter.layers, group=group, attention=None) if group else None
+        wide = stand_in_layers(adapter.layers, group=group, attention="eager") if eager_tree else one
         self._stand_ins = (one, wide)
-        self._flex = flex
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(len(self.score_buckets))
@@ -169,12 +151,9 @@ class StaticRuntime:
     def _bind(self, cache: KVCache, queries: int) -> Sublayers | None:
         """The sublayers a step of `queries` tokens runs against `cache` (None: the model's own, uncompiled)."""
         layers = self._stand_ins[queries > 1]
-        masks = None
-        if self._flex and queries == 1:
-            masks = DecodeMasks(set(self.adapter.layer_types), cache.capacity, cache.data.device)
         if self._compiled is not None:
-            return self._compiled.bind(cache, self.adapter.num_layers, layers, masks)
-        return None if layers is None else Sublayers(layers=layers, masks=masks)
+            return self._compiled.bind(cache, self.adapter.num_layers, layers)
+        return None if layers is None else Sublayers(layers=layers)
 
     def _bind_both(self, cache: KVCache) -> tuple[Sublayers | None, Sublayers | None]:
         return self._bind(cache, 1), self._bind(cache, 2)
