@@ -91,9 +91,9 @@ def test_stand_in_mlp_runs_one_gemv_per_group_and_computes_what_the_layer_comput
             assert isinstance(stand_in.mlp.gate_proj, GroupedProjection) and isinstance(stand_in.mlp.up_proj, GroupMember)
             assert isinstance(layer.mlp.gate_proj, torch.nn.Linear), "the model's own layer must be left as it is"
             calls.clear()
-            got = mlp_sublayer(stand_in, x, sandwich)
+            _, got = mlp_sublayer(stand_in, x, None, sandwich)
             assert not calls
-            torch.testing.assert_close(got, mlp_sublayer(layer, x, sandwich), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(got, mlp_sublayer(layer, x, None, sandwich)[1], rtol=1e-6, atol=1e-6)
             assert stand_in.mlp.gate_proj.outputs.parts is None, "the group's outputs must not outlive the call"
 
 

@@ -166,41 +166,70 @@ class ModelAdapter:
         hidden = self.base.embed_tokens(input_ids)
         rope = self._rope(hidden, positions)
         sandwich = self.spec.sandwich_norms
+        # The residual stream is carried as (hidden, delta): each sublayer adds the update before it
+        # as its first step, where a compiled copy fuses that add with its norm (see attention_sublayer).
+        delta = None
         for i, layer in enumerate(run.layers or self.layers):
             kind = self.layer_types[i]
             kv = run.caches[i] if run.caches is not None else cache
             if keep is not None:
-                hidden = torch.where(keep[0, i], run.attention(layer, hidden, rope[kind], masks[kind], kv, sandwich), hidden)
-                hidden = torch.where(keep[1, i], run.mlp(layer, hidden, sandwich), hidden)
+                # A dropped sublayer's update is a selected zero: x + 0 == x exactly, so this equals skipping it.
+                hidden, delta = run.attention(layer, hidden, delta, rope[kind], masks[kind], kv, sandwich)
+                delta = torch.where(keep[0, i], delta, 0.0)
+                hidden, delta = run.mlp(layer, hidden, delta, sandwich)
+                delta = torch.where(keep[1, i], delta, 0.0)
                 continue
             if i not in skip.attn:
-                hidden = run.attention(layer, hidden, rope[kind], masks[kind], kv, sandwich)
+                hidden, delta = run.attention(layer, hidden, delta, rope[kind], masks[kind], kv, sandwich)
             if i not in skip.mlp:
-                hidden = run.mlp(layer, hidden, sandwich)
+                hidden, delta = run.mlp(layer, hidden, delta, sandwich)
         if last_only:
             hidden = hidden[:, -1:]
-        logits = self.model.lm_head(self.base.norm(hidden))[0]
-        if self.softcap:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits.float()
+            delta = None if delta is None else delta[:, -1:]
+        return run.final(self.base.norm, self.model.lm_head, hidden, delta, self.softcap)
 
 
-def attention_sublayer(layer, hidden: torch.Tensor, rope, mask: torch.Tensor, cache, sandwich: bool) -> torch.Tensor:
-    """`hidden` plus one layer's attention sublayer (its norms included), as that layer's family composes it."""
+def attention_sublayer(
+    layer, hidden: torch.Tensor, delta: torch.Tensor | None, rope, mask: torch.Tensor, cache, sandwich: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's attention sublayer (its norms included), as that layer's family composes it.
+
+    Takes the residual stream as `hidden + delta` (delta: the previous sublayer's update, None at the
+    first) and returns it as `(hidden + delta, this sublayer's update)`. Adding the previous update
+    here rather than at the end of the previous sublayer is the same arithmetic, and lets a compiled
+    copy do the add in the same kernel as this sublayer's norm: the previous sublayer ends in a
+    matrix product, which an add cannot join.
+    """
+    if delta is not None:
+        hidden = hidden + delta
     x = layer.input_layernorm(hidden)
     x, _ = layer.self_attn(hidden_states=x, position_embeddings=rope, attention_mask=mask, past_key_values=cache)
     if sandwich:
         x = layer.post_attention_layernorm(x)
-    return hidden + x
+    return hidden, x
 
 
-def mlp_sublayer(layer, hidden: torch.Tensor, sandwich: bool) -> torch.Tensor:
-    """`hidden` plus one layer's MLP sublayer (its norms included)."""
+def mlp_sublayer(
+    layer, hidden: torch.Tensor, delta: torch.Tensor | None, sandwich: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's MLP sublayer (its norms included); the residual stream as in `attention_sublayer`."""
+    if delta is not None:
+        hidden = hidden + delta
     x = layer.pre_feedforward_layernorm(hidden) if sandwich else layer.post_attention_layernorm(hidden)
     x = layer.mlp(x)
     if sandwich:
         x = layer.post_feedforward_layernorm(x)
-    return hidden + x
+    return hidden, x
+
+
+def final_logits(norm, lm_head, hidden: torch.Tensor, delta: torch.Tensor | None, softcap: float | None) -> torch.Tensor:
+    """Logits `(Q, vocab)`, float32, of the residual stream `hidden + delta` (see `attention_sublayer`)."""
+    if delta is not None:
+        hidden = hidden + delta
+    logits = lm_head(norm(hidden))[0]
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return logits.float()
 
 
 @dataclass(frozen=True)
@@ -213,12 +242,14 @@ class Sublayers:
     and recompiled, once per layer.
     layers: stand-ins for the model's decoder layers (same weights, grouped projections, another
     attention implementation: see `skipspec.runtime.layers.stand_in_layers`); None runs the model's own.
+    final: the last residual add, final norm, LM head and cast (`final_logits`), likewise.
     """
 
     attention: Callable = attention_sublayer
     mlp: Callable = mlp_sublayer
     caches: Sequence | None = None
     layers: Sequence | None = None
+    final: Callable = final_logits
 
 
 PLAIN_SUBLAYERS = Sublayers()

@@ -2,11 +2,14 @@
 
 A decode step of a small model is a thousand-odd tiny kernels (an RMSNorm alone is eight), and
 inside a CUDA graph each still costs a couple of microseconds. Compiling the attention and MLP
-sublayer functions fuses norms, rotary embedding, activations and residual adds. The functions
-take the layer module as an argument and the cache as a per-layer `LayerKV`, so one compiled
-copy serves every layer and every skip set; only new shapes (the query bucket, the capacity)
-compile again. Compilation happens on first use, inside the warm-up run that precedes a graph
-capture, never at import. Inductor's own CUDA graphs stay off: our runtime captures the whole step.
+sublayer functions fuses norms, rotary embedding, activations and residual adds (each residual add
+in the same kernel as the next norm: see `model.adapter.attention_sublayer`). The final norm and
+head, and the step programs' own work around the forward (the tree frame, acceptance, the draft's
+top-k: `steps.StepFunctions`), are compiled likewise. The sublayer functions take the layer
+module as an argument and the cache as a per-layer `LayerKV`, so one compiled copy serves every
+layer and every skip set; only new shapes (the query bucket, the capacity) compile again.
+Compilation happens on first use, inside the warm-up run that precedes a graph capture, never at
+import. Inductor's own CUDA graphs stay off: our runtime captures the whole step.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..model.adapter import Sublayers, attention_sublayer, mlp_sublayer
+from ..model.adapter import Sublayers, attention_sublayer, final_logits, mlp_sublayer
 from ..model.cache import KVCache, LayerKV
+from .steps import StepFunctions
 
 
 def _own_copy(fn: Callable) -> Callable:
@@ -37,12 +41,21 @@ class CompiledSublayers:
 
     attention: Callable
     mlp: Callable
+    final: Callable
+    steps: StepFunctions
 
     @classmethod
     def create(cls) -> CompiledSublayers:
         # dynamic=None: the first shape compiles static, a second one of the same region compiles
         # with that dimension symbolic, so all tree buckets share one variant.
-        return cls(torch.compile(_own_copy(attention_sublayer)), torch.compile(_own_copy(mlp_sublayer)))
+        plain = StepFunctions()
+        steps = StepFunctions(**{name: _compiled(getattr(plain, name)) for name in ("frame", "verify_tail", "draft_tail")})
+        return cls(_compiled(attention_sublayer), _compiled(mlp_sublayer), _compiled(final_logits), steps)
 
     def bind(self, cache: KVCache, num_layers: int, layers: Sequence | None = None) -> Sublayers:
-        return Sublayers(self.attention, self.mlp, tuple(LayerKV(cache, i) for i in range(num_layers)), layers)
+        caches = tuple(LayerKV(cache, i) for i in range(num_layers))
+        return Sublayers(self.attention, self.mlp, caches, layers, final=self.final)
+
+
+def _compiled(fn: Callable) -> Callable:
+    return torch.compile(_own_copy(fn))

@@ -22,7 +22,7 @@ from .config import RuntimeConfig
 from .graphs import GraphCache, StepGraph
 from .layers import stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
-from .steps import NO_SKIP, StepInputs, draft_step, score_step, verify_step
+from .steps import NO_SKIP, PLAIN_STEP_FUNCTIONS, StepInputs, draft_step, score_step, verify_step
 from .timing import StepTimer
 from .transfer import Uploader
 from .weights import pack_weights
@@ -181,12 +181,19 @@ class StaticRuntime:
             self.adapter, capture=self.mode == "graphs", capacity_step=self.config.capacity_step, bind=self._bind
         )
 
-    def _step(self, program: Callable, wide: bool, mutable=()) -> StepGraph:
-        """Capture `program(sublayers=...)`. The caller must have staged the step's inputs: the
-        warm-up run before a capture executes the program for real (see `StepGraph`)."""
+    def _bound(self, program: Callable, wide: bool, fns: bool) -> Callable:
+        bound = functools.partial(program, sublayers=self._sublayers[wide])
+        if fns:
+            return functools.partial(bound, fns=self._compiled.steps if self._compiled else PLAIN_STEP_FUNCTIONS)
+        return bound
+
+    def _step(self, program: Callable, wide: bool, mutable=(), *, fns: bool = False) -> StepGraph:
+        """Capture `program(sublayers=..., [fns=...])` (`fns`: the program takes `StepFunctions`).
+        The caller must have staged the step's inputs: the warm-up run before a capture executes
+        the program for real (see `StepGraph`)."""
         start = time.perf_counter()
         try:
-            return self._capture(functools.partial(program, sublayers=self._sublayers[wide]), mutable)
+            return self._capture(self._bound(program, wide, fns), mutable)
         except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, loudly
             if self._compiled is None:
                 raise
@@ -200,7 +207,7 @@ class StaticRuntime:
             self._sublayers = self._bind_both(self.cache)
             for graphs in (self._drafts, self._verifies, self._scores):
                 graphs.clear()  # steps captured with the compiled sublayers go too
-            return self._capture(functools.partial(program, sublayers=self._sublayers[wide]), mutable)
+            return self._capture(self._bound(program, wide, fns), mutable)
         finally:
             self.capture_time += time.perf_counter() - start
 
@@ -242,7 +249,7 @@ class StaticRuntime:
         inp = self.inputs
         program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise)
         return self._verifies.get(
-            (bucket, sampling_key(params)), lambda: self._step(program, bucket > 1, mutable=(inp.root,))
+            (bucket, sampling_key(params)), lambda: self._step(program, bucket > 1, mutable=(inp.root,), fns=True)
         )
 
     @torch.inference_mode()
@@ -259,7 +266,7 @@ class StaticRuntime:
         inp = self.inputs
         program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params)
         return self._drafts.get(
-            (skip, sampling_key(params)), lambda: self._step(program, False, mutable=(inp.pos, inp.token))
+            (skip, sampling_key(params)), lambda: self._step(program, False, mutable=(inp.pos, inp.token), fns=True)
         )
 
     @torch.inference_mode()

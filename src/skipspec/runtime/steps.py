@@ -8,6 +8,7 @@ tensor back. Shapes: C = the cache capacity, B = the step's bucket, K = top-k, L
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,40 @@ def race_tokens(logits: torch.Tensor, params: SamplingParams, noise: torch.Tenso
     return (processed.softmax(dim=-1) / noise).argmax(dim=-1)
 
 
+def verify_tail(
+    logits: torch.Tensor, f: TreeFrame, params: SamplingParams, noise: torch.Tensor | None, root: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Targets, acceptance, and the bonus token written to `root`: `(AcceptedPath.packed, .path)`."""
+    targets = race_tokens(logits, params, noise)
+    result = accept_longest_path(f.tokens, f.parents, f.depths, f.ancestors, targets)
+    root.copy_(result.packed[1:2])
+    return result.packed, result.path
+
+
+def draft_tail(
+    logits: torch.Tensor, params: SamplingParams, token: torch.Tensor, pos: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-`k` candidates and `[top-1 probability, top-1 token]`; advances `token` and `pos` to the chain's next."""
+    top = process_logits(logits, params).softmax(dim=-1).topk(k, dim=-1)
+    head = torch.stack([top.values[0, 0], top.indices[0, 0].to(top.values.dtype)])
+    token.copy_(top.indices[:, :1])
+    pos.add_(1)
+    return top.indices[0], head
+
+
+@dataclass(frozen=True)
+class StepFunctions:
+    """A step program's own tensor work around the model forward: a few dozen tiny kernels each
+    when run as they are, a handful when the runtime passes compiled copies (`runtime.fuse`)."""
+
+    frame: Callable = tree_frame
+    verify_tail: Callable = verify_tail
+    draft_tail: Callable = draft_tail
+
+
+PLAIN_STEP_FUNCTIONS = StepFunctions()
+
+
 def verify_step(
     adapter: ModelAdapter,
     cache: KVCache,
@@ -136,24 +171,23 @@ def verify_step(
     params: SamplingParams,
     noise: torch.Tensor | None,
     sublayers: Sublayers | None = None,
+    fns: StepFunctions = PLAIN_STEP_FUNCTIONS,
 ) -> torch.Tensor:
     """Full-model forward over the padded tree, acceptance, and the commit of the accepted path.
 
     noise: (Bmax, vocab) float32 Exp(1) draws, drawn before the replay (sampling only).
     Returns `AcceptedPath.packed` for this bucket, `(2B + 2,)`; rewrites `inp.root` with the bonus token.
     """
-    f = tree_frame(inp, bucket)
+    f = fns.frame(inp, bucket)
     cache.prepare_slots(f.slots, cache.capacity)
     logits = adapter.forward_static(
         f.tokens.clamp(min=0)[None], f.positions, f.allowed, f.key_positions, cache, NO_SKIP, sublayers=sublayers
     )
-    targets = race_tokens(logits, params, noise[:bucket] if params.do_sample else None)
-    result = accept_longest_path(f.tokens, f.parents, f.depths, f.ancestors, targets)
+    packed, path = fns.verify_tail(logits, f, params, noise[:bucket] if params.do_sample else None, inp.root)
     if bucket > 1:
         # Move B slots whatever the path length: entries past it land past the committed length.
-        cache.move_slots(f.slots[0] + result.path.clamp(max=bucket - 1), f.slots)
-    inp.root.copy_(result.packed[1:2])
-    return result.packed
+        cache.move_slots(f.slots[0] + path.clamp(max=bucket - 1), f.slots)
+    return packed
 
 
 def draft_step(
@@ -163,6 +197,7 @@ def draft_step(
     skip: SkipSet,
     params: SamplingParams,
     sublayers: Sublayers | None = None,
+    fns: StepFunctions = PLAIN_STEP_FUNCTIONS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One skip-mode forward of `inp.token` at `inp.pos`; advances both to the chain's next token.
 
@@ -171,11 +206,7 @@ def draft_step(
     visible = inp.cols <= inp.pos
     cache.prepare_slots(inp.pos, cache.capacity)
     logits = adapter.forward_static(inp.token, inp.pos, visible[None, :], inp.cols, cache, skip, sublayers=sublayers)
-    top = process_logits(logits, params).softmax(dim=-1).topk(inp.cand.shape[1], dim=-1)
-    head = torch.stack([top.values[0, 0], top.indices[0, 0].to(top.values.dtype)])
-    inp.token.copy_(top.indices[:, :1])
-    inp.pos.add_(1)
-    return top.indices[0], head
+    return fns.draft_tail(logits, params, inp.token, inp.pos, inp.cand.shape[1])
 
 
 def score_step(

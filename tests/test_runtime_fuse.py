@@ -1,0 +1,89 @@
+"""The compiled step functions (`runtime.fuse`) compute exactly what the plain ones (`runtime.steps`) compute.
+
+TorchInductor fuses each into a few kernels; the values it produces must not change: the tree
+frame and acceptance are integer and boolean work, and the draft's top-k reads the same logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from skipspec.config import SamplingParams
+from skipspec.runtime.buckets import bucket_for, pack_tree, powers_of_two
+from skipspec.runtime.fuse import CompiledSublayers
+from skipspec.runtime.steps import PLAIN_STEP_FUNCTIONS, StepInputs
+from skipspec.tree import build_tree
+
+CAPACITY, DEPTH, TOPK, VOCAB = 96, 6, 4, 50
+BUCKETS = powers_of_two(DEPTH * TOPK + 1)
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return CompiledSublayers.create().steps
+
+
+def _inputs(rng: random.Random, widths: tuple[int, ...], committed: int) -> tuple[StepInputs, int]:
+    inp = StepInputs.allocate(CAPACITY, DEPTH, TOPK, BUCKETS[-1], 16, 4, "cpu")
+    layout = build_tree(widths)
+    bucket = bucket_for(layout.size, BUCKETS)
+    inp.tree[: 2 + 3 * bucket].copy_(torch.tensor(pack_tree(layout, committed, bucket)))
+    inp.cand.copy_(torch.tensor([rng.sample(range(VOCAB), TOPK) for _ in range(DEPTH)]))
+    inp.root.fill_(rng.randrange(VOCAB))
+    return inp, bucket
+
+
+def _random_widths(rng: random.Random) -> tuple[int, ...]:
+    return tuple(rng.randint(1, TOPK) for _ in range(rng.randint(0, DEPTH)))
+
+
+def test_compiled_tree_frame_equals_the_plain_one(compiled):
+    rng = random.Random("frame")
+    for _ in range(12):
+        inp, bucket = _inputs(rng, _random_widths(rng), committed=rng.randrange(CAPACITY - BUCKETS[-1]))
+        want = PLAIN_STEP_FUNCTIONS.frame(inp, bucket)
+        got = compiled.frame(inp, bucket)
+        for field in dataclasses.fields(want):
+            assert torch.equal(getattr(got, field.name), getattr(want, field.name)), (field.name, bucket)
+
+
+@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(do_sample=True, temperature=0.7, top_p=0.9)])
+def test_compiled_verify_tail_accepts_what_the_plain_one_accepts(compiled, params):
+    rng = random.Random(f"verify-{params.do_sample}")
+    lengths = set()
+    for case in range(12):
+        inp, bucket = _inputs(rng, _random_widths(rng), committed=rng.randrange(CAPACITY - BUCKETS[-1]))
+        frame = PLAIN_STEP_FUNCTIONS.frame(inp, bucket)
+        # Logits that often agree with the drafted tokens, so paths of every length are accepted.
+        logits = torch.randn(bucket, VOCAB, generator=torch.Generator().manual_seed(case))
+        tokens = frame.tokens.clamp(min=0)
+        children = frame.parents[None, :] == torch.arange(bucket)[:, None]
+        for node in range(bucket):
+            kids = children[node].nonzero().flatten().tolist()
+            if kids and rng.random() < 0.9:
+                logits[node, tokens[rng.choice(kids)]] += 12.0
+        noise = torch.empty(bucket, VOCAB).exponential_(generator=torch.Generator().manual_seed(case))
+        noise = noise if params.do_sample else None
+        root_plain, root_compiled = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+        want = PLAIN_STEP_FUNCTIONS.verify_tail(logits, frame, params, noise, root_plain)
+        got = compiled.verify_tail(logits, frame, params, noise, root_compiled)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)), case
+        assert torch.equal(root_compiled, root_plain)
+        lengths.add(int(want[0][0]))
+    assert len(lengths) >= 3, f"accepted path lengths {lengths}: too few kinds of path were compared"
+
+
+def test_compiled_draft_tail_ranks_and_advances_as_the_plain_one(compiled):
+    for case in range(6):
+        logits = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(case)) * 3
+        states = [(torch.tensor([[5]]), torch.tensor([17])) for _ in range(2)]
+        want = PLAIN_STEP_FUNCTIONS.draft_tail(logits, SamplingParams(), *states[0], TOPK)
+        got = compiled.draft_tail(logits, SamplingParams(), *states[1], TOPK)
+        assert torch.equal(got[0], want[0])
+        torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=0)
+        assert states[0][0].item() == states[1][0].item() == want[0][0].item()
+        assert states[0][1].item() == states[1][1].item() == 18
