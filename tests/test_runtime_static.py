@@ -56,6 +56,13 @@ def test_static_sampling_draws_what_the_eager_path_draws_for_the_same_seed(famil
     # The noise rows of the real nodes are drawn exactly as the eager path draws them, so in
     # float32 the samples agree token for token.
     assert static.tokens == eager.tokens
+    # Plain decoding keeps a step in flight ahead of the host: still one draw per token, in order.
+    plain = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=STATIC).generate(prompt, 40, method="ar", **kwargs)
+    assert (
+        plain.tokens
+        == SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER).generate(prompt, 40, method="ar", **kwargs).tokens
+    )
+    assert plain.stats["verify_steps"] == len(plain.tokens) - 1 and plain.stats["drafted_tokens"] == 0
 
 
 def _plain_kv(decoder: SwiftDecoder, tokens: list[int]) -> torch.Tensor:

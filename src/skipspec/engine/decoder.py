@@ -195,6 +195,9 @@ class SwiftDecoder:
         yield [first]
         if first in self.stop_tokens or state.emitted >= req.max_new_tokens:
             return
+        if self.fast is not None and policy is None:
+            yield from self._plain_fast(state, req, c, generator)
+            return
         if self.fast is not None:
             drafter = self.fast.drafter(req.sampling, self.stop_tokens, cfg)
         else:
@@ -237,6 +240,24 @@ class SwiftDecoder:
                         1 + sum(draft.widths) if draft else 1,
                     )
                 )
+
+    def _plain_fast(self, state: _Running, req: Request, c: _Counters, generator: torch.Generator) -> Iterator[list[int]]:
+        """Plain decoding on the fast path, one step in flight ahead of the host (`StaticRuntime.plain_tokens`)."""
+        tokens = self.fast.plain_tokens(state.committed, req.max_new_tokens - state.emitted, req.sampling, generator)
+        t = time.perf_counter()
+        for token in tokens:
+            c.verify_time += time.perf_counter() - t
+            c.verify_steps += 1
+            c.verified_tokens += 1
+            c.accepted_per_step.append(0)
+            c.drafted_per_step.append(0)
+            state.committed += 1
+            state.tokens.append(token)
+            state.emitted += 1
+            yield [token]
+            if token in self.stop_tokens or state.emitted >= req.max_new_tokens:
+                return
+            t = time.perf_counter()
 
     def _prefill(self, req: Request, capacity: int, generator: torch.Generator) -> _Running:
         a = self.adapter

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -242,6 +242,45 @@ class StaticRuntime:
         packed = self.verify_graph(bucket, params)().tolist()  # the step's one host sync: the accepted path
         length, bonus = packed[0], packed[1]
         return length, bonus, packed[2 + bucket : 2 + bucket + length]
+
+    @torch.inference_mode()
+    def plain_tokens(self, committed: int, limit: int, params: SamplingParams, generator: torch.Generator) -> Iterator[int]:
+        """Plain decoding from `committed` (the root staged by `set_root` or a verify): up to `limit` tokens.
+
+        Each token is one replay of the one-node verify step, and the next one is launched before
+        the host waits for the last: its inputs (the position, one more each time; the root, which
+        the step rewrites on the device) need nothing from the host, so the host's work between
+        tokens (the consumer's, the decoder's) overlaps the GPU's instead of leaving it idle. The
+        results come back through two pinned buffers, each copied in stream order after its step
+        and before the next step rewrites the graph's output. A consumer that stops early leaves
+        at most one step in flight; it only writes past the committed length.
+        """
+        layout = build_tree(())
+        cuda = self.mode == "graphs"
+        slots = [torch.empty(2, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        events = [torch.cuda.Event() if cuda else None for _ in range(2)]
+        launched = taken = 0
+
+        def launch() -> None:
+            nonlocal launched
+            self.upload_tree(layout, committed + launched, 1)
+            if params.do_sample:
+                self.noise[:1].exponential_(generator=generator)
+            packed = self.verify_graph(1, params)()
+            slots[launched % 2].copy_(packed[:2], non_blocking=cuda)
+            if cuda:
+                events[launched % 2].record()
+            launched += 1
+
+        launch()
+        while taken < launched:
+            if launched < limit:
+                launch()
+            if cuda:
+                events[taken % 2].synchronize()  # the step's one host sync, one step behind the GPU
+            token = int(slots[taken % 2][1])
+            taken += 1
+            yield token
 
     def verify_graph(self, bucket: int, params: SamplingParams) -> StepGraph:
         """The verify step for `bucket` tree nodes; reads `inputs.tree` (`upload_tree` first: a
