@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import types
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from ..model.adapter import Sublayers, attention_sublayer, final_logits, mlp_sublayer
 from ..model.cache import KVCache, LayerKV
-from .steps import StepFunctions
+from .steps import PLAIN_STEP_FUNCTIONS, StepFunctions
 
 
 def _own_copy(fn: Callable) -> Callable:
@@ -46,10 +46,7 @@ class CompiledSublayers:
 
     @classmethod
     def create(cls) -> CompiledSublayers:
-        # dynamic=None: the first shape compiles static, a second one of the same region compiles
-        # with that dimension symbolic, so all tree buckets share one variant.
-        plain = StepFunctions()
-        steps = StepFunctions(**{name: _compiled(getattr(plain, name)) for name in ("frame", "verify_tail", "draft_tail")})
+        steps = StepFunctions(*(_compiled(getattr(PLAIN_STEP_FUNCTIONS, f.name)) for f in fields(StepFunctions)))
         return cls(_compiled(attention_sublayer), _compiled(mlp_sublayer), _compiled(final_logits), steps)
 
     def bind(self, cache: KVCache, num_layers: int, layers: Sequence | None = None) -> Sublayers:
@@ -58,4 +55,6 @@ class CompiledSublayers:
 
 
 def _compiled(fn: Callable) -> Callable:
+    # dynamic=None: the first shape compiles static, a second one of the same region compiles with
+    # that dimension symbolic, so all tree buckets share one variant.
     return torch.compile(_own_copy(fn))
