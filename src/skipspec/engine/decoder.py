@@ -37,6 +37,14 @@ class _Counters:
     # Chain tokens drafted per verify step: 0 tells a plain step from a rejected draft.
     drafted_per_step: list[int] = field(default_factory=list)
 
+    def count_verify(self, accepted: int, verified: int, drafted: int) -> None:
+        """One verify step that accepted `accepted` drafted tokens and produced `verified` tokens."""
+        self.verify_steps += 1
+        self.accepted += accepted
+        self.verified_tokens += verified
+        self.accepted_per_step.append(accepted)
+        self.drafted_per_step.append(drafted)
+
 
 @dataclass
 class _Running:
@@ -215,16 +223,10 @@ class SwiftDecoder:
             accepted, new = self._verify(state, draft, req.sampling, generator)
             c.draft_time += t2 - t
             c.verify_time += time.perf_counter() - t2
-            c.verify_steps += 1
-            c.accepted += accepted
-            c.verified_tokens += len(new)
-            c.accepted_per_step.append(accepted)
-            c.drafted_per_step.append(draft.depth if draft is not None else 0)
-            new, stopped = self._truncate(new, remaining)
-            state.tokens.extend(new)
-            state.emitted += len(new)
+            c.count_verify(accepted, len(new), draft.depth if draft is not None else 0)
+            new, done = self._emit(state, new, remaining)
             yield new
-            if stopped or state.emitted >= req.max_new_tokens:
+            if done:
                 return
             if policy:
                 policy.observe(
@@ -247,15 +249,11 @@ class SwiftDecoder:
         t = time.perf_counter()
         for token in tokens:
             c.verify_time += time.perf_counter() - t
-            c.verify_steps += 1
-            c.verified_tokens += 1
-            c.accepted_per_step.append(0)
-            c.drafted_per_step.append(0)
+            c.count_verify(0, 1, 0)
             state.committed += 1
-            state.tokens.append(token)
-            state.emitted += 1
-            yield [token]
-            if token in self.stop_tokens or state.emitted >= req.max_new_tokens:
+            new, done = self._emit(state, [token], req.max_new_tokens - state.emitted)
+            yield new
+            if done:
                 return
             t = time.perf_counter()
 
@@ -316,6 +314,14 @@ class SwiftDecoder:
         state.committed = committed + length
         state.root = result.packed[1:2]
         return length - 1, path_tokens[1:] + [bonus]
+
+    def _emit(self, state: _Running, new: list[int], remaining: int) -> tuple[list[int], bool]:
+        """Append `new` to the output, cut at a stop token or after `remaining` tokens; returns
+        (the tokens emitted, whether the request is done)."""
+        new, stopped = self._truncate(new, remaining)
+        state.tokens.extend(new)
+        state.emitted += len(new)
+        return new, stopped or len(new) >= remaining
 
     def _truncate(self, new: list[int], remaining: int) -> tuple[list[int], bool]:
         for i, tok in enumerate(new[:remaining]):

@@ -235,13 +235,21 @@ class StaticRuntime:
         bucket = bucket_for(layout.size, self.tree_buckets)
         if draft is not None and draft.candidates.data_ptr() != inp.cand.data_ptr():
             inp.cand[: draft.depth, : draft.candidates.shape[1]].copy_(draft.candidates)
+        # The step's one host sync: the accepted path.
+        packed = self._launch_verify(layout, committed, bucket, params, generator).tolist()
+        length, bonus = packed[0], packed[1]
+        return length, bonus, packed[2 + bucket : 2 + bucket + length]
+
+    def _launch_verify(
+        self, layout, committed: int, bucket: int, params: SamplingParams, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Stage `layout` at `committed`, draw its noise and enqueue the verify step; its packed result
+        (the graph's output tensor: read or copy it before the next replay)."""
         self.upload_tree(layout, committed, bucket)
         if params.do_sample:
             # Only the real nodes' rows: the same draws as the eager path's for the same seed.
             self.noise[: layout.size].exponential_(generator=generator)
-        packed = self.verify_graph(bucket, params)().tolist()  # the step's one host sync: the accepted path
-        length, bonus = packed[0], packed[1]
-        return length, bonus, packed[2 + bucket : 2 + bucket + length]
+        return self.verify_graph(bucket, params)()
 
     @torch.inference_mode()
     def plain_tokens(self, committed: int, limit: int, params: SamplingParams, generator: torch.Generator) -> Iterator[int]:
@@ -263,10 +271,7 @@ class StaticRuntime:
 
         def launch() -> None:
             nonlocal launched
-            self.upload_tree(layout, committed + launched, 1)
-            if params.do_sample:
-                self.noise[:1].exponential_(generator=generator)
-            packed = self.verify_graph(1, params)()
+            packed = self._launch_verify(layout, committed + launched, 1, params, generator)
             slots[launched % 2].copy_(packed[:2], non_blocking=cuda)
             if cuda:
                 events[launched % 2].record()
