@@ -201,7 +201,7 @@ def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float
             layout = build_tree(tree_widths(n, cfg.topk))
             bucket = bucket_for(layout.size, rt.tree_buckets)
             rt.upload_tree(layout, committed, bucket)
-            step = rt.verify_graph(bucket, GREEDY, rt.visible_for(committed + bucket))
+            step = rt.verify_graph(bucket, GREEDY)
             res["verify_ms"][n] = time_replays(step, device, reps)
         plain = res["verify_ms"][1]
         inp = rt.inputs
@@ -210,7 +210,7 @@ def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float
 
         for r, skip in skips.items():
             rewind()  # stage the inputs before a first-use capture runs the step
-            step = rt.draft_graph(skip, GREEDY, rt.visible_for(committed + cfg.max_draft_tokens))
+            step = rt.draft_graph(skip, GREEDY)
             res["draft_ms"][r] = time_replays(step, device, reps, before=rewind)
             res["draft_ratio"][r] = res["draft_ms"][r] / plain
             res["skipped_weight_fraction"][r] = skipped_weight_fraction(model, skip)

@@ -4,14 +4,13 @@ Random weights, Llama-2-7B shape, bf16. Every timing is a CUDA-graph replay time
 (median of >= 20 replays after a warm-up):
 
 1. copy bandwidth (gpu_bench.copy_bandwidth) and weight bytes -> floor ms per token (also at the
-   read-only bandwidth of a 1 GiB sum).
+   read-only bandwidth of a 1 GiB sum, and the KV bytes a step reads: the whole cache capacity).
 2. bare GEMVs per weight shape (one layer's, the grouped QKV / gate+up ones, lm_head): F.linear(x[1, 4096], W)
    over 32 distinct weight copies in one graph (nothing stays in L2), and x @ W^T stored transposed
    (--no-gemv skips); --compile-gemv adds torch.compile(max-autotune-no-cudagraphs) GEMVs.
 3. the engine's plain step at ctx 512 and its 16-node verify / plain ratio at ctx 2048, per runtime
    variant (`VARIANTS`: compiled sublayers or not, grouped projections, column-major weights,
-   eager tree attention, attention over the visible length or the whole cache), each on the same
-   weights given back their own layout first.
+   eager tree attention), each on the same weights given back their own layout first.
 4. kernels per plain step: torch.profiler over one eager run of the graphed program (GPU busy time per
    kernel kind; replay ms - busy ms ~ launch gaps), kernels seen in a replay, the graph's node count.
 
@@ -151,14 +150,12 @@ def engine_step(
     prompt = torch.randint(0, model.config.vocab_size, (ctx,), generator=torch.Generator().manual_seed(ctx)).tolist()
     rt.reserve(ctx, 400, 0, False)
     rt.prefill(tuple(prompt), GREEDY, torch.Generator(device=dev))
-    kv_bytes = rt.cache.data.numel() * rt.cache.data.element_size()
-    # KV bytes a plain step reads: its visible length's share of the cache.
-    res = {"tag": rt.tag, "capacity": rt.cache.capacity, "kv_bytes": kv_bytes * rt.visible_for(ctx + 1) // rt.cache.capacity}
+    res = {"tag": rt.tag, "capacity": rt.cache.capacity, "kv_bytes": rt.cache.data.numel() * rt.cache.data.element_size()}
     for n in sorted({1, nodes}):
         layout = build_tree(tree_widths(n, cfg.topk))
         bucket = bucket_for(layout.size, rt.tree_buckets)
         rt.upload_tree(layout, ctx, bucket)
-        step = rt.verify_graph(bucket, GREEDY, rt.visible_for(ctx + bucket))
+        step = rt.verify_graph(bucket, GREEDY)
         res["ms" if n == 1 else f"verify{n}_ms"] = time_replays(step, dev, reps)
         if profile:
             try:
@@ -188,8 +185,6 @@ VARIANTS = {
     "fused+colmajor": RuntimeConfig(mode="graphs", **{**_OFF, "transpose_weights": True}),
     "fused+grouped": RuntimeConfig(mode="graphs", **{**_OFF, "group_projections": True}),
     "unfused+grouped+colmajor": RuntimeConfig(mode="graphs", fuse=False),
-    # The default reading the whole cache in every step (as before visible lengths, session 5).
-    "whole-capacity": RuntimeConfig(mode="graphs", visible_step=0),
 }
 # Probe-only: the same default with cuDNN's SDPA kernel switched off process-wide, so one-token
 # steps get PyTorch's memory-efficient attention kernel (flash cannot take a mask).
@@ -262,7 +257,7 @@ def table(R: dict) -> str:
         ms = wb / R["read_Bps"] * 1e3
         rows.append(f"| floor at read-only bandwidth ({R['read_Bps'] / 1e12:.2f} TB/s, a sum) | {ms:.3f} | {pct(ms)} | |")
     kv = next((c["kv_bytes"] for e in R["engine"].values() for k, c in e.items() if c and str(k) == "512"), None)
-    if kv and R.get("embed_bytes"):  # the embedding table is not read per token; the visible KV is
+    if kv and R.get("embed_bytes"):  # the embedding table is not read per token; the whole KV cache is
         ms = (wb - R["embed_bytes"] + kv) / bw * 1e3
         rows.append(f"| floor of the bytes a ctx-512 step reads (no embedding table, + {kv / 1e9:.2f} GB KV) | {ms:.3f} | "
                     f"{pct(ms)} | |")  # fmt: skip

@@ -13,7 +13,7 @@ import torch
 
 from skipspec.errors import ConfigError
 from skipspec.runtime import DeviceMemoryError, MemoryPlan, RuntimeConfig
-from skipspec.runtime.buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up, visible_length
+from skipspec.runtime.buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from skipspec.runtime.graphs import GraphCache, StepGraph
 from skipspec.runtime.memory import check_fits
 from skipspec.runtime.steps import StepInputs, tree_frame
@@ -28,22 +28,6 @@ def test_bucket_is_the_smallest_that_holds_the_size():
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
         bucket_for(257, buckets)
     assert round_up(1, 256) == 256 and round_up(512, 256) == 512
-
-
-def test_visible_length_covers_the_step_with_few_lengths_and_little_padding():
-    capacity = 5000
-    lengths = [visible_length(n, capacity, 128) for n in range(1, capacity + 1)]
-    assert all(n <= v <= capacity for n, v in zip(range(1, capacity + 1), lengths))
-    assert lengths == sorted(lengths), "a step that needs more must never get fewer slots"
-    # Steps of 128, then four lengths per doubling, so a long generation meets few graphs...
-    assert sorted(set(lengths))[:10] == [128, 256, 384, 512, 640, 768, 896, 1024, 1280, 1536]
-    assert len(set(lengths)) == 17 and lengths[-1] == capacity
-    # ...and, past 4 steps of 128, reads at most a quarter more than it needs.
-    assert max(v / n for n, v in zip(range(1, capacity + 1), lengths) if n > 512) <= 1.25
-    assert {visible_length(n, 300, 0) for n in (1, 150, 300)} == {300}, "step 0: always the whole cache"
-    for bad in (0, 301):
-        with pytest.raises(ValueError, match="must see"):
-            visible_length(bad, 300, 128)
 
 
 def test_packed_tree_has_fixed_length_and_inert_padding():
@@ -79,9 +63,7 @@ def test_padded_tree_frame_matches_the_eager_verify_frame(seed):
     inp.cand.copy_(candidates)
     inp.root.fill_(5)
     inp.tree[: packed_length(bucket)] = torch.tensor(pack_tree(layout, committed, bucket))
-    visible = rng.randint(committed + bucket, capacity)  # any length that holds the tree's slots
-    f = tree_frame(inp, bucket, visible)
-    assert f.allowed.shape == (bucket, visible) and f.key_positions.shape == (visible,)
+    f = tree_frame(inp, bucket)
 
     # The eager construction, as in SwiftDecoder._verify.
     index = layout.candidate_index(topk)
@@ -119,7 +101,7 @@ def test_padding_never_changes_the_accepted_path(seed):
 
     inp = _inputs(64, bucket, max(layout.max_depth, 1), 4)
     inp.tree[: packed_length(bucket)] = torch.tensor(pack_tree(layout, 0, bucket))
-    f = tree_frame(inp, bucket, 64)
+    f = tree_frame(inp, bucket)
     padded_tokens = torch.cat([tokens, torch.full((bucket - n,), -1)])
     padded_targets = torch.cat([targets, torch.randint(0, 6, (bucket - n,))])
     padded = accept_longest_path(padded_tokens, f.parents, f.depths, f.ancestors, padded_targets)
@@ -149,23 +131,6 @@ def test_graph_cache_evicts_the_least_recently_used_entry():
         GraphCache(0)
 
 
-def test_graph_cache_keeps_variants_under_their_key_and_evicts_them_together():
-    cache: GraphCache[str, str] = GraphCache(1)
-    assert cache.get("a", lambda: "a128", variant=128) == "a128"
-    assert cache.get("a", lambda: "a256", variant=256) == "a256"
-    assert cache.get("a", lambda: "never built", variant=128) == "a128"
-    assert cache.variants("a") == [128, 256] and len(cache) == 1 and cache.captures == 2
-
-    def failing():
-        raise RuntimeError("capture failed")
-
-    with pytest.raises(RuntimeError):
-        cache.get("b", failing, variant=128)
-    assert cache.keys() == ["a"] and cache.evictions == 0, "a failed build must evict nothing"
-    cache.get("b", lambda: "b128", variant=128)  # one key at most: "a" goes with both its variants
-    assert cache.keys() == ["b"] and cache.variants("a") == [] and cache.evictions == 1
-
-
 def test_uncaptured_step_graph_rehearses_the_warm_up_and_restores_what_the_program_advances():
     counter, runs = torch.zeros(1), []
 
@@ -186,8 +151,6 @@ def test_runtime_config_is_validated_and_resolved_per_device():
         RuntimeConfig(tree_buckets=(4, 2))
     with pytest.raises(ConfigError, match="max_draft_graphs"):
         RuntimeConfig(max_draft_graphs=0)
-    with pytest.raises(ConfigError, match="visible_step"):
-        RuntimeConfig(visible_step=-1)
     assert RuntimeConfig().resolved_mode(torch.device("cpu")) == "eager"
     assert RuntimeConfig().resolved_mode(torch.device("cuda")) == "graphs"
     assert RuntimeConfig(mode="static").resolved_mode(torch.device("cpu")) == "static"

@@ -44,11 +44,9 @@ def _random_widths(rng: random.Random) -> tuple[int, ...]:
 def test_compiled_tree_frame_equals_the_plain_one(compiled):
     rng = random.Random("frame")
     for _ in range(12):
-        committed = rng.randrange(CAPACITY - BUCKETS[-1])
-        inp, bucket = _inputs(rng, _random_widths(rng), committed)
-        visible = rng.randint(committed + bucket, CAPACITY)  # the visible length varies too (one symbolic size)
-        want = PLAIN_STEP_FUNCTIONS.frame(inp, bucket, visible)
-        got = compiled.frame(inp, bucket, visible)
+        inp, bucket = _inputs(rng, _random_widths(rng), committed=rng.randrange(CAPACITY - BUCKETS[-1]))
+        want = PLAIN_STEP_FUNCTIONS.frame(inp, bucket)
+        got = compiled.frame(inp, bucket)
         for field in dataclasses.fields(want):
             assert torch.equal(getattr(got, field.name), getattr(want, field.name)), (field.name, bucket)
 
@@ -59,7 +57,7 @@ def test_compiled_verify_tail_accepts_what_the_plain_one_accepts(compiled, param
     lengths = set()
     for case in range(12):
         inp, bucket = _inputs(rng, _random_widths(rng), committed=rng.randrange(CAPACITY - BUCKETS[-1]))
-        frame = PLAIN_STEP_FUNCTIONS.frame(inp, bucket, CAPACITY)
+        frame = PLAIN_STEP_FUNCTIONS.frame(inp, bucket)
         # Logits that often agree with the drafted tokens, so paths of every length are accepted.
         logits = torch.randn(bucket, VOCAB, generator=torch.Generator().manual_seed(case))
         tokens = frame.tokens.clamp(min=0)

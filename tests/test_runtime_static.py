@@ -1,7 +1,7 @@
 """The graph path's fixed-shape steps, run uncaptured on the CPU (`RuntimeConfig(mode="static")`).
 
 Everything a CUDA graph replays is here except the capture itself: persistent buffers, padded
-trees, masks over padded visible lengths, the in-step commit, cache reuse across requests and the draft-graph
+trees, full-capacity masks, the in-step commit, cache reuse across requests and the draft-graph
 LRU. So the GPU test only has to show that capture and replay change nothing.
 """
 
@@ -21,11 +21,9 @@ STATIC = RuntimeConfig(mode="static")
 EAGER = RuntimeConfig(mode="eager")
 # What the graph path does by default on CUDA, minus capture and compilation (see test_runtime_weights).
 PACKED = RuntimeConfig(mode="static", group_projections=True, transpose_weights=True, eager_tree_attention=True)
-# Visible lengths 4, 8, 12, ...: most steps of a short request run another length's program.
-SHORT_VISIBLE = RuntimeConfig(mode="static", visible_step=4)
 
 
-@pytest.mark.parametrize("runtime", [STATIC, PACKED, SHORT_VISIBLE], ids=["model-layout", "packed", "visible-4"])
+@pytest.mark.parametrize("runtime", [STATIC, PACKED], ids=["model-layout", "packed"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_static_path_matches_eager_path_and_plain_decoding(family, runtime):
     model = tiny_model(family)
@@ -176,8 +174,7 @@ def test_cli_no_graphs_flag_runs_the_eager_path(tmp_path):
 
 def test_the_search_needs_no_larger_cache_than_plain_decoding():
     """Scoring forwards write where a verify tree would: with the search on, a request gets the
-    cache plain decoding gets (the last visible lengths are cut at the capacity: a larger one
-    would change them, and in bf16 the kernels)."""
+    cache plain decoding gets (steps attend over the whole capacity, so a larger one is slower)."""
     dec = SwiftDecoder(tiny_model("llama"), SwiftConfig(), stop_token_ids=[], runtime=STATIC)
     scratch = dec.policy.scratch_slots
     assert scratch > 0
@@ -187,19 +184,3 @@ def test_the_search_needs_no_larger_cache_than_plain_decoding():
         prompt_len = 2 * step - tree - max_new
         searching, plain = (dec.fast.plan(prompt_len, max_new, room, False) for room in (scratch, 0))
         assert searching.capacity == plain.capacity
-
-
-def test_steps_get_a_program_per_visible_length_and_reuse_it():
-    """Plain decoding crosses visible lengths 4, 8, 12, ...: one verify program (a graph on CUDA) per
-    length reached, each sized to what its steps must see, and a second request reuses them."""
-    model = tiny_model("llama")
-    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=SHORT_VISIBLE)
-    prompt = list(range(3, 9))
-    out = dec.generate(prompt, 20, method="ar")
-    rt = dec.fast
-    lengths = rt._verifies.variants((1, ("greedy",)))
-    # A step at committed c sees c + 1 slots: c runs over 6 .. 24 (the last token is never fed back).
-    assert lengths == [8, 12, 16, 20, 24, 28]
-    assert all(length < rt.cache.capacity for length in lengths)
-    captures = rt.captures
-    assert dec.generate(prompt, 20, method="ar").tokens == out.tokens and rt.captures == captures

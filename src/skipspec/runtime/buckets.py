@@ -1,8 +1,7 @@
 """Fixed shapes for captured steps: size buckets, cache capacity, and the verify step's packed inputs.
 
 A CUDA graph replays fixed shapes, so every variable size is padded up to a bucket: trees to the
-next tree bucket, the KV length a step attends over to the next visible length (masked). Pure
-functions, tested alone.
+next tree bucket, the visible KV length to the whole cache (masked). Pure functions, tested alone.
 """
 
 from __future__ import annotations
@@ -47,27 +46,6 @@ def round_up(n: int, step: int) -> int:
     512
     """
     return -(-n // step) * step
-
-
-def visible_length(n: int, capacity: int, step: int) -> int:
-    """How many leading cache slots a step that must see `n` of them attends over.
-
-    `n` rounded up to a multiple of `step`, or of a quarter of `n`'s highest power of two once that
-    is coarser: at most 4 lengths per doubling past `4 * step`, each at most 25% past what the
-    step needs, so a generation meets few of them (one graph each) and reads little padding. Never
-    past `capacity`; `step` 0 means always the whole capacity.
-
-    >>> [visible_length(n, 4096, 128) for n in (1, 128, 129, 513, 1024, 1025, 2049)]
-    [128, 128, 256, 640, 1024, 1280, 2560]
-    >>> visible_length(1000, 1024, 0), visible_length(1000, 1100, 128)
-    (1024, 1100)
-    """
-    if not 0 < n <= capacity:
-        raise ValueError(f"a step must see 1..{capacity} slots, not {n}")
-    if step == 0:
-        return capacity
-    grain = max(step, (1 << (n.bit_length() - 1)) // 4)
-    return min(round_up(n, grain), capacity)
 
 
 def pack_tree(layout: TreeLayout, committed: int, bucket: int) -> list[int]:

@@ -17,7 +17,7 @@ class RuntimeConfig:
 
     mode: "auto" = "graphs" on CUDA, "eager" elsewhere. "eager" = one Python-driven forward per
     step, shapes as they come. "static" = the fixed-shape steps of the graph path (persistent
-    buffers, padded trees, masks over padded lengths) run directly, uncaptured: it runs on any device,
+    buffers, padded trees, full-capacity masks) run directly, uncaptured: it runs on any device,
     which is how the graph path's logic is tested on a CPU. "graphs" = "static" with every step
     captured once as a CUDA graph and replayed (CUDA only).
     max_draft_graphs: skip sets whose draft graph is kept (least recently used evicted first).
@@ -26,11 +26,6 @@ class RuntimeConfig:
     score_buckets: query counts of the search's scoring forward, likewise.
     capacity_step: the KV cache's capacity is rounded up to a multiple of this, so requests of
     similar length reuse one cache and the graphs captured against it.
-    visible_step: a step attends over the first V cache slots, V its context rounded up by
-    `buckets.visible_length` (to a multiple of this, coarser for long contexts), and each V gets
-    graphs of its own, captured when a generation first reaches it. Reading the whole cache instead
-    costs a one-token step of a Llama-2-7B shape ~0.2 ms at 512 tokens of context in a cache of
-    1280 slots (3.5%). 0 = always the whole capacity: one graph per step kind.
     memory_margin: fraction of the free device memory a request may plan to use.
     fuse: compile the attention and MLP sublayer functions with TorchInductor, so each graph
     holds fewer, fused kernels (see `skipspec.runtime.fuse`). None = on whenever CUDA graphs are
@@ -54,7 +49,6 @@ class RuntimeConfig:
     tree_buckets: tuple[int, ...] | None = None
     score_buckets: tuple[int, ...] = (16, 32, 64, 128)
     capacity_step: int = 256
-    visible_step: int = 128
     memory_margin: float = 0.9
     fuse: bool | None = None
     group_projections: bool | None = None
@@ -76,8 +70,6 @@ class RuntimeConfig:
             object.__setattr__(self, name, sizes)
         if not isinstance(self.capacity_step, int) or self.capacity_step < 1:
             raise ConfigError(f"capacity_step must be an integer >= 1, got {self.capacity_step!r}")
-        if not isinstance(self.visible_step, int) or self.visible_step < 0:
-            raise ConfigError(f"visible_step must be an integer >= 0, got {self.visible_step!r}")
         if not 0.0 < self.memory_margin <= 1.0:
             raise ConfigError(f"memory_margin must be in (0, 1], got {self.memory_margin!r}")
 

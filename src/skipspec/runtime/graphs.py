@@ -90,42 +90,36 @@ V = TypeVar("V")
 
 
 class GraphCache(Generic[K, V]):
-    """At most `capacity` keys, least recently used evicted first; each key holds variants.
+    """At most `capacity` entries, least recently used evicted first.
 
-    A key is what a graph is kept for (a skip set, a tree bucket); its variants are the same step
-    at other fixed lengths (the KV length it attends over), built as requests reach them and
-    dropped with their key. Evicting drops the last reference to its captured graphs, which frees
-    them; their memory goes back to the shared pool for the next capture.
+    Evicting drops the last reference to a captured graph, which frees it; its memory goes back
+    to the shared pool for the next capture.
     """
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
-        self._entries: OrderedDict[K, dict[Hashable, V]] = OrderedDict()
+        self._entries: OrderedDict[K, V] = OrderedDict()
         self.captures = 0
         self.evictions = 0
 
-    def get(self, key: K, build: Callable[[], V], variant: Hashable = None) -> V:
-        """The entry for `key` and `variant`, built (and counted as a capture) on first use."""
-        variants = self._entries.get(key, {})
-        if variant not in variants:
-            variants[variant] = build()  # before any bookkeeping: a build that fails leaves no trace
-            self.captures += 1
-        self._entries[key] = variants
-        self._entries.move_to_end(key)
+    def get(self, key: K, build: Callable[[], V]) -> V:
+        """The entry for `key`, built (and counted as a capture) on first use."""
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = build()
+        self.captures += 1
+        self._entries[key] = value
         while len(self._entries) > self.capacity:
             self._entries.popitem(last=False)
             self.evictions += 1
-        return variants[variant]
+        return value
 
     def keys(self) -> list[K]:
         """Keys from least to most recently used."""
         return list(self._entries)
-
-    def variants(self, key: K) -> list[Hashable]:
-        """The variants built for `key`, in the order they were built."""
-        return list(self._entries.get(key, ()))
 
     def clear(self) -> None:
         self._entries.clear()

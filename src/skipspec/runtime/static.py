@@ -17,7 +17,7 @@ from ..model.cache import KVCache
 from ..model.skipset import SkipSet
 from ..tree import build_tree, width_for
 from ..verify import target_tokens
-from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up, visible_length
+from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from .config import RuntimeConfig
 from .graphs import GraphCache, StepGraph
 from .layers import stand_in_layers
@@ -43,9 +43,7 @@ class StaticRuntime:
     Lives in one `SwiftDecoder` and serves its requests one at a time. The cache is sized from the
     request (rounded up to `capacity_step`) and kept for later requests that fit, together with the
     graphs captured against it: verify graphs per tree bucket, draft graphs per skip set (LRU),
-    scoring graphs per query bucket. Verify and draft steps attend over the cache's first V slots
-    only, V the context rounded up (`buckets.visible_length`), so each has a graph per V that a
-    generation reaches. A request that needs a larger cache drops them all.
+    scoring graphs per query bucket. A request that needs a larger cache drops them all.
     """
 
     def __init__(self, adapter: ModelAdapter, swift: SwiftConfig, config: RuntimeConfig, mode: str) -> None:
@@ -101,16 +99,16 @@ class StaticRuntime:
     def _capacity(self, prompt_len: int, max_new_tokens: int, scratch: int) -> int:
         # A verify at the last committed slot writes a whole bucket, and a scoring forward writes its
         # bucket at the same place: one room serves both. (Room for scoring alone would make the
-        # search's capacity differ from plain decoding's, and with it the visible lengths near the
-        # end, which are cut at the capacity: in bf16, other kernels and so other near-ties.)
+        # search's capacity differ from plain decoding's, and a step attends over the whole
+        # capacity: a few percent slower and, in bf16, other kernels and so other near-ties.)
         score_room = bucket_for(scratch, self.score_buckets) if 0 < scratch <= self.score_buckets[-1] else scratch
         needed = prompt_len + max_new_tokens + max(self.tree_buckets[-1], score_room)
         return round_up(needed, self.config.capacity_step)
 
     def _reusable(self, capacity: int, sampling: bool) -> bool:
         held = self.cache.capacity if self.cache is not None else 0
-        # A far larger held cache holds memory this request does not need (and the scoring forward
-        # reads all of it); within a factor of 4, reuse wins: requests of mixed lengths keep their graphs.
+        # Attention reads the whole capacity, so a far larger held cache is not worth keeping; within
+        # a factor of 4, reuse wins: requests of mixed lengths do not recapture every time.
         return capacity <= held <= _SHRINK_BELOW * capacity and (self.noise is not None or not sampling)
 
     def plan(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> MemoryPlan:
@@ -251,7 +249,7 @@ class StaticRuntime:
         if params.do_sample:
             # Only the real nodes' rows: the same draws as the eager path's for the same seed.
             self.noise[: layout.size].exponential_(generator=generator)
-        return self.verify_graph(bucket, params, self.visible_for(committed + bucket))()
+        return self.verify_graph(bucket, params)()
 
     @torch.inference_mode()
     def plain_tokens(self, committed: int, limit: int, params: SamplingParams, generator: torch.Generator) -> Iterator[int]:
@@ -289,19 +287,13 @@ class StaticRuntime:
             taken += 1
             yield token
 
-    def visible_for(self, needed: int) -> int:
-        """The visible length (graph variant) of a step that must see the first `needed` slots."""
-        return visible_length(needed, self.cache.capacity, self.config.visible_step)
-
-    def verify_graph(self, bucket: int, params: SamplingParams, visible: int) -> StepGraph:
-        """The verify step for `bucket` tree nodes over `visible` slots (`visible_for(committed + bucket)`);
-        reads `inputs.tree` (`upload_tree` first: a first-use capture runs the step once)."""
+    def verify_graph(self, bucket: int, params: SamplingParams) -> StepGraph:
+        """The verify step for `bucket` tree nodes; reads `inputs.tree` (`upload_tree` first: a
+        first-use capture runs the step once)."""
         inp = self.inputs
-        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, visible, params, self.noise)
+        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise)
         return self._verifies.get(
-            (bucket, sampling_key(params)),
-            lambda: self._step(program, bucket > 1, mutable=(inp.root,), fns=True),
-            variant=visible,
+            (bucket, sampling_key(params)), lambda: self._step(program, bucket > 1, mutable=(inp.root,), fns=True)
         )
 
     @torch.inference_mode()
@@ -312,16 +304,13 @@ class StaticRuntime:
     def drafter(self, params: SamplingParams, stop_tokens: frozenset[int], swift: SwiftConfig) -> GraphDrafter:
         return GraphDrafter(self, params, stop_tokens, swift)
 
-    def draft_graph(self, skip: SkipSet, params: SamplingParams, visible: int) -> StepGraph:
-        """The draft step of `skip` over `visible` slots (more than any position it will draft at),
-        kept in the LRU; reads and advances `inputs.pos` and `inputs.token` (set them first: a
-        first-use capture runs the step once)."""
+    def draft_graph(self, skip: SkipSet, params: SamplingParams) -> StepGraph:
+        """The draft step of `skip`, kept in the LRU; reads and advances `inputs.pos` and `inputs.token`
+        (set them first: a first-use capture runs the step once)."""
         inp = self.inputs
-        program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, visible, params)
+        program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params)
         return self._drafts.get(
-            (skip, sampling_key(params)),
-            lambda: self._step(program, False, mutable=(inp.pos, inp.token), fns=True),
-            variant=visible,
+            (skip, sampling_key(params)), lambda: self._step(program, False, mutable=(inp.pos, inp.token), fns=True)
         )
 
     @torch.inference_mode()
@@ -392,8 +381,7 @@ class GraphDrafter:
         inp = rt.inputs
         inp.token.copy_(root.view(1, 1))
         inp.pos.fill_(committed)
-        # One graph serves the whole chain: it sees every slot the chain's drafts write.
-        step = rt.draft_graph(skip, self.params, rt.visible_for(committed + max_depth))  # after staging
+        step = rt.draft_graph(skip, self.params)  # after staging: a first-use capture runs it once
         widths, probs = [], []
         for d in range(max_depth):
             candidates, head = step()

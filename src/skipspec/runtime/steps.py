@@ -3,9 +3,7 @@
 Each program builds its whole frame on the device from a few persistent tensors (the query
 position, the tree's packed layout, the candidates), runs the model, and reduces the logits to
 the little the host needs, so a replay reads nothing from the host and the host reads one small
-tensor back. Shapes: C = the cache capacity, V = the leading slots a step attends over
-(`buckets.visible_length`: fixed per graph, at least the step's context and own slots),
-B = the step's bucket, K = top-k, L = layers.
+tensor back. Shapes: C = the cache capacity, B = the step's bucket, K = top-k, L = layers.
 """
 
 from __future__ import annotations
@@ -78,7 +76,7 @@ class TreeFrame:
     """A verify step's frame, built on the device from `StepInputs.tree` (B = bucket).
 
     tokens: (B,) node tokens, -1 on padding; positions, slots, depths, parents: (B,);
-    ancestors: (B, B) bool; allowed: (B, V) bool; key_positions: (V,)
+    ancestors: (B, B) bool; allowed: (B, C) bool; key_positions: (C,)
     """
 
     tokens: torch.Tensor
@@ -91,9 +89,8 @@ class TreeFrame:
     key_positions: torch.Tensor
 
 
-def tree_frame(inp: StepInputs, bucket: int, visible: int) -> TreeFrame:
-    """Decode `pack_tree`'s list into the verify frame (the device-side twin of `SwiftDecoder._verify`'s)
-    over the first `visible` slots (>= committed + bucket: padding rows must see their own slot)."""
+def tree_frame(inp: StepInputs, bucket: int) -> TreeFrame:
+    """Decode `pack_tree`'s list into the verify frame (the device-side twin of `SwiftDecoder._verify`'s)."""
     committed, n = inp.tree[0], inp.tree[1]
     depths, ranks, parents = inp.tree[2 : 2 + 3 * bucket].view(3, bucket)
     index = inp.cols[:bucket]
@@ -106,13 +103,12 @@ def tree_frame(inp: StepInputs, bucket: int, visible: int) -> TreeFrame:
     chain = (ranks == 0) & valid
     strict = chain[None, :] & (depths[None, :] < depths[:, None]) & valid[:, None]
     ancestors = strict | torch.eye(bucket, dtype=torch.bool, device=index.device)
-    cols = inp.cols[:visible]
-    rel = cols - committed  # column c holds tree node c - committed, if any
+    rel = inp.cols - committed  # column c holds tree node c - committed, if any
     in_tree = (rel >= 0) & (rel < bucket)
     node = rel.clamp(0, bucket - 1)
-    prefix = cols < committed
+    prefix = inp.cols < committed
     allowed = prefix[None, :] | (in_tree[None, :] & ancestors[:, node])
-    key_positions = torch.where(prefix, cols, committed + depths[node])
+    key_positions = torch.where(prefix, inp.cols, committed + depths[node])
     return TreeFrame(
         tokens=tokens,
         positions=committed + depths,
@@ -172,7 +168,6 @@ def verify_step(
     cache: KVCache,
     inp: StepInputs,
     bucket: int,
-    visible: int,
     params: SamplingParams,
     noise: torch.Tensor | None,
     sublayers: Sublayers | None = None,
@@ -180,12 +175,11 @@ def verify_step(
 ) -> torch.Tensor:
     """Full-model forward over the padded tree, acceptance, and the commit of the accepted path.
 
-    visible: the slots attended over, >= committed + bucket (see `tree_frame`).
     noise: (Bmax, vocab) float32 Exp(1) draws, drawn before the replay (sampling only).
     Returns `AcceptedPath.packed` for this bucket, `(2B + 2,)`; rewrites `inp.root` with the bonus token.
     """
-    f = fns.frame(inp, bucket, visible)
-    cache.prepare_slots(f.slots, visible)
+    f = fns.frame(inp, bucket)
+    cache.prepare_slots(f.slots, cache.capacity)
     logits = adapter.forward_static(
         f.tokens.clamp(min=0)[None], f.positions, f.allowed, f.key_positions, cache, NO_SKIP, sublayers=sublayers
     )
@@ -201,19 +195,17 @@ def draft_step(
     cache: KVCache,
     inp: StepInputs,
     skip: SkipSet,
-    visible: int,
     params: SamplingParams,
     sublayers: Sublayers | None = None,
     fns: StepFunctions = PLAIN_STEP_FUNCTIONS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One skip-mode forward of `inp.token` at `inp.pos`; advances both to the chain's next token.
 
-    visible: the slots attended over, > `inp.pos` at every replay that uses this graph.
     Returns (candidates (K,) best first, head (2,) float32 = [top-1 probability, top-1 token]).
     """
-    cols = inp.cols[:visible]
-    cache.prepare_slots(inp.pos, visible)
-    logits = adapter.forward_static(inp.token, inp.pos, (cols <= inp.pos)[None, :], cols, cache, skip, sublayers=sublayers)
+    visible = inp.cols <= inp.pos
+    cache.prepare_slots(inp.pos, cache.capacity)
+    logits = adapter.forward_static(inp.token, inp.pos, visible[None, :], inp.cols, cache, skip, sublayers=sublayers)
     return fns.draft_tail(logits, params, inp.token, inp.pos, inp.cand.shape[1])
 
 

@@ -11,9 +11,9 @@ a fast runtime measures through `StepTimer`: the same `forward_static` program t
 captured as a graph (and with the same compiled sublayers) when the runtime captures, on a
 private cache and private inputs so that nothing a request holds is touched.
 
-A step's cost follows the slots it attends over (the context, padded up to a visible length, see
-`buckets.visible_length`): the timer sizes its cache from the context it is asked about (rounded
-up to `capacity_step`) and attends over all of it, which is within a rounding step of that.
+Captured steps attend over the whole cache capacity, so their cost follows the capacity rather
+than the context: the timer sizes its cache from the context it is asked about (rounded up as a
+request's would be), which keeps the cost model's context axis meaningful for both paths.
 """
 
 from __future__ import annotations
