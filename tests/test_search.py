@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def flat_costs(num_layers: int, slot: float = 0.08, per_node: float = 0.01) -> C
                      ((1, 0.0), (64, 63 * per_node)))  # fmt: skip
 
 
-def search_decoder(model, objective, *, costs=True, store=None, skip=None, **search):
+def search_decoder(model, objective, *, costs=True, store=None, skip=None, runtime=None, **search):
     search = dict(context_window=16, step_budget=math.inf, proposals_per_step=8, persist=store is not None) | search
     attn, mlp = skip if skip is not None else (None, None)
     cfg = SwiftConfig(skip_attn=attn, skip_mlp=mlp, confidence_threshold=0.0, max_draft_tokens=8, topk=1,
@@ -48,7 +49,7 @@ def search_decoder(model, objective, *, costs=True, store=None, skip=None, **sea
     adapter = ModelAdapter(model)
     start = SkipSet.starting(adapter.num_layers) if skip is None else SkipSet.of(attn, mlp)
     policy = SearchPolicy(adapter, cfg, start, store=store, costs=flat_costs(adapter.num_layers) if costs else None)
-    return SwiftDecoder(model, cfg, stop_token_ids=[], policy=policy)
+    return SwiftDecoder(model, cfg, stop_token_ids=[], policy=policy, runtime=runtime)
 
 
 def run_until_settled(dec, requests=12, new_tokens=60):
@@ -86,6 +87,60 @@ def test_speed_search_decodes_plainly_when_every_skip_hurts():
     assert dec.policy.skip_set() is None
     after = dec.generate(PROMPTS[1], 30)
     assert after.stats["drafted_tokens"] == 0 and after.stats["skip_attn"] == [] and after.stats["skip_mlp"] == []
+
+
+def test_steps_the_search_only_counts_run_back_to_back_on_the_fast_path(monkeypatch):
+    """Settled on plain decoding, the speed search needs nothing from the steps before its next look
+    but their count (`plain_steps`): the fixed-shape runtime runs them with a step in flight
+    (`plain_tokens`), none of them scores, the search still looks again after `relook_steps`, and
+    the output is plain decoding's."""
+    from skipspec.runtime import RuntimeConfig, StaticRuntime
+
+    dec = search_decoder(identity_model(), "speed", relook_steps=10, runtime=RuntimeConfig(mode="static"))
+    run_until_settled(dec)
+    policy = dec.policy
+    assert policy.skip_set() is None and not policy.search.active
+    idle, rounds = policy._idle, policy.search.rounds
+    assert policy.plain_steps() == idle - 1 > 0
+    expected = dec.generate(PROMPTS[1], 60, method="ar").tokens
+    runs = []
+    original = StaticRuntime.plain_tokens
+
+    def recording(self, committed, limit, *args):
+        forwards = policy.forwards
+        yield from original(self, committed, limit, *args)
+        runs.append((limit, policy.forwards - forwards))
+
+    monkeypatch.setattr(StaticRuntime, "plain_tokens", recording)
+    res = dec.generate(PROMPTS[1], 60)
+    assert res.tokens == expected and res.stats["drafted_tokens"] == 0
+    assert runs and runs[0][0] == idle - 1, runs
+    assert all(scored == 0 for _, scored in runs), "a step the search only counts ran a scoring forward"
+    assert policy.search.rounds > rounds, "the search did not look again after its idle steps"
+
+
+def test_one_off_set_up_inside_a_scoring_call_is_not_charged_to_the_time_budget():
+    """On the fast path a scoring call may first capture (and compile) its graph: seconds, against a
+    budget of a fraction of a step. Charged, that one call stalled the search for thousands of
+    steps on the GPU; the policy subtracts what its `setup_clock` says was set-up."""
+    model = tiny_model("llama")
+    adapter = ModelAdapter(model)
+    cfg = SwiftConfig(search=SearchConfig(objective="speed", context_window=8, step_budget=0.5, persist=False))
+    clock = {"setup": 0.0, "calls": 0}
+
+    def scorer(frame, cache, skip):
+        clock["calls"] += 1
+        if clock["calls"] == 1:  # a first-use capture
+            time.sleep(0.3)
+            clock["setup"] += 0.3
+        return adapter.forward(frame, cache, skip)
+
+    policy = SearchPolicy(adapter, cfg, SkipSet.starting(6), scorer=scorer, setup_clock=lambda: clock["setup"])
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[], policy=policy)
+    res = dec.generate(PROMPTS[0], 60)
+    assert res.tokens == dec.generate(PROMPTS[0], 60, method="ar").tokens
+    assert policy.forwards >= 5, f"the search stalled after its first scoring call: {policy.stats()}"
+    assert policy.spent < 0.3 <= policy.total_time
 
 
 def test_a_set_that_loses_in_use_is_dropped_before_the_search_scores_it():

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -124,7 +125,12 @@ class SwiftDecoder:
                 # and its costs are those of the runtime's own steps.
                 fast = self.fast
                 on_fast_path = (
-                    dict(scorer=lambda frame, cache, skip: fast.score(frame, skip), timer=fast.cost_timer, runtime=fast.tag)
+                    dict(
+                        scorer=lambda frame, cache, skip: fast.score(frame, skip),
+                        timer=fast.cost_timer,
+                        runtime=fast.tag,
+                        setup_clock=lambda: fast.capture_time,
+                    )
                     if fast is not None
                     else {}
                 )
@@ -204,7 +210,7 @@ class SwiftDecoder:
         if first in self.stop_tokens or state.emitted >= req.max_new_tokens:
             return
         if self.fast is not None and policy is None:
-            yield from self._plain_fast(state, req, c, generator)
+            yield from self._plain_fast(state, req, c, generator, req.max_new_tokens - state.emitted)
             return
         if self.fast is not None:
             drafter = self.fast.drafter(req.sampling, self.stop_tokens, cfg)
@@ -213,6 +219,14 @@ class SwiftDecoder:
         while True:
             remaining = req.max_new_tokens - state.emitted
             skip = policy.skip_set() if policy else None
+            run = policy.plain_steps() if policy and skip is None and self.fast is not None else 0
+            if run > 0:
+                # Steps the policy only counts: plain decoding with the next step already in flight.
+                observe = functools.partial(self._observe, policy, state, req, 0, None)
+                if (yield from self._plain_fast(state, req, c, generator, min(run, remaining), observe)):
+                    return
+                state.root = self.fast.inputs.root
+                continue
             draft = None
             t = time.perf_counter()
             if skip is not None and remaining > 1:
@@ -229,23 +243,38 @@ class SwiftDecoder:
             if done:
                 return
             if policy:
-                policy.observe(
-                    StepContext(
-                        a,
-                        state.cache,
-                        state.tokens,
-                        len(req.prompt),
-                        state.committed,
-                        accepted,
-                        draft.depth if draft else 0,
-                        req.sampling,
-                        1 + sum(draft.widths) if draft else 1,
-                    )
-                )
+                self._observe(policy, state, req, accepted, draft)
 
-    def _plain_fast(self, state: _Running, req: Request, c: _Counters, generator: torch.Generator) -> Iterator[list[int]]:
-        """Plain decoding on the fast path, one step in flight ahead of the host (`StaticRuntime.plain_tokens`)."""
-        tokens = self.fast.plain_tokens(state.committed, req.max_new_tokens - state.emitted, req.sampling, generator)
+    def _observe(self, policy: SkipPolicy, state: _Running, req: Request, accepted: int, draft: Draft | None) -> None:
+        """Tell the policy about the verify step just committed (`draft` None: a plain step)."""
+        policy.observe(
+            StepContext(
+                self.adapter,
+                state.cache,
+                state.tokens,
+                len(req.prompt),
+                state.committed,
+                accepted,
+                draft.depth if draft else 0,
+                req.sampling,
+                1 + sum(draft.widths) if draft else 1,
+            )
+        )
+
+    def _plain_fast(
+        self,
+        state: _Running,
+        req: Request,
+        c: _Counters,
+        generator: torch.Generator,
+        limit: int,
+        after_step: Callable[[], None] | None = None,
+    ) -> Generator[list[int], None, bool]:
+        """Up to `limit` plain steps on the fast path, one step in flight ahead of the host
+        (`StaticRuntime.plain_tokens`); returns whether the request is done. `after_step` runs after
+        each step that does not end the request, possibly while the next is in flight, so it must
+        not touch the cache (a policy's `observe` within its `plain_steps`)."""
+        tokens = self.fast.plain_tokens(state.committed, limit, req.sampling, generator)
         t = time.perf_counter()
         for token in tokens:
             c.verify_time += time.perf_counter() - t
@@ -254,8 +283,11 @@ class SwiftDecoder:
             new, done = self._emit(state, [token], req.max_new_tokens - state.emitted)
             yield new
             if done:
-                return
+                return True
+            if after_step is not None:
+                after_step()
             t = time.perf_counter()
+        return False
 
     def _prefill(self, req: Request, capacity: int, generator: torch.Generator) -> _Running:
         a = self.adapter

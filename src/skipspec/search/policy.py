@@ -52,6 +52,13 @@ class SkipPolicy(Protocol):
 
     def observe(self, ctx: StepContext) -> None: ...
 
+    def plain_steps(self) -> int:
+        """How many of the next steps are plain (`skip_set()` None) with nothing for `observe` to do
+        but count them: no scoring, no use of the cache. The decoder may run that many back to
+        back with the next one already launched while it reports the last (see
+        `StaticRuntime.plain_tokens`). 0 when unsure."""
+        ...
+
     def stats(self) -> dict:
         """What the policy did so far (search proposals, chosen set size, ...); {} when there is nothing to say."""
         ...
@@ -74,6 +81,9 @@ class FixedSkipPolicy:
 
     def observe(self, ctx: StepContext) -> None:
         pass
+
+    def plain_steps(self) -> int:
+        return 0  # it always drafts
 
     def stats(self) -> dict:
         return {}
