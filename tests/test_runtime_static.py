@@ -131,6 +131,38 @@ def test_scoring_forward_equals_the_skip_mode_forward_for_any_skip_set(family):
     assert len(rt._scores) >= 1 and rt._scores.captures <= len(rt.score_buckets)
 
 
+@pytest.mark.parametrize("runtime", [STATIC, PACKED], ids=["model-layout", "packed"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen3"])
+def test_influence_measured_in_the_scoring_graph_equals_the_hooked_forward(family, runtime):
+    """The speed search's probe on the fast path: sublayer sizes measured by the scoring program
+    give `matchness.influence`'s values (an eager forward with hooks), sandwich norms included."""
+    import numpy as np
+
+    from skipspec.search.matchness import influence, influence_from_sizes
+
+    model = tiny_model(family)
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=runtime)
+    prompt = list(range(5, 35))
+    dec.generate(prompt, 20)
+    rt = dec.fast
+    committed, q = len(prompt) + 10, 9
+    start = committed + 3
+    positions = torch.arange(committed - q, committed)
+    allowed = torch.zeros(q, start + q, dtype=torch.bool)
+    allowed[:, : committed - q] = True
+    allowed[:, start:] = torch.ones(q, q, dtype=torch.bool).tril()
+    keys = torch.cat([torch.arange(committed - q), torch.zeros(start - committed + q, dtype=torch.long), positions])
+    frame = Frame(torch.randint(0, 97, (1, q)), positions, start, allowed, keys)
+    sizes, logits = rt.sublayer_sizes(frame)
+    values, expected_logits = influence(dec.adapter, rt.cache, frame)
+    assert sizes.shape == (4, model.config.num_hidden_layers) and (sizes > 0).all()
+    np.testing.assert_allclose(influence_from_sizes(sizes), values, rtol=1e-4)
+    torch.testing.assert_close(logits, expected_logits, atol=1e-4, rtol=1e-4)
+    too_wide = Frame(torch.zeros(1, 200, dtype=torch.long), torch.arange(200), 0, torch.ones(200, 200, dtype=torch.bool),
+                     torch.arange(200))  # fmt: skip
+    assert rt.sublayer_sizes(too_wide) is None, "a frame past the largest scoring bucket has no graph"
+
+
 def test_cache_and_graphs_are_reused_by_requests_that_fit_and_regrown_for_one_that_does_not():
     model = tiny_model("llama")
     cfg = SwiftConfig(optimize=False, max_draft_tokens=4, topk=3)

@@ -143,6 +143,20 @@ def test_one_off_set_up_inside_a_scoring_call_is_not_charged_to_the_time_budget(
     assert policy.spent < 0.3 <= policy.total_time
 
 
+def test_the_influence_probe_runs_in_the_scoring_graph_on_the_fast_path(monkeypatch):
+    """No eager forward with hooks on the fast path: on a GPU one cost the search's budget ~21,000 steps."""
+    import skipspec.search.online as online
+    from skipspec.runtime import RuntimeConfig
+
+    monkeypatch.setattr(online, "influence", lambda *a: pytest.fail("the probe ran eagerly on the fast path"))
+    cfg = SwiftConfig(search=SearchConfig(context_window=8, step_budget=math.inf, persist=False))
+    dec = SwiftDecoder(tiny_model("llama"), cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="static"))
+    res = dec.generate(PROMPTS[0], 40)
+    assert res.tokens == dec.generate(PROMPTS[0], 40, method="ar").tokens
+    assert any(measure for _, measure in dec.fast._scores.keys()), "no measuring scoring forward ran"
+    assert dec.policy.forwards > 1
+
+
 def test_a_set_that_loses_in_use_is_dropped_before_the_search_scores_it():
     """Realized rate: a named bad set is used as asked, then dropped once it is measured slower than plain."""
     inner = [1, 2, 3, 4]

@@ -130,6 +130,7 @@ class SwiftDecoder:
                         timer=fast.cost_timer,
                         runtime=fast.tag,
                         setup_clock=lambda: fast.capture_time,
+                        measure=lambda frame, cache: fast.sublayer_sizes(frame),
                     )
                     if fast is not None
                     else {}

@@ -135,6 +135,7 @@ class ModelAdapter:
         *,
         keep: torch.Tensor | None = None,
         sublayers: Sublayers | None = None,
+        sizes: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """The fixed-shape forward the CUDA-graph runtime captures: logits `(Q, vocab)`, float32.
 
@@ -147,9 +148,13 @@ class ModelAdapter:
         is then ignored. The result equals skipping those sublayers exactly (a select, not a
         multiply), so one captured graph scores any skip set. Costs a full forward.
         sublayers: compiled sublayer regions (see `Sublayers`); None runs the plain ones.
+        sizes: with `keep`, `(weights (Q,), out (4, layers))`: writes each sublayer's sizes, the
+        weighted sum over queries of the L2 norm of the residual stream it is added to (rows 0 and 2:
+        attention, MLP) and of its update (rows 1 and 3), so the search's influence probe
+        (`search.matchness.influence`) runs inside the scoring graph instead of eagerly with hooks.
         """
         masks = self._masks(allowed, positions, key_positions, additive=True)
-        return self._layers(input_ids, positions, masks, cache, skip, keep, False, sublayers)
+        return self._layers(input_ids, positions, masks, cache, skip, keep, False, sublayers, sizes)
 
     def _layers(
         self,
@@ -161,8 +166,16 @@ class ModelAdapter:
         keep: torch.Tensor | None,
         last_only: bool,
         sublayers: Sublayers | None = None,
+        sizes: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         run = sublayers or PLAIN_SUBLAYERS
+
+        def measure(row: int, i: int, residual: torch.Tensor, update: torch.Tensor) -> None:
+            if sizes is not None:
+                weights, out = sizes
+                for r, x in ((row, residual), (row + 1, update)):
+                    out[r, i].copy_((x[0].float().norm(dim=-1) * weights).sum())
+
         hidden = self.base.embed_tokens(input_ids)
         rope = self._rope(hidden, positions)
         sandwich = self.spec.sandwich_norms
@@ -175,8 +188,10 @@ class ModelAdapter:
             if keep is not None:
                 # A dropped sublayer's update is a selected zero: x + 0 == x exactly, so this equals skipping it.
                 hidden, delta = run.attention(layer, hidden, delta, rope[kind], masks[kind], kv, sandwich)
+                measure(0, i, hidden, delta)
                 delta = torch.where(keep[0, i], delta, 0.0)
                 hidden, delta = run.mlp(layer, hidden, delta, sandwich)
+                measure(2, i, hidden, delta)
                 delta = torch.where(keep[1, i], delta, 0.0)
                 continue
             if i not in skip.attn:

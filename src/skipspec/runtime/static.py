@@ -7,6 +7,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 from ..config import SamplingParams, SwiftConfig
@@ -85,7 +86,7 @@ class StaticRuntime:
         self._stand_ins = (one, wide)
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
-        self._scores: GraphCache = GraphCache(len(self.score_buckets))
+        self._scores: GraphCache = GraphCache(2 * len(self.score_buckets))  # plain and measuring
         self._tree_upload = Uploader(packed_length(self.tree_buckets[-1]), adapter.device)
         self._keep_upload = Uploader(2 * adapter.num_layers, adapter.device)
         self.capture_time = 0.0
@@ -322,10 +323,33 @@ class StaticRuntime:
         computes every sublayer: use it for scoring, not for timing a skip set. Frames larger than
         the biggest bucket, or writing past the cache, run eagerly.
         """
+        if not self._fits(frame):
+            return self.adapter.forward(frame, self.cache, skip, last_only=last_only)
+        q = frame.allowed.shape[0]
+        logits = self._score_graph(frame, skip, measure=False)()
+        return logits[q - 1 : q].clone() if last_only else logits[:q].clone()
+
+    @torch.inference_mode()
+    def sublayer_sizes(self, frame: Frame) -> tuple[np.ndarray, torch.Tensor] | None:
+        """For the search's influence probe: each sublayer's residual and update sizes `(4, layers)`
+        (rows as in `ModelAdapter.forward_static`'s `sizes`) and the logits `(Q, vocab)`, from a
+        scoring graph that measures as it runs the full model. An eager forward with hooks, the
+        alternative, costs dozens of graph steps on a GPU host, against a time budget of a few
+        percent of a step. None when the frame does not fit a scoring graph."""
+        if not self._fits(frame):
+            return None
+        q = frame.allowed.shape[0]
+        logits = self._score_graph(frame, SkipSet.empty(), measure=True)()[:q].clone()
+        return self.inputs.sizes.cpu().numpy(), logits  # the probe's one host sync
+
+    def _fits(self, frame: Frame) -> bool:
+        q = frame.allowed.shape[0]
+        return q <= self.score_buckets[-1] and frame.write_start + bucket_for(q, self.score_buckets) <= self.cache.capacity
+
+    def _score_graph(self, frame: Frame, skip: SkipSet, measure: bool) -> StepGraph:
+        """Stage `frame` and `skip` in the scoring inputs; the graph of its bucket (captured on first use)."""
         q, v = frame.allowed.shape
         start = frame.write_start
-        if q > self.score_buckets[-1] or start + bucket_for(q, self.score_buckets) > self.cache.capacity:
-            return self.adapter.forward(frame, self.cache, skip, last_only=last_only)
         bucket = bucket_for(q, self.score_buckets)
         inp = self.inputs
         inp.score_ids[:q].copy_(frame.input_ids[0])
@@ -338,12 +362,13 @@ class StaticRuntime:
         # Padding queries write past the frame's slots and see only their own slot: finite garbage.
         allowed[q:, start + q : start + bucket].diagonal().fill_(True)
         inp.score_keys[:v].copy_(frame.key_positions)
+        inp.score_weights[:q].fill_(1.0 / q)
+        inp.score_weights[q:].fill_(0.0)
         keep = [int(i not in skip.attn) for i in range(self.adapter.num_layers)]
         keep += [int(i not in skip.mlp) for i in range(self.adapter.num_layers)]
         self._keep_upload.upload(keep, inp.keep.view(-1))
-        program = functools.partial(score_step, self.adapter, self.cache, inp, bucket)
-        logits = self._scores.get(bucket, lambda: self._step(program, True))()
-        return logits[q - 1 : q].clone() if last_only else logits[:q].clone()
+        program = functools.partial(score_step, self.adapter, self.cache, inp, bucket, measure)
+        return self._scores.get((bucket, measure), lambda: self._step(program, True))
 
     @torch.inference_mode()
     def prefill(self, prompt: tuple[int, ...], params: SamplingParams, generator: torch.Generator) -> torch.Tensor:

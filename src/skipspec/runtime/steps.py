@@ -35,6 +35,8 @@ class StepInputs:
     keep:   (2, L) int64, nonzero where the scoring forward keeps an attention / MLP sublayer
     score_ids, score_pos, score_slots: (Smax,) the scoring forward's tokens, positions and slots
     score_allowed: (Smax, C) bool; score_keys: (C,) position held by each slot
+    score_weights: (Smax,) float32, 1/q on a scoring forward's q real queries, 0 on padding
+    sizes: (4, L) float32, a measuring scoring forward's sublayer sizes (see `ModelAdapter.forward_static`)
     """
 
     cols: torch.Tensor
@@ -49,6 +51,8 @@ class StepInputs:
     score_slots: torch.Tensor
     score_allowed: torch.Tensor
     score_keys: torch.Tensor
+    score_weights: torch.Tensor
+    sizes: torch.Tensor
 
     @classmethod
     def allocate(
@@ -68,6 +72,8 @@ class StepInputs:
             score_slots=torch.zeros(score_max, **long),
             score_allowed=torch.zeros(score_max, capacity, dtype=torch.bool, device=device),
             score_keys=torch.zeros(capacity, **long),
+            score_weights=torch.zeros(score_max, device=device),
+            sizes=torch.zeros(4, layers, device=device),
         )
 
 
@@ -210,9 +216,18 @@ def draft_step(
 
 
 def score_step(
-    adapter: ModelAdapter, cache: KVCache, inp: StepInputs, bucket: int, sublayers: Sublayers | None = None
+    adapter: ModelAdapter,
+    cache: KVCache,
+    inp: StepInputs,
+    bucket: int,
+    measure: bool = False,
+    sublayers: Sublayers | None = None,
 ) -> torch.Tensor:
-    """The search's scoring forward: any skip set (from `inp.keep`) over `bucket` queries; logits `(B, vocab)`."""
+    """The search's scoring forward: any skip set (from `inp.keep`) over `bucket` queries; logits `(B, vocab)`.
+
+    measure: also write each sublayer's residual and update sizes to `inp.sizes` (weighted by
+    `inp.score_weights`), for the search's influence probe.
+    """
     slots = inp.score_slots[:bucket]
     cache.prepare_slots(slots, cache.capacity)
     return adapter.forward_static(
@@ -224,4 +239,5 @@ def score_step(
         NO_SKIP,
         keep=inp.keep != 0,
         sublayers=sublayers,
+        sizes=(inp.score_weights[:bucket], inp.sizes) if measure else None,
     )

@@ -157,3 +157,12 @@ def influence(adapter: ModelAdapter, cache: KVCache, frame: Frame) -> tuple[np.n
         return np.full(2 * n, np.nan), logits
     sizes = torch.stack([seen[k, s] for k in ("r", "u") for s in range(2 * n)]).cpu().numpy().reshape(2, 2 * n)
     return sizes[1] / np.maximum(sizes[0], 1e-12), logits
+
+
+def influence_from_sizes(sizes: np.ndarray) -> np.ndarray:
+    """`influence`'s slot values from sizes measured inside a forward: `(4, layers)`, rows = the
+    residual under each attention sublayer, its update, the residual under each MLP, its update
+    (`ModelAdapter.forward_static`'s `sizes`, weighted to a mean over the queries)."""
+    inner = sizes[:, 1:-1]
+    residual, update = np.concatenate([inner[0], inner[2]]), np.concatenate([inner[1], inner[3]])
+    return update / np.maximum(residual, 1e-12)

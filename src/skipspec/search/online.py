@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
 from ..config import SamplingParams, SwiftConfig
@@ -39,7 +40,7 @@ from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
 from .costs import CostModel, Timer, measure_costs
-from .matchness import Context, context_frame, influence, score_skip_set, target_probs
+from .matchness import Context, context_frame, influence, influence_from_sizes, score_skip_set, target_probs
 from .objective import DraftRule
 from .paper import PaperSearch
 from .policy import StepContext
@@ -49,6 +50,7 @@ from .store import LayerSetStore, StoreKey, device_kind, model_identity
 
 #: (frame, request cache, skip set) -> logits (Q, vocab) float32 of a scoring forward.
 Scorer = Callable[[Frame, KVCache, SkipSet], torch.Tensor]
+Measure = Callable[[Frame, KVCache], tuple[np.ndarray, torch.Tensor] | None]
 
 _MONITOR_STEPS = 8
 _MAX_RELOOK_DOUBLINGS = 5
@@ -97,13 +99,16 @@ class SearchPolicy:
         timer: Callable[[], Timer] | None = None,
         runtime: str = "eager",
         setup_clock: Callable[[], float] | None = None,
+        measure: Measure | None = None,
     ) -> None:
         """scorer: how scoring forwards run (default `adapter.forward`); store: where sets are saved
         (default: the user's cache); costs: use these instead of measuring (or loading) them;
         timer: makes the timer costs are measured with (default: eager forwards), and `runtime`
         names how the decoder's steps run (`StaticRuntime.tag`), for the store's keys;
         setup_clock: seconds of one-off set-up the scorer has done so far (graph captures and
-        compiles on first use: `StaticRuntime.capture_time`), which the time budget does not charge."""
+        compiles on first use: `StaticRuntime.capture_time`), which the time budget does not charge;
+        measure: the influence probe's sublayer sizes and logits for a frame, measured inside a
+        scoring forward (`StaticRuntime.sublayer_sizes`), or None to run `matchness.influence`."""
         self.adapter = adapter
         self.cfg = config.search
         if self.cfg.bayes_interval:
@@ -123,6 +128,7 @@ class SearchPolicy:
         self._timer = timer
         self._runtime = runtime
         self._setup_clock = setup_clock or (lambda: 0.0)
+        self._measure: Measure = measure or (lambda frame, cache: None)
         self._key: StoreKey | None = None
         self.fallbacks = 0
         # Seconds of scoring, of budget handed out, and of the longest scoring call: a call runs only
@@ -347,7 +353,11 @@ class SearchPolicy:
         frame = context_frame(context, ctx.committed, self.adapter.device)
         sampling: SamplingParams = ctx.sampling
         if request is PROBE:
-            values, logits = influence(self.adapter, ctx.cache, frame)
+            measured = self._measure(frame, ctx.cache)
+            if measured is not None:
+                values, logits = influence_from_sizes(measured[0]), measured[1]
+            else:
+                values, logits = influence(self.adapter, ctx.cache, frame)
             if sampling.do_sample and self._p is None:
                 self._p = target_probs(logits, sampling)
             return values
