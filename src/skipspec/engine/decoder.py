@@ -226,8 +226,7 @@ class SwiftDecoder:
                 observe = functools.partial(self._observe, policy, state, req, 0, None)
                 if (yield from self._plain_fast(state, req, c, generator, min(run, remaining), observe)):
                     return
-                state.root = self.fast.inputs.root
-                continue
+                continue  # state.root is the runtime's root buffer, which each step rewrote
             draft = None
             t = time.perf_counter()
             if skip is not None and remaining > 1:

@@ -362,8 +362,9 @@ class StaticRuntime:
         # Padding queries write past the frame's slots and see only their own slot: finite garbage.
         allowed[q:, start + q : start + bucket].diagonal().fill_(True)
         inp.score_keys[:v].copy_(frame.key_positions)
-        inp.score_weights[:q].fill_(1.0 / q)
-        inp.score_weights[q:].fill_(0.0)
+        if measure:  # only a measuring graph reads them
+            inp.score_weights[:q].fill_(1.0 / q)
+            inp.score_weights[q:].fill_(0.0)
         keep = [int(i not in skip.attn) for i in range(self.adapter.num_layers)]
         keep += [int(i not in skip.mlp) for i in range(self.adapter.num_layers)]
         self._keep_upload.upload(keep, inp.keep.view(-1))
