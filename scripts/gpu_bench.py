@@ -405,7 +405,9 @@ def smollm(
                  ("fused-swift-start", (RuntimeConfig(mode=fast, fuse=True), "swift", sets["start"]), every),
                  ("fused-swift-r0.2", (RuntimeConfig(mode=fast, fuse=True), "swift", sets["r0.2"]), every),
                  ("fused-swift-search", (RuntimeConfig(mode=fast, fuse=True), "swift", None), every),
-                 ("fused-swift-paper", (RuntimeConfig(mode=fast, fuse=True), "swift", None), every)]  # fmt: skip
+                 ("fused-swift-paper", (RuntimeConfig(mode=fast, fuse=True), "swift", None), every),
+                 # the default with one-token steps on the model's SDPA kernel instead of skipspec's
+                 ("fused-ar-sdpa", (RuntimeConfig(mode=fast, decode_kernel=False), "ar", None), every)]  # fmt: skip
     searches = {"search": "speed", "paper": "paper"}  # method name suffix -> the search's objective
     for name, spec, count in plan:
         if only and name not in only:

@@ -174,21 +174,20 @@ def engine_step(
 
 
 # Engine variants, each on the same random weights: the session-2 default (compiled sublayers, the
-# model's own projections and layout), each re-layout alone, both, with eager tree attention (the
-# default), and the default uncompiled. (FlexAttention for one-token steps was tried in commit a1342f8:
-# scripts/gpu_attention_probe.py, docs/benchmarks.md "Session 4".)
-_OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False)
+# model's own projections and layout), each re-layout alone, both, with eager tree attention, with
+# skipspec's decode kernel for one-token steps (the default), and the default uncompiled.
+# (FlexAttention for one-token steps was tried in commit a1342f8; cuDNN switched off by flag was
+# void, the compiled sublayers call it whatever the flag: docs/benchmarks.md, sessions 4 and 5.)
+_OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False, decode_kernel=False)
 VARIANTS = {
     "fused": RuntimeConfig(mode="graphs", **_OFF),
-    "fused+grouped+colmajor+eager-tree-attn (default)": RuntimeConfig(mode="graphs"),
-    "fused+grouped+colmajor": RuntimeConfig(mode="graphs", eager_tree_attention=False),
+    "fused+grouped+colmajor+eager-tree-attn+decode-kernel (default)": RuntimeConfig(mode="graphs"),
+    "fused+grouped+colmajor+eager-tree-attn": RuntimeConfig(mode="graphs", decode_kernel=False),
+    "fused+grouped+colmajor": RuntimeConfig(mode="graphs", eager_tree_attention=False, decode_kernel=False),
     "fused+colmajor": RuntimeConfig(mode="graphs", **{**_OFF, "transpose_weights": True}),
     "fused+grouped": RuntimeConfig(mode="graphs", **{**_OFF, "group_projections": True}),
     "unfused+grouped+colmajor": RuntimeConfig(mode="graphs", fuse=False),
 }
-# Probe-only: the same default with cuDNN's SDPA kernel switched off process-wide, so one-token
-# steps get PyTorch's memory-efficient attention kernel (flash cannot take a mask).
-WITHOUT_CUDNN_SDPA = {"default-no-cudnn-sdpa": RuntimeConfig(mode="graphs")}
 
 
 def run(args, out: Path) -> dict:
@@ -218,18 +217,15 @@ def run(args, out: Path) -> dict:
         R["weight_bytes"] = weight_bytes(model)
         R["embed_bytes"] = model.model.embed_tokens.weight.numel() * 2
         wanted = args.variants.split(",") if args.variants else list(VARIANTS)
-        for name, runtime in {**VARIANTS, **WITHOUT_CUDNN_SDPA}.items():
+        for name, runtime in VARIANTS.items():
             if name.removesuffix(" (default)") not in wanted and name not in wanted:
                 continue
             if time.perf_counter() - T0 > args.budget:
                 log(f"skipping engine {name}: past the {args.budget:.0f} s budget")
                 continue
             per_ctx = R["engine"].setdefault(name, {})
-            cudnn = torch.backends.cuda.cudnn_sdp_enabled()
-            torch.backends.cuda.enable_cudnn_sdp(cudnn and name not in WITHOUT_CUDNN_SDPA)
             per_ctx[512] = attempt(f"engine {name} ctx 512", engine_step, model, runtime, 512, 1, reps, dev, True)
             per_ctx[2048] = attempt(f"engine {name} ctx 2048", engine_step, model, runtime, 2048, 16, reps, dev, True)
-            torch.backends.cuda.enable_cudnn_sdp(cudnn)
         del model
     if args.compile_gemv:
         import torch._inductor.config as inductor

@@ -122,21 +122,22 @@ def test_eager_tree_attention_uses_a_config_copy_and_leaves_the_model_alone():
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
 def test_compiled_sublayers_with_grouped_projections_match_the_eager_path(family):
-    """TorchInductor on the CPU traces the grouped GEMV's shared outputs; one compiled copy per
-    sublayer kind must serve every layer (a per-layer recompile would exhaust dynamo's limit and
-    fall back to eager, which `fused` would show)."""
+    """TorchInductor on the CPU traces the grouped GEMV's shared outputs and the decode attention op
+    (its CPU implementation); one compiled copy per sublayer kind must serve every layer (a
+    per-layer recompile would exhaust dynamo's limit and fall back to eager, which `fused` would
+    show)."""
     model = tiny_model(family)
     rng = random.Random(f"compiled-{family}")
     cfg = small_skip_config(rng, model.config.num_hidden_layers)
     prompt = [rng.randrange(97) for _ in range(17)]
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="eager"))
     expected = eager.generate(prompt, 24).tokens
-    runtime = RuntimeConfig(mode="static", fuse=True, group_projections=True, transpose_weights=True)
+    runtime = RuntimeConfig(mode="static", fuse=True, group_projections=True, transpose_weights=True, decode_kernel=True)
     fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime)
     out = fast.generate(prompt, 24)
     assert out.tokens == expected
     assert fast.generate(prompt, 24, method="ar").tokens == expected
-    assert out.stats["fast_path"] == "static+fused+grouped+colmajor+eager-tree-attn"
+    assert out.stats["fast_path"] == "static+fused+grouped+colmajor+eager-tree-attn+decode-kernel"
     assert out.stats["fused"], "the compiled sublayers fell back to the plain ones"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,11 @@ class RuntimeConfig:
     kernel; one-token steps and the model itself keep theirs. On an H100, cuDNN's SDPA kernel for
     16 queries over a 2.8k-slot cache took 65 us a layer, the eager matmuls 10 us; for one query
     SDPA is the faster. None = on whenever the fused sublayers run.
+    decode_kernel: run the attention of one-token steps (plain decoding, drafts) with skipspec's
+    own split-KV kernel, which reads only the cache blocks the query sees
+    (`skipspec.runtime.decode_attention`; a Triton kernel on CUDA, the plain formula elsewhere)
+    instead of the model's SDPA kernel, which reads the whole capacity. None = on with CUDA graphs
+    where Triton is installed (it comes with PyTorch's CUDA builds on Linux).
     """
 
     mode: str = "auto"
@@ -54,6 +60,7 @@ class RuntimeConfig:
     group_projections: bool | None = None
     transpose_weights: bool | None = None
     eager_tree_attention: bool | None = None
+    decode_kernel: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -93,6 +100,11 @@ class RuntimeConfig:
     def resolved_eager_tree_attention(self, mode: str) -> bool:
         """Whether multi-token steps' attention runs transformers' eager implementation in `mode`."""
         return self._resolved(self.eager_tree_attention, self.resolved_fuse(mode), mode)
+
+    def resolved_decode_kernel(self, mode: str) -> bool:
+        """Whether one-token steps' attention runs skipspec's decode kernel in `mode`."""
+        default = mode == "graphs" and importlib.util.find_spec("triton") is not None
+        return self._resolved(self.decode_kernel, default, mode)
 
     def resolved_mode(self, device: torch.device) -> str:
         """The mode that runs on `device`: "auto" decided, "graphs" refused off CUDA."""

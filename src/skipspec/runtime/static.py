@@ -20,6 +20,7 @@ from ..tree import build_tree, width_for
 from ..verify import target_tokens
 from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from .config import RuntimeConfig
+from .decode_attention import register as register_decode_attention
 from .graphs import GraphCache, StepGraph
 from .layers import stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
@@ -75,15 +76,28 @@ class StaticRuntime:
         group, transpose = config.resolved_grouping(mode), config.resolved_transpose(mode)
         # A model loaded with eager attention (Gemma 2's softcapping needs it) runs its own.
         eager_tree = config.resolved_eager_tree_attention(mode) and not adapter.additive_mask
+        decode = config.resolved_decode_kernel(mode)
         self._layout = tuple(
-            name for on, name in ((group, "grouped"), (transpose, "colmajor"), (eager_tree, "eager-tree-attn")) if on
+            name
+            for on, name in (
+                (group, "grouped"),
+                (transpose, "colmajor"),
+                (eager_tree, "eager-tree-attn"),
+                (decode, "decode-kernel"),
+            )
+            if on
         )
         if group or transpose:
             pack_weights(adapter.model, adapter.layers, group=group, transpose=transpose)
+
+        def stand_ins(attention: str | None) -> tuple | None:
+            return stand_in_layers(adapter.layers, group=group, attention=attention) if group or attention else None
+
         # The layers one-token steps run, and those multi-token ones (trees, scoring) run; None = the model's.
-        one = stand_in_layers(adapter.layers, group=group, attention=None) if group else None
-        wide = stand_in_layers(adapter.layers, group=group, attention="eager") if eager_tree else one
-        self._stand_ins = (one, wide)
+        one_attention = register_decode_attention() if decode else None
+        wide_attention = "eager" if eager_tree else None
+        one = stand_ins(one_attention)
+        self._stand_ins = (one, one if wide_attention == one_attention else stand_ins(wide_attention))
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(2 * len(self.score_buckets))  # plain and measuring
