@@ -34,11 +34,11 @@ def identity_model(zero_attn=(), zero_mlp=(), seed=0, family="llama"):
     return model
 
 
-def flat_costs(num_layers: int, slot: float = 0.08, per_node: float = 0.01) -> CostModel:
-    """Plain step 1 s, each inner sublayer `slot` s, a verify forward 1 s + `per_node` per extra node."""
-    n = num_layers - 2
-    return CostModel(num_layers, Line(1.0, 0.0), Line(0.2, 0.0), (Line(slot, 0.0),) * n, (Line(slot, 0.0),) * n,
-                     ((1, 0.0), (64, 63 * per_node)))  # fmt: skip
+def flat_costs(num_layers: int, slot: float = 0.08, per_node: float = 0.01, unit: float = 1.0) -> CostModel:
+    """Plain step 1 `unit` s, each inner sublayer `slot`, a verify forward 1 + `per_node` per extra node."""
+    n, slot = num_layers - 2, slot * unit
+    return CostModel(num_layers, Line(unit, 0.0), Line(0.2 * unit, 0.0), (Line(slot, 0.0),) * n, (Line(slot, 0.0),) * n,
+                     ((1, 0.0), (64, 63 * per_node * unit)))  # fmt: skip
 
 
 def search_decoder(model, objective, *, costs=True, store=None, skip=None, runtime=None, **search):
@@ -117,6 +117,35 @@ def test_steps_the_search_only_counts_run_back_to_back_on_the_fast_path(monkeypa
     assert runs and runs[0][0] == idle - 1, runs
     assert all(scored == 0 for _, scored in runs), "a step the search only counts ran a scoring forward"
     assert policy.search.rounds > rounds, "the search did not look again after its idle steps"
+
+
+def test_steps_a_round_cannot_pay_for_run_back_to_back_on_the_fast_path(monkeypatch):
+    """During a round, a step whose credit cannot pay for a scoring forward only adds to the credit:
+    where a scoring forward costs many steps of budget (a fast device), the steps until the credit
+    covers the next one (`plain_steps`) run with a step in flight; none of them scores, the search
+    still scores between them, and the output is plain decoding's."""
+    from skipspec.runtime import RuntimeConfig, StaticRuntime
+
+    model = identity_model(zero_attn=[2, 4], zero_mlp=[3])  # sets worth finding: the round goes on
+    dec = search_decoder(model, "speed", runtime=RuntimeConfig(mode="static"), step_budget=0.5)
+    # A 0.1 ms plain step: each scoring forward (milliseconds of CPU time) puts the credit in debt.
+    dec.policy.costs = flat_costs(dec.policy.adapter.num_layers, unit=3e-4)
+    policy, runs = dec.policy, []
+    original = StaticRuntime.plain_tokens
+
+    def recording(self, committed, limit, *args):
+        forwards, active = policy.forwards, policy.search.active
+        yield from original(self, committed, limit, *args)
+        runs.append((limit, policy.forwards - forwards, active))
+
+    monkeypatch.setattr(StaticRuntime, "plain_tokens", recording)
+    for prompt in PROMPTS[:3]:
+        res = dec.generate(prompt, 100)
+        assert res.tokens == dec.generate(prompt, 100, method="ar").tokens
+    in_round = [(limit, scored) for limit, scored, active in runs if active]
+    assert in_round and max(limit for limit, _ in in_round) >= 5, runs
+    assert all(scored == 0 for _, scored in in_round), "a step the search could not pay for ran a scoring forward"
+    assert policy.forwards >= 3, (policy.stats(), runs)
 
 
 def test_one_off_set_up_inside_a_scoring_call_is_not_charged_to_the_time_budget():

@@ -167,11 +167,29 @@ class SearchPolicy:
 
     def plain_steps(self) -> int:
         s = self.search
-        if isinstance(s, SpeedSearch) and not s.active and s.decision() is None:
+        if not isinstance(s, SpeedSearch) or s.decision() is not None:
+            return 0
+        if not s.active:
             # Waiting for the next look with no set to watch: `_observe` only counts these down,
             # and the step that reaches zero starts a round (scoring in the cache): not that one.
             return max(self._idle - 1, 0)
-        return 0
+        return self._unaffordable_steps(s)
+
+    def _unaffordable_steps(self, s: SpeedSearch) -> int:
+        """Steps of a round under way whose credit cannot yet pay for a scoring forward.
+
+        On a fast device a scoring forward costs many steps' worth of budget, so most steps of a
+        round only add credit. The step that could afford one and the one before it are left out:
+        the costs grow with the context while the run goes on.
+        """
+        if self._context is None or self.costs is None or not math.isfinite(self.cfg.step_budget):
+            return 0
+        length = s.context_length
+        need = self.costs.verify_cost(self._context.width, length)
+        gain = self.cfg.step_budget * self.costs.plain(length)
+        if gain <= 0 or self._credit >= need:
+            return 0
+        return max(math.ceil((need - self._credit) / gain) - 2, 0)
 
     def stats(self) -> dict:
         s = self.search
