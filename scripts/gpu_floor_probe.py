@@ -175,15 +175,18 @@ def engine_step(
 
 # Engine variants, each on the same random weights: the session-2 default (compiled sublayers, the
 # model's own projections and layout), each re-layout alone, both, with eager tree attention, with
-# skipspec's decode kernel for one-token steps (the default), and the default uncompiled.
-# (FlexAttention for one-token steps was tried in commit a1342f8; cuDNN switched off by flag was
-# void, the compiled sublayers call it whatever the flag: docs/benchmarks.md, sessions 4 and 5.)
-_OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False, decode_kernel=False)
+# skipspec's decode kernel for one-token steps, for trees too (the default), and the default
+# uncompiled. (FlexAttention for one-token steps was tried in commit a1342f8; cuDNN switched off by
+# flag was void, the compiled sublayers call it whatever the flag: docs/benchmarks.md, sessions 4-5.)
+_OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False, decode_kernel=False,
+            tree_kernel=False)  # fmt: skip
+_SDPA = dict(decode_kernel=False, tree_kernel=False)
 VARIANTS = {
     "fused": RuntimeConfig(mode="graphs", **_OFF),
-    "fused+grouped+colmajor+eager-tree-attn+decode-kernel (default)": RuntimeConfig(mode="graphs"),
-    "fused+grouped+colmajor+eager-tree-attn": RuntimeConfig(mode="graphs", decode_kernel=False),
-    "fused+grouped+colmajor": RuntimeConfig(mode="graphs", eager_tree_attention=False, decode_kernel=False),
+    "fused+grouped+colmajor+decode-kernel+tree-kernel (default)": RuntimeConfig(mode="graphs"),
+    "fused+grouped+colmajor+eager-tree-attn+decode-kernel": RuntimeConfig(mode="graphs", tree_kernel=False),
+    "fused+grouped+colmajor+eager-tree-attn": RuntimeConfig(mode="graphs", **_SDPA),
+    "fused+grouped+colmajor": RuntimeConfig(mode="graphs", eager_tree_attention=False, **_SDPA),
     "fused+colmajor": RuntimeConfig(mode="graphs", **{**_OFF, "transpose_weights": True}),
     "fused+grouped": RuntimeConfig(mode="graphs", **{**_OFF, "group_projections": True}),
     "unfused+grouped+colmajor": RuntimeConfig(mode="graphs", fuse=False),

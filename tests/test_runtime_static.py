@@ -20,9 +20,7 @@ from skipspec.runtime import RuntimeConfig
 STATIC = RuntimeConfig(mode="static")
 EAGER = RuntimeConfig(mode="eager")
 # What the graph path does by default on CUDA, minus capture and compilation (see test_runtime_weights).
-PACKED = RuntimeConfig(
-    mode="static", group_projections=True, transpose_weights=True, eager_tree_attention=True, decode_kernel=True
-)
+PACKED = RuntimeConfig(mode="static", group_projections=True, transpose_weights=True, decode_kernel=True, tree_kernel=True)
 
 
 @pytest.mark.parametrize("runtime", [STATIC, PACKED], ids=["model-layout", "packed"])

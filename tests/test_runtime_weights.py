@@ -132,12 +132,14 @@ def test_compiled_sublayers_with_grouped_projections_match_the_eager_path(family
     prompt = [rng.randrange(97) for _ in range(17)]
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="eager"))
     expected = eager.generate(prompt, 24).tokens
-    runtime = RuntimeConfig(mode="static", fuse=True, group_projections=True, transpose_weights=True, decode_kernel=True)
+    runtime = RuntimeConfig(
+        mode="static", fuse=True, group_projections=True, transpose_weights=True, decode_kernel=True, tree_kernel=True
+    )
     fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime)
     out = fast.generate(prompt, 24)
     assert out.tokens == expected
     assert fast.generate(prompt, 24, method="ar").tokens == expected
-    assert out.stats["fast_path"] == "static+fused+grouped+colmajor+eager-tree-attn+decode-kernel"
+    assert out.stats["fast_path"] == "static+fused+grouped+colmajor+decode-kernel+tree-kernel"
     assert out.stats["fused"], "the compiled sublayers fell back to the plain ones"
 
 

@@ -48,6 +48,9 @@ class RuntimeConfig:
     (`skipspec.runtime.decode_attention`; a Triton kernel on CUDA, the plain formula elsewhere)
     instead of the model's SDPA kernel, which reads the whole capacity. None = on with CUDA graphs
     where Triton is installed (it comes with PyTorch's CUDA builds on Linux).
+    tree_kernel: run the attention of multi-token steps (verify trees, scoring) with that kernel
+    too, instead of `eager_tree_attention`'s matmuls over the whole capacity (which it overrides).
+    None = as `decode_kernel`.
     """
 
     mode: str = "auto"
@@ -61,6 +64,7 @@ class RuntimeConfig:
     transpose_weights: bool | None = None
     eager_tree_attention: bool | None = None
     decode_kernel: bool | None = None
+    tree_kernel: bool | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -101,10 +105,17 @@ class RuntimeConfig:
         """Whether multi-token steps' attention runs transformers' eager implementation in `mode`."""
         return self._resolved(self.eager_tree_attention, self.resolved_fuse(mode), mode)
 
+    @staticmethod
+    def _kernel_default(mode: str) -> bool:
+        return mode == "graphs" and importlib.util.find_spec("triton") is not None
+
     def resolved_decode_kernel(self, mode: str) -> bool:
         """Whether one-token steps' attention runs skipspec's decode kernel in `mode`."""
-        default = mode == "graphs" and importlib.util.find_spec("triton") is not None
-        return self._resolved(self.decode_kernel, default, mode)
+        return self._resolved(self.decode_kernel, self._kernel_default(mode), mode)
+
+    def resolved_tree_kernel(self, mode: str) -> bool:
+        """Whether multi-token steps' attention runs skipspec's decode kernel in `mode`."""
+        return self._resolved(self.tree_kernel, self._kernel_default(mode), mode)
 
     def resolved_mode(self, device: torch.device) -> str:
         """The mode that runs on `device`: "auto" decided, "graphs" refused off CUDA."""

@@ -1,12 +1,13 @@
 """Triton kernels behind `skipspec.runtime.decode_attention` (CUDA only; imported on first use).
 
-Split-KV decoding for one query token: the cache's slots are cut into chunks, one program per
-(key/value head, chunk) computes the chunk's softmax numerator and statistics for all the query
-heads that share that key/value head, and a second kernel combines the chunks per query head.
-A block of slots whose additive mask is all "minus infinity" is skipped before its keys are read:
-the mask is the only thing that says which slots the query sees, so a step reads the context it
-has, not the capacity it was captured with, and nothing about the context length reaches the host
-or the graph's shapes.
+Split-KV decoding for a few query tokens: the cache's slots are cut into chunks, one program per
+(key/value head, tile of queries, chunk) computes the chunk's softmax numerator and statistics for
+its rows, every (query head sharing that key/value head, query token) pair of the tile, so grouped
+heads and a tree's tokens read each key once; a second kernel combines the chunks per row. A block
+of slots the additive mask hides from every row is skipped before its keys are read: the mask is
+the only thing that says which slots a query sees, so a step reads the context it has, not the
+capacity it was captured with, and nothing about the context length reaches the host or the
+graph's shapes.
 """
 
 from __future__ import annotations
@@ -15,36 +16,48 @@ import torch
 import triton
 import triton.language as tl
 
+# Rows of one program's tile (query heads of a group x query tokens): at most 64, fewer for wide
+# rows, so the tile's operands (query rows, a block of keys and of values) stay well inside an
+# SM's shared memory (an H100 has 227 KiB) in float32 and for head dims up to 256.
+_ROW_BYTES = 16 * 1024
+
 
 @triton.jit
 def _chunk_kernel(
     Q, K, V, Mask, Acc, Max, Sum,
-    scale, softcap, slots, chunk,
-    stride_qh, stride_qd, stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd,
-    splits,
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
+    scale, softcap, queries, slots, chunk, splits,
+    stride_qh, stride_qt, stride_qd, stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, stride_mt,
+    GROUP: tl.constexpr, TILE: tl.constexpr, ROWS: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
     BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, IEEE: tl.constexpr,
 ):  # fmt: skip
     kv_head = tl.program_id(0)
-    split = tl.program_id(1)
-    g = tl.arange(0, GROUP_PAD)
+    token0 = tl.program_id(1) * TILE
+    split = tl.program_id(2)
+    r = tl.arange(0, ROWS)
+    g = r // TILE  # the row's query head within the group
+    t = token0 + r % TILE  # the row's query token
     d = tl.arange(0, DIM_PAD)
-    g_ok = g < GROUP
+    r_ok = (g < GROUP) & (t < queries)
     d_ok = d < DIM
-    heads = kv_head * GROUP + g
-    q = tl.load(Q + heads[:, None] * stride_qh + d[None, :] * stride_qd, mask=g_ok[:, None] & d_ok[None, :], other=0.0)
-    m_i = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_i = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, DIM_PAD], tl.float32)
+    head = kv_head * GROUP + g
+    q_ptr = Q + head[:, None] * stride_qh + t[:, None] * stride_qt + d[None, :] * stride_qd
+    q = tl.load(q_ptr, mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+    m_i = tl.full([ROWS], float("-inf"), tl.float32)
+    l_i = tl.zeros([ROWS], tl.float32)
+    acc = tl.zeros([ROWS, DIM_PAD], tl.float32)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, slots)
     for start in range(lo, hi, BLOCK_N):
         n = start + tl.arange(0, BLOCK_N)
         n_ok = n < hi
-        bias = tl.load(Mask + n, mask=n_ok, other=float("-inf")).to(tl.float32)
+        # Padding rows and slots past the chunk get a large finite negative, not -inf (a row whose
+        # entries were all -inf would compute -inf - -inf = NaN), set in float32 (float16 has no -1e30).
+        b_ok = r_ok[:, None] & n_ok[None, :]
+        bias = tl.load(Mask + t[:, None] * stride_mt + n[None, :], mask=b_ok, other=0.0).to(tl.float32)
+        bias = tl.where(b_ok, bias, -1.0e30)
         # An additive mask hides a slot with its dtype's lowest value (-3.4e38 in bf16 and float32,
         # -6.6e4 in float16): a block whose largest entry is below -1e4 has no visible slot.
-        if tl.max(bias, axis=0) > -1.0e4:
+        if tl.max(tl.max(bias, axis=1), axis=0) > -1.0e4:
             kv_ok = n_ok[:, None] & d_ok[None, :]
             k = tl.load(K + kv_head * stride_kh + n[:, None] * stride_kc + d[None, :] * stride_kd, mask=kv_ok, other=0.0)
             if IEEE:
@@ -55,7 +68,9 @@ def _chunk_kernel(
             if SOFTCAP:
                 # tanh(x) = 1 - 2 / (exp(2x) + 1), exact at both ends in float32
                 s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
-            s = s + bias[None, :]
+            s = s + bias
+            # A row with nothing visible in this block gets weights here that the first visible
+            # slot (alpha = 0) or, failing one in this chunk, the combine (weight 0) removes.
             m_new = tl.maximum(m_i, tl.max(s, axis=1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
@@ -66,28 +81,30 @@ def _chunk_kernel(
             else:
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
-    row = heads * splits + split
-    tl.store(Acc + row[:, None] * DIM_PAD + d[None, :], acc, mask=g_ok[:, None])
-    tl.store(Max + row, m_i, mask=g_ok)
-    tl.store(Sum + row, l_i, mask=g_ok)
+    row = (head * queries + t) * splits + split
+    tl.store(Acc + row[:, None] * DIM_PAD + d[None, :], acc, mask=r_ok[:, None])
+    tl.store(Max + row, m_i, mask=r_ok)
+    tl.store(Sum + row, l_i, mask=r_ok)
 
 
 @triton.jit
 def _combine_kernel(
-    Acc, Max, Sum, Out, splits, stride_oh, DIM: tl.constexpr, DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr
-):
-    head = tl.program_id(0)
+    Acc, Max, Sum, Out, queries, splits, stride_oh, stride_ot,
+    DIM: tl.constexpr, DIM_PAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0)  # head * queries + token
     s = tl.arange(0, SPLITS_PAD)
     d = tl.arange(0, DIM_PAD)
     s_ok = s < splits
-    m = tl.load(Max + head * splits + s, mask=s_ok, other=float("-inf"))
+    m = tl.load(Max + row * splits + s, mask=s_ok, other=float("-inf"))
     top = tl.max(m, axis=0)
-    # A chunk with no visible slot has max -inf and sum 0: its weight is exp(-inf) = 0.
+    # A chunk this row saw nothing of carries a max far below the top: its weight is 0.
     w = tl.where(s_ok, tl.exp(m - top), 0.0)
-    total = tl.sum(tl.load(Sum + head * splits + s, mask=s_ok, other=0.0) * w, axis=0)
-    acc = tl.load(Acc + (head * splits + s)[:, None] * DIM_PAD + d[None, :], mask=s_ok[:, None], other=0.0)
+    total = tl.sum(tl.load(Sum + row * splits + s, mask=s_ok, other=0.0) * w, axis=0)
+    acc = tl.load(Acc + (row * splits + s)[:, None] * DIM_PAD + d[None, :], mask=s_ok[:, None], other=0.0)
     out = tl.sum(acc * w[:, None], axis=0) / total
-    tl.store(Out + head * stride_oh + d, out.to(Out.dtype.element_ty), mask=d < DIM)
+    head, token = row // queries, row % queries
+    tl.store(Out + head * stride_oh + token * stride_ot + d, out.to(Out.dtype.element_ty), mask=d < DIM)
 
 
 def decode(
@@ -100,37 +117,46 @@ def decode(
     *,
     block_n: int = 64,
     max_splits: int = 64,
-    num_warps: int = 4,
+    num_warps: int | None = None,
     num_stages: int = 2,
 ) -> torch.Tensor:
-    """`(1, Hq, 1, D)` attention of one query token; shapes as `decode_attention.decode_attention`.
+    """`(1, Hq, Q, D)` attention of Q query tokens; shapes as `decode_attention.decode_attention`.
 
     The slots are cut into chunks of whole `block_n` blocks, as many as `max_splits` allows: many
     small chunks spread even a short context over the SMs (the programs past the context only read
-    their masks), and `max_splits` bounds what the combine kernel holds at once.
+    their masks), and `max_splits` bounds what the combine kernel holds at once. A program's rows
+    are the group's query heads times a tile of query tokens, at least 16 (the smallest matrix
+    product) and at most 64, fewer for wide heads (`_ROW_BYTES`).
     """
-    _, q_heads, _, dim = query.shape
+    _, q_heads, queries, dim = query.shape
     _, kv_heads, slots, _ = key.shape
     group = q_heads // kv_heads
+    group_pad = triton.next_power_of_2(group)
+    dim_pad = max(16, triton.next_power_of_2(dim))
+    max_rows = max(16, min(64, _ROW_BYTES // (dim_pad * query.element_size())))
+    tile = max(1, min(triton.next_power_of_2(queries), max_rows // group_pad))
+    rows = max(16, group_pad * tile)
+    tile = rows // group_pad  # rows left over by the 16-row minimum go to more tokens, not to waste
     blocks = triton.cdiv(slots, block_n)
     chunk = block_n * triton.cdiv(blocks, max_splits)
     splits = triton.cdiv(slots, chunk)
-    dim_pad = max(16, triton.next_power_of_2(dim))
-    acc = torch.empty(q_heads * splits, dim_pad, device=query.device, dtype=torch.float32)
-    stats = torch.empty(2, q_heads * splits, device=query.device, dtype=torch.float32)
-    out = torch.empty(1, q_heads, 1, dim, device=query.device, dtype=query.dtype)
-    q, k, v = query[0, :, 0], key[0], value[0]
-    _chunk_kernel[(kv_heads, splits)](
-        q, k, v, mask, acc, stats[0], stats[1],
-        scale, softcap, slots, chunk,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        splits,
-        GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), DIM=dim, DIM_PAD=dim_pad,
+    acc = torch.empty(q_heads * queries * splits, dim_pad, device=query.device, dtype=torch.float32)
+    stats = torch.empty(2, q_heads * queries * splits, device=query.device, dtype=torch.float32)
+    out = torch.empty(1, q_heads, queries, dim, device=query.device, dtype=query.dtype)
+    q, k, v, m = query[0], key[0], value[0], mask.reshape(queries, slots)
+    if m.stride(1) != 1:
+        m = m.contiguous()
+    _chunk_kernel[(kv_heads, triton.cdiv(queries, tile), splits)](
+        q, k, v, m, acc, stats[0], stats[1],
+        scale, softcap, queries, slots, chunk, splits,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), m.stride(0),
+        GROUP=group, TILE=tile, ROWS=rows, DIM=dim, DIM_PAD=dim_pad,
         BLOCK_N=block_n, SOFTCAP=softcap > 0, IEEE=query.dtype == torch.float32,
-        num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps or (4 if rows <= 32 else 8), num_stages=num_stages,
     )  # fmt: skip
-    _combine_kernel[(q_heads,)](
-        acc, stats[0], stats[1], out, splits, out.stride(1),
+    _combine_kernel[(q_heads * queries,)](
+        acc, stats[0], stats[1], out, queries, splits, out.stride(1), out.stride(2),
         DIM=dim, DIM_PAD=dim_pad, SPLITS_PAD=max(16, triton.next_power_of_2(splits)), num_warps=4,
     )  # fmt: skip
     return out

@@ -75,7 +75,8 @@ class StaticRuntime:
             self._compiled = CompiledSublayers.create()
         group, transpose = config.resolved_grouping(mode), config.resolved_transpose(mode)
         # A model loaded with eager attention (Gemma 2's softcapping needs it) runs its own.
-        eager_tree = config.resolved_eager_tree_attention(mode) and not adapter.additive_mask
+        tree_kernel = config.resolved_tree_kernel(mode)
+        eager_tree = not tree_kernel and config.resolved_eager_tree_attention(mode) and not adapter.additive_mask
         decode = config.resolved_decode_kernel(mode)
         self._layout = tuple(
             name
@@ -84,6 +85,7 @@ class StaticRuntime:
                 (transpose, "colmajor"),
                 (eager_tree, "eager-tree-attn"),
                 (decode, "decode-kernel"),
+                (tree_kernel, "tree-kernel"),
             )
             if on
         )
@@ -95,7 +97,7 @@ class StaticRuntime:
 
         # The layers one-token steps run, and those multi-token ones (trees, scoring) run; None = the model's.
         one_attention = register_decode_attention() if decode else None
-        wide_attention = "eager" if eager_tree else None
+        wide_attention = register_decode_attention() if tree_kernel else "eager" if eager_tree else None
         one = stand_ins(one_attention)
         self._stand_ins = (one, one if wide_attention == one_attention else stand_ins(wide_attention))
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
