@@ -96,8 +96,9 @@ class StaticRuntime:
             return stand_in_layers(adapter.layers, group=group, attention=attention) if group or attention else None
 
         # The layers one-token steps run, and those multi-token ones (trees, scoring) run; None = the model's.
-        one_attention = register_decode_attention() if decode else None
-        wide_attention = register_decode_attention() if tree_kernel else "eager" if eager_tree else None
+        kernel = register_decode_attention() if decode or tree_kernel else None
+        one_attention = kernel if decode else None
+        wide_attention = kernel if tree_kernel else "eager" if eager_tree else None
         one = stand_ins(one_attention)
         self._stand_ins = (one, one if wide_attention == one_attention else stand_ins(wide_attention))
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)

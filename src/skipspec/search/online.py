@@ -184,12 +184,14 @@ class SearchPolicy:
         """
         if self._context is None or self.costs is None or not math.isfinite(self.cfg.step_budget):
             return 0
-        length = s.context_length
-        need = self.costs.verify_cost(self._context.width, length)
-        gain = self.cfg.step_budget * self.costs.plain(length)
+        need, gain = self._price(self._context.width, s.context_length)
         if gain <= 0 or self._credit >= need:
             return 0
         return max(math.ceil((need - self._credit) / gain) - 2, 0)
+
+    def _price(self, width: int, length: int) -> tuple[float, float]:
+        """(credit a scoring forward of `width` queries needs, credit a step earns) at context `length`."""
+        return self.costs.verify_cost(width, length), self.cfg.step_budget * self.costs.plain(length)
 
     def stats(self) -> dict:
         s = self.search
@@ -328,10 +330,10 @@ class SearchPolicy:
         context = self._ensure_context(ctx)
         if context is None:
             return
-        need = self.costs.verify_cost(context.width, ctx.committed) if self.costs else 0.0
         finite = math.isfinite(self.cfg.step_budget)
-        if finite:
-            gain = self.cfg.step_budget * self.costs.plain(ctx.committed)
+        need = 0.0  # no budget: nothing to afford (and, for `paper`, possibly no costs measured)
+        if finite:  # `_setup` measured costs
+            need, gain = self._price(context.width, ctx.committed)
             self._credit = min(self._credit + gain, max(need, gain))
             self.granted += gain
         before = s.decision()
