@@ -45,19 +45,20 @@ def test_static_path_matches_eager_path_and_plain_decoding(family, runtime):
     assert deep >= 1, "no case accepted a deep path: the tree buckets were not exercised"
 
 
+@pytest.mark.parametrize("runtime", [STATIC, PACKED], ids=["model-layout", "packed"])
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma2"])
-def test_static_sampling_draws_what_the_eager_path_draws_for_the_same_seed(family):
+def test_static_sampling_draws_what_the_eager_path_draws_for_the_same_seed(family, runtime):
     model = tiny_model(family)
     cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
     prompt = list(range(3, 20))
     kwargs = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=20, seed=11)
-    static = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=STATIC).generate(prompt, 40, **kwargs)
+    static = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime).generate(prompt, 40, **kwargs)
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER).generate(prompt, 40, **kwargs)
     # The noise rows of the real nodes are drawn exactly as the eager path draws them, so in
     # float32 the samples agree token for token.
     assert static.tokens == eager.tokens
     # Plain decoding keeps a step in flight ahead of the host: still one draw per token, in order.
-    plain = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=STATIC).generate(prompt, 40, method="ar", **kwargs)
+    plain = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime).generate(prompt, 40, method="ar", **kwargs)
     assert (
         plain.tokens
         == SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER).generate(prompt, 40, method="ar", **kwargs).tokens
