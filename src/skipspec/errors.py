@@ -21,3 +21,7 @@ class UnsupportedArchitectureError(SkipSpecError, ValueError):
 
 class InputError(SkipSpecError, ValueError):
     """The prompt or a generation argument cannot be served (empty, too long, wrong shape)."""
+
+
+class DrafterError(SkipSpecError, ValueError):
+    """A drafter proposed a tree the engine cannot verify (its message names the drafter and the fault)."""

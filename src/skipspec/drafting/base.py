@@ -1,37 +1,115 @@
-"""The drafter protocol: propose candidates per depth from the committed state."""
+"""The drafter protocol: propose a token tree from the context, observe what the step committed.
+
+Terms used across skipspec:
+- the *root* is the last committed token: already emitted as output, its KV not yet in the cache.
+  Every draft tree hangs under it, and the verify step runs the full model over root + tree.
+- a drafted node is *accepted* when its token equals the full model's target token at its parent;
+  the target token of the deepest accepted node is the *bonus* token.
+
+A drafter never touches the cache: one that needs the model (layer skipping) runs forwards through
+`DraftContext.executor`, whose draft forwards write only past the committed length.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from ..model.skipset import SkipSet
+from ..config import SamplingParams
+
+if TYPE_CHECKING:  # the executor protocol lives a floor below; drafters only call it
+    from ..runtime.executor import Executor
+
+TokenIds = Sequence[int] | torch.Tensor
 
 
 @dataclass(frozen=True)
-class Draft:
-    """Candidates per depth.
+class DraftTree:
+    """Drafted nodes under the root, in any shape.
 
-    candidates: (D, K) token ids on the model's device, best first; row d is depth d+1, column 0
-                the chain token that the next depth was drafted from.
-    widths:     how many of each row's candidates enter the tree (SWIFT's confidence rule)
-    top1_probs: the drafter's probability of each chain token (host floats)
-    forwards:   forward passes spent
+    tokens:  (N,) token ids, one per node
+    parents: (N,) -1 for a child of the root, else the index (< i) of node i's parent
+
+    Both may be lists of ints or 1-D tensors (device tensors never cross to the host before the
+    verify step's one read-back). Siblings with the same token are allowed; the first one is the
+    one followed. An empty tree asks for a plain step.
+
+    >>> t = DraftTree([5, 6, 7], [-1, 0, -1])   # root -> 5 -> 6, and root -> 7
+    >>> len(t)
+    3
     """
 
-    candidates: torch.Tensor
-    widths: tuple[int, ...]
-    top1_probs: tuple[float, ...]
-    forwards: int
+    tokens: TokenIds
+    parents: TokenIds
+
+    def __len__(self) -> int:
+        return _length(self.tokens)
+
+
+def _length(values: TokenIds) -> int:
+    return int(values.shape[0]) if isinstance(values, torch.Tensor) and values.dim() > 0 else len(values)
+
+
+@dataclass(frozen=True)
+class DraftContext:
+    """What a drafter sees before a step.
+
+    tokens:     prompt + output so far (host ints); tokens[-1] is the root
+    prompt_len: where the output starts in `tokens`
+    max_nodes:  nodes this drafter may propose (root excluded)
+    max_depth:  the deepest node that could still be emitted (nodes below it are wasted work)
+    vocab_size: token ids must be in [0, vocab_size)
+    sampling:   the request's target-distribution settings
+    executor:   the step runner (`skipspec.runtime.Executor`), for drafters that run the model
+    """
+
+    tokens: Sequence[int]
+    prompt_len: int
+    max_nodes: int
+    max_depth: int
+    vocab_size: int
+    sampling: SamplingParams
+    executor: Executor | Any = None
 
     @property
-    def depth(self) -> int:
-        return len(self.widths)
+    def committed(self) -> int:
+        """Cache slots holding the full model's KV: every token but the root."""
+        return len(self.tokens) - 1
 
 
+@dataclass(frozen=True)
+class StepResult:
+    """What one step committed.
+
+    accepted: token ids the step committed, bonus token included (host ints)
+    tree:     the tree this drafter proposed for the step (None if it proposed none)
+    topk:     (M + 1, k) top-k token ids of the full model's logits at every verified node, root
+              first, on the model's device (token recycling's food), M the verified tree's size
+              (several drafters' trees are verified as one); valid until the next step
+    verified: (M + 1,) the verified tree's tokens, root first, aligned with `topk` (device)
+    path:     indices into `tree` of its nodes on the accepted path, shallowest first
+    """
+
+    accepted: list[int]
+    tree: DraftTree | None
+    topk: torch.Tensor | None
+    verified: torch.Tensor | None = None
+    path: tuple[int, ...] = ()
+
+
+@runtime_checkable
 class Drafter(Protocol):
-    def propose(self, root: torch.Tensor, committed: int, max_depth: int, skip: SkipSet) -> Draft:
-        """Draft up to `max_depth` tokens after `root` (the last token, not yet in the cache)."""
-        ...
+    """Anything with a `name`, `propose` and `observe` drafts for skipspec.
+
+    `propose` returns None (or an empty tree) for a plain step. `observe` is called after every
+    step, plain ones included, with the context as it was before the step.
+    """
+
+    name: str
+
+    def propose(self, ctx: DraftContext) -> DraftTree | None: ...
+
+    def observe(self, ctx: DraftContext, result: StepResult) -> None: ...
