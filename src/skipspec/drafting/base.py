@@ -113,3 +113,17 @@ class Drafter(Protocol):
     def propose(self, ctx: DraftContext) -> DraftTree | None: ...
 
     def observe(self, ctx: DraftContext, result: StepResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class Draft:
+    """(Being replaced by `DraftTree`.) Candidates per depth of the layer-skip drafter."""
+
+    candidates: torch.Tensor
+    widths: tuple[int, ...]
+    top1_probs: tuple[float, ...]
+    forwards: int
+
+    @property
+    def depth(self) -> int:
+        return len(self.widths)
