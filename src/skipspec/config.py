@@ -122,6 +122,10 @@ class SwiftConfig:
     search: how the search runs: a `SearchConfig`, or just an objective/preset name
     ("speed", the default: maximise measured tokens/s, plain decoding included; "paper": SWIFT's
     own matchness search at a fixed skip ratio).
+    confidence_threshold, max_draft_tokens, topk, tree_schedule, tree_default_width: SWIFT's
+    drafting rule (see `drafting.layer_skip`).
+    verify_topk: top-k token ids kept from the full model's logits at every verified node and
+    handed to drafters (`StepResult.topk`: what token recycling learns from).
     """
 
     skip_attn: tuple[int, ...] | None = None
@@ -133,6 +137,7 @@ class SwiftConfig:
     topk: int = 10
     tree_schedule: tuple[tuple[float, int], ...] = DEFAULT_TREE_SCHEDULE
     tree_default_width: int = 10
+    verify_topk: int = 8
 
     def __post_init__(self) -> None:
         search = SearchConfig() if self.search is None else self.search
@@ -152,6 +157,10 @@ class SwiftConfig:
             f"max_draft_tokens must be an integer >= 1, got {self.max_draft_tokens!r}",
         )
         _check(isinstance(self.topk, int) and self.topk >= 1, f"topk must be an integer >= 1, got {self.topk!r}")
+        _check(
+            isinstance(self.verify_topk, int) and self.verify_topk >= 1,
+            f"verify_topk must be an integer >= 1, got {self.verify_topk!r}",
+        )
         schedule = tuple((float(p), int(w)) for p, w in self.tree_schedule)
         object.__setattr__(self, "tree_schedule", schedule)
         _check(

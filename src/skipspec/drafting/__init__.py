@@ -1,6 +1,6 @@
-"""Drafters propose candidate tokens for the verification tree."""
+"""Drafters propose token trees for the verify step (`Drafter`, the protocol any drafter follows)."""
 
-from .base import Draft, Drafter
+from .base import DraftContext, Drafter, DraftTree, StepResult, TokenView
 from .layer_skip import LayerSkipDrafter
 
-__all__ = ["Draft", "Drafter", "LayerSkipDrafter"]
+__all__ = ["DraftContext", "DraftTree", "Drafter", "LayerSkipDrafter", "StepResult", "TokenView"]

@@ -12,6 +12,7 @@ A drafter never touches the cache: one that needs the model (layer skipping) run
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -51,6 +52,41 @@ class DraftTree:
 
 def _length(values: TokenIds) -> int:
     return int(values.shape[0]) if isinstance(values, torch.Tensor) and values.dim() > 0 else len(values)
+
+
+class TokenView(Sequence[int]):
+    """The first `length` tokens of a list that keeps growing: a snapshot without a copy.
+
+    >>> live = [1, 2, 3]
+    >>> view = TokenView(live, 2)
+    >>> live.append(4); list(view), view[-1], view[1:], len(view.grown(2))
+    ([1, 2], 2, [2], 4)
+    """
+
+    __slots__ = ("_items", "_length")
+
+    def __init__(self, items: list[int], length: int) -> None:
+        self._items = items
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self._items[slice(*index.indices(self._length))]
+        if index < 0:
+            index += self._length
+        if not 0 <= index < self._length:
+            raise IndexError("token index out of range")
+        return self._items[index]
+
+    def __iter__(self):
+        return itertools.islice(self._items, self._length)
+
+    def grown(self, extra: int) -> TokenView:
+        """The view `extra` tokens longer (tokens appended to the list since)."""
+        return TokenView(self._items, self._length + extra)
 
 
 @dataclass(frozen=True)
@@ -114,16 +150,3 @@ class Drafter(Protocol):
 
     def observe(self, ctx: DraftContext, result: StepResult) -> None: ...
 
-
-@dataclass(frozen=True)
-class Draft:
-    """(Being replaced by `DraftTree`.) Candidates per depth of the layer-skip drafter."""
-
-    candidates: torch.Tensor
-    widths: tuple[int, ...]
-    top1_probs: tuple[float, ...]
-    forwards: int
-
-    @property
-    def depth(self) -> int:
-        return len(self.widths)

@@ -4,61 +4,84 @@ from __future__ import annotations
 
 import torch
 
-from ..config import SamplingParams, SwiftConfig
-from ..model.adapter import Frame, ModelAdapter
-from ..model.cache import KVCache
-from ..model.skipset import SkipSet
-from ..tree import width_for
-from ..verify import process_logits
-from .base import Draft
+from ..search.objective import DraftRule
+from ..search.policy import SkipPolicy, StepContext
+from .base import DraftContext, DraftTree, StepResult
 
 
 class LayerSkipDrafter:
-    """Confidence-aware drafting in skip mode, written in place into the request's KV cache.
+    """Confidence-aware drafting in skip mode, through the executor's draft forwards.
 
-    Non-skipped attention layers write the draft tokens' KV at the slots right after the committed
-    prefix; verification overwrites those slots with the full model's KV, so no copy of the cache
-    is ever made.
+    Each depth is one skip-mode forward of the chain's last token (written past the committed
+    slots, where the verify step overwrites it); drafting stops when the top-1 probability falls
+    under the rule's threshold (that token is kept) or at a stop token. The tree is SWIFT's
+    dynamic one: the top-1 chain plus, at each depth, as many of that depth's next-best candidates
+    as its confidence earns (`DraftRule.width`), leaf siblings of the chain node. Its tokens stay
+    on the device.
+
+    `policy` picks the skip set before each step (None: no draft) and is told about every step.
     """
 
-    def __init__(
-        self,
-        adapter: ModelAdapter,
-        cache: KVCache,
-        config: SwiftConfig,
-        params: SamplingParams,
-        stop_tokens: frozenset[int],
-    ) -> None:
-        self.adapter = adapter
-        self.cache = cache
-        self.config = config
-        self.params = params
-        self.stop_tokens = stop_tokens
-        self.topk = min(config.topk, adapter.vocab_size)
+    name = "layer_skip"
 
-    def propose(self, root: torch.Tensor, committed: int, max_depth: int, skip: SkipSet) -> Draft:
-        cfg = self.config
-        device = root.device
-        token = root.view(1, 1)
-        rows, widths, probs = [], [], []
-        for d in range(max_depth):
-            slot = committed + d
-            frame = Frame(
-                input_ids=token,
-                positions=torch.tensor([slot], device=device),
-                write_start=slot,
-                allowed=torch.ones(1, slot + 1, dtype=torch.bool, device=device),
-                key_positions=torch.arange(slot + 1, device=device),
-            )
-            logits = self.adapter.forward(frame, self.cache, skip)
-            dist = process_logits(logits, self.params).softmax(dim=-1)
-            top = dist.topk(self.topk, dim=-1)
-            rows.append(top.indices[0])
-            token = top.indices[:, :1]
-            # The stop rule is a host decision: one small transfer per drafted token.
-            p1, t1 = torch.stack([top.values[0, 0], top.indices[0, 0].to(top.values.dtype)]).tolist()
-            probs.append(p1)
-            widths.append(min(width_for(p1, cfg.tree_schedule, cfg.tree_default_width), self.topk))
-            if p1 < cfg.confidence_threshold or int(t1) in self.stop_tokens:
+    def __init__(self, policy: SkipPolicy, rule: DraftRule, stop_tokens: frozenset[int]) -> None:
+        self.policy = policy
+        self.rule = rule
+        self.stop_tokens = stop_tokens
+        self._depth = 0  # chain tokens of the last proposal
+
+    @property
+    def scratch_slots(self) -> int:
+        """Cache slots the policy's scoring forwards need past the committed ones."""
+        return self.policy.scratch_slots
+
+    def begin(self, prompt_len: int, max_new_tokens: int) -> None:
+        self.policy.begin(prompt_len, max_new_tokens)
+
+    def plain_steps(self) -> int:
+        """Steps ahead that are plain for this drafter, whose `observe` only counts (see `SkipPolicy`)."""
+        return self.policy.plain_steps() if self.policy.skip_set() is None else 0
+
+    @torch.inference_mode()
+    def propose(self, ctx: DraftContext) -> DraftTree | None:
+        self._depth = 0
+        skip = self.policy.skip_set()
+        if skip is None or ctx.max_depth < 1 or ctx.max_nodes < 1:
+            return None
+        rule, executor = self.rule, ctx.executor
+        rows, widths = [], []
+        budget = ctx.max_nodes
+        for depth in range(min(rule.max_depth, ctx.max_depth)):
+            candidates, head = executor.draft_forward(skip, ctx.sampling, start=depth == 0)
+            # SWIFT's confidence stop is a host decision: one small sync per drafted token.
+            p1, t1 = head.tolist()
+            widths.append(min(rule.width(p1), budget))
+            rows.append(candidates)
+            budget -= widths[-1]
+            if not rule.keeps_drafting(p1) or int(t1) in self.stop_tokens or budget < 1:
                 break
-        return Draft(torch.stack(rows), tuple(widths), tuple(probs), len(rows))
+        self._depth = len(widths)
+        # Breadth first, chain node first at each depth: each depth's best `width` candidates in order.
+        tokens = torch.cat([row[:w] for row, w in zip(rows, widths)])
+        parents, chain = [], -1
+        for w in widths:
+            first = len(parents)
+            parents.extend([chain] * w)
+            chain = first
+        return DraftTree(tokens, parents)
+
+    def observe(self, ctx: DraftContext, result: StepResult) -> None:
+        verified = result.topk.shape[0] if result.topk is not None else 1
+        self.policy.observe(
+            StepContext(
+                ctx.executor.adapter,
+                ctx.executor.cache,
+                list(ctx.tokens) + result.accepted,
+                ctx.prompt_len,
+                ctx.committed + len(result.accepted),
+                len(result.accepted) - 1,
+                self._depth if result.tree is not None else 0,
+                ctx.sampling,
+                verified,
+            )
+        )

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..tree import TreeLayout
 
 
 def powers_of_two(upto: int) -> tuple[int, ...]:
@@ -48,28 +47,23 @@ def round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def pack_tree(layout: TreeLayout, committed: int, bucket: int) -> list[int]:
-    """The verify step's inputs as one list: `[committed, n, depths, ranks, parents]`, node rows padded to `bucket`.
+def pack_tree(committed: int, tokens: Sequence[int], parents: Sequence[int], bucket: int) -> list[int]:
+    """The verify step's inputs as one list: `[committed, n, tokens, parents]`, node rows padded to `bucket`.
 
-    Padding nodes get depth 0, rank 1 (not a chain node, so no real node's ancestor) and parent 0;
-    the graph gives them token -1, which no target equals, so they are never accepted.
+    tokens and parents are the whole tree's, root first (the root's token is a placeholder: the
+    step reads it on the device). Padding nodes get token -1, which no target equals, so they are
+    never accepted, and hang under the root.
 
-    >>> from skipspec.tree import build_tree
-    >>> pack_tree(build_tree((2,)), committed=10, bucket=4)
-    [10, 3, 0, 1, 1, 0, 0, 0, 1, 1, -1, 0, 0, 0]
+    >>> pack_tree(10, [0, 5, 6], [-1, 0, 0], bucket=4)
+    [10, 3, 0, 5, 6, -1, -1, 0, 0, 0]
     """
-    n = layout.size
+    n = len(parents)
     if n > bucket:
         raise ValueError(f"a tree of {n} nodes does not fit bucket {bucket}")
     pad = bucket - n
-    return [
-        committed, n,
-        *layout.depths, *([0] * pad),
-        *layout.ranks, *([1] * pad),
-        *layout.parents, *([0] * pad),
-    ]  # fmt: skip
+    return [committed, n, *tokens, *([-1] * pad), *parents, *([0] * pad)]
 
 
 def packed_length(bucket: int) -> int:
     """Length of `pack_tree`'s list for `bucket`."""
-    return 2 + 3 * bucket
+    return 2 + 2 * bucket

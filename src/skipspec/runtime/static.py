@@ -11,16 +11,15 @@ import numpy as np
 import torch
 
 from ..config import SamplingParams, SwiftConfig
-from ..drafting.base import Draft
 from ..errors import ConfigError
 from ..model.adapter import Frame, ModelAdapter, Sublayers
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
-from ..tree import build_tree, width_for
 from ..verify import target_tokens
 from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from .config import RuntimeConfig
 from .decode_attention import register as register_decode_attention
+from .executor import TreeInput, Verified, read_verdict
 from .graphs import GraphCache, StepGraph
 from .layers import stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
@@ -39,22 +38,27 @@ def sampling_key(params: SamplingParams) -> tuple:
     return ("sample", params.temperature, params.top_p, params.top_k)
 
 
-class StaticRuntime:
+class StaticExecutor:
     """Fixed-shape steps over one persistent KV cache, replayed from CUDA graphs (or run directly).
 
-    Lives in one `SwiftDecoder` and serves its requests one at a time. The cache is sized from the
-    request (rounded up to `capacity_step`) and kept for later requests that fit, together with the
-    graphs captured against it: verify graphs per tree bucket, draft graphs per skip set (LRU),
-    scoring graphs per query bucket. A request that needs a larger cache drops them all.
+    An `Executor` (see `runtime.executor`). Lives in one `SwiftDecoder` and serves its requests
+    one at a time. The cache is sized from the request (rounded up to `capacity_step`) and kept for
+    later requests that fit, together with the graphs captured against it: verify graphs per tree
+    bucket (a tree's shape is an input, so any tree of a bucket replays the same graph), draft
+    graphs per skip set (LRU), scoring graphs per query bucket. A request that needs a larger cache
+    drops them all.
     """
 
     def __init__(self, adapter: ModelAdapter, swift: SwiftConfig, config: RuntimeConfig, mode: str) -> None:
         if mode not in ("static", "graphs"):
-            raise ConfigError(f"StaticRuntime runs modes 'static' and 'graphs', not {mode!r}")
+            raise ConfigError(f"StaticExecutor runs modes 'static' and 'graphs', not {mode!r}")
         self.adapter = adapter
         self.config = config
         self.mode = mode
         self.topk = min(swift.topk, adapter.vocab_size)
+        self.verify_topk = min(swift.verify_topk, adapter.vocab_size)
+        self.committed = 0
+        self.draft_calls = 0
         self.max_depth = swift.max_draft_tokens
         widest_tree = swift.max_tree_nodes + 1
         self.tree_buckets = config.tree_buckets or powers_of_two(widest_tree)
@@ -65,7 +69,6 @@ class StaticRuntime:
         self.score_buckets = config.score_buckets
         self.cache: KVCache | None = None
         self.inputs: StepInputs | None = None
-        self.noise: torch.Tensor | None = None
         self._pool = None
         self._sublayers = None
         self._compiled = None
@@ -127,23 +130,11 @@ class StaticRuntime:
         held = self.cache.capacity if self.cache is not None else 0
         # Attention reads the whole capacity, so a far larger held cache is not worth keeping; within
         # a factor of 4, reuse wins: requests of mixed lengths do not recapture every time.
-        return capacity <= held <= _SHRINK_BELOW * capacity and (self.noise is not None or not sampling)
+        return capacity <= held <= _SHRINK_BELOW * capacity
 
     def plan(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> MemoryPlan:
         widest = max(self.tree_buckets[-1], self.score_buckets[-1])
         return plan_memory(self.adapter, self._capacity(prompt_len, max_new_tokens, scratch), widest, sampling)
-
-    def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
-        """Raise `DeviceMemoryError` now if the request cannot get its cache and workspace."""
-        capacity = self._capacity(prompt_len, max_new_tokens, scratch)
-        if self._reusable(capacity, sampling):
-            return
-        held = self.cache.data.numel() * self.cache.data.element_size() if self.cache is not None else 0
-        plan = self.plan(prompt_len, max_new_tokens, scratch, sampling)
-        # What this runtime holds now is freed before the new cache is made.
-        check_fits(
-            MemoryPlan(plan.capacity, plan.cache - held, plan.workspace), self.adapter.device, self.config.memory_margin
-        )
 
     @torch.inference_mode()
     def reserve(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> KVCache:
@@ -159,8 +150,6 @@ class StaticRuntime:
         self.inputs = StepInputs.allocate(
             capacity, self.max_depth, self.topk, self.tree_buckets[-1], self.score_buckets[-1], a.num_layers, a.device
         )
-        if sampling:
-            self.noise = torch.ones(self.tree_buckets[-1], a.vocab_size, device=a.device)
         if self.mode == "graphs":
             self._pool = torch.cuda.graph_pool_handle()
         self._sublayers = self._bind_both(self.cache)
@@ -180,7 +169,7 @@ class StaticRuntime:
         """Drop the cache, buffers and graphs (their memory returns to PyTorch's allocator)."""
         for graphs in (self._drafts, self._verifies, self._scores):
             graphs.clear()
-        self.cache = self.inputs = self.noise = self._pool = self._sublayers = None
+        self.cache = self.inputs = self._pool = self._sublayers = None
 
     @property
     def fused(self) -> bool:
@@ -234,63 +223,102 @@ class StaticRuntime:
 
     # -- steps ------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def set_root(self, root: torch.Tensor) -> torch.Tensor:
-        """Seed the root buffer (after prefill); returns it. Verify steps rewrite it in place."""
-        self.inputs.root.copy_(root.view(1))
-        return self.inputs.root
+    def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
+        """Raise `DeviceMemoryError` now if the request cannot get its cache and workspace."""
+        capacity = self._capacity(prompt_len, max_new_tokens, scratch)
+        if self._reusable(capacity, sampling):
+            return
+        held = self.cache.data.numel() * self.cache.data.element_size() if self.cache is not None else 0
+        plan = self.plan(prompt_len, max_new_tokens, scratch, sampling)
+        # What this runtime holds now is freed before the new cache is made.
+        check_fits(
+            MemoryPlan(plan.capacity, plan.cache - held, plan.workspace), self.adapter.device, self.config.memory_margin
+        )
 
     @torch.inference_mode()
-    def verify(
-        self, committed: int, draft: Draft | None, params: SamplingParams, generator: torch.Generator
-    ) -> tuple[int, int, list[int]]:
-        """One verify step (plain decoding when `draft` is None), committed in the cache.
-
-        Returns (path length with the root, bonus token, the path's tokens root first).
-        """
+    def prefill(self, prompt, max_new_tokens: int, scratch: int, sampling: SamplingParams, seed: int) -> int:
+        """Reserve the cache, then an eager forward over the prompt into it (its length varies: not
+        captured); the first token."""
+        a, n = self.adapter, len(prompt)
+        self.reserve(n, max_new_tokens, scratch, sampling.do_sample)
+        device = a.device
         inp = self.inputs
-        layout = build_tree(draft.widths if draft is not None else ())
-        bucket = bucket_for(layout.size, self.tree_buckets)
-        if draft is not None and draft.candidates.data_ptr() != inp.cand.data_ptr():
-            inp.cand[: draft.depth, : draft.candidates.shape[1]].copy_(draft.candidates)
+        inp.seed.fill_(seed)
+        frame = Frame(
+            input_ids=torch.tensor([list(prompt)], device=device),
+            positions=torch.arange(n, device=device),
+            write_start=0,
+            allowed=torch.ones(n, n, dtype=torch.bool, device=device).tril(),
+            key_positions=torch.arange(n, device=device),
+        )
+        logits = a.forward(frame, self.cache, NO_SKIP, last_only=True)
+        inp.root.copy_(target_tokens(logits, sampling, inp.seed, inp.cols[n : n + 1]).view(1))
+        self.committed = n
+        return int(inp.root.item())  # the prefill's one host sync
+
+    @torch.inference_mode()
+    def verify(self, tree: TreeInput | None, sampling: SamplingParams) -> Verified:
+        """One verify step (a plain step when `tree` is None), committed in the cache."""
+        size = tree.size if tree is not None else 0
+        bucket = bucket_for(size + 1, self.tree_buckets)
+        packed, top, verified = self._launch_verify(tree, self.committed, bucket, sampling)
         # The step's one host sync: the accepted path.
-        packed = self._launch_verify(layout, committed, bucket, params, generator).tolist()
-        length, bonus = packed[0], packed[1]
-        return length, bonus, packed[2 + bucket : 2 + bucket + length]
+        length, bonus, path, path_tokens, fault = read_verdict(packed.tolist(), bucket)
+        verified = verified[: size + 1]
+        if fault is not None:
+            return Verified([], (), top[: size + 1], verified, fault)
+        self.committed += length
+        return Verified(path_tokens[1:] + [bonus], tuple(i - 1 for i in path[1:]), top[: size + 1], verified)
 
     def _launch_verify(
-        self, layout, committed: int, bucket: int, params: SamplingParams, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Stage `layout` at `committed`, draw its noise and enqueue the verify step; its packed result
-        (the graph's output tensor: read or copy it before the next replay)."""
-        self.upload_tree(layout, committed, bucket)
-        if params.do_sample:
-            # Only the real nodes' rows: the same draws as the eager path's for the same seed.
-            self.noise[: layout.size].exponential_(generator=generator)
+        self, tree: TreeInput | None, committed: int, bucket: int, params: SamplingParams
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stage `tree` at `committed` and enqueue the verify step; its outputs (the graph's output
+        tensors: read or copy them before the next replay)."""
+        inp = self.inputs
+        tokens, parents, on_device = [0], [-1], []
+        for part in tree.tokens if tree is not None else ():
+            if isinstance(part, torch.Tensor):
+                on_device.append((3 + len(tokens) - 1, part))
+                tokens.extend([0] * part.shape[0])
+            else:
+                tokens.extend(part)
+        for part in tree.parents if tree is not None else ():
+            if isinstance(part, torch.Tensor):
+                on_device.append((2 + bucket + len(parents), part + 1))
+                parents.extend([0] * part.shape[0])
+            else:
+                parents.extend(p + 1 for p in part)  # in the step's numbering the root is node 0
+        self._tree_upload.upload(pack_tree(committed, tokens, parents, bucket), inp.tree)
+        for start, values in on_device:  # device-to-device, in stream order after the upload
+            inp.tree[start : start + values.shape[0]].copy_(values)
         return self.verify_graph(bucket, params)()
 
     @torch.inference_mode()
-    def plain_tokens(self, committed: int, limit: int, params: SamplingParams, generator: torch.Generator) -> Iterator[int]:
-        """Plain decoding from `committed` (the root staged by `set_root` or a verify): up to `limit` tokens.
+    def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]:
+        """Up to `limit` plain steps from the committed state.
 
-        Each token is one replay of the one-node verify step, and the next one is launched before
-        the host waits for the last: its inputs (the position, one more each time; the root, which
-        the step rewrites on the device) need nothing from the host, so the host's work between
-        tokens (the consumer's, the decoder's) overlaps the GPU's instead of leaving it idle. The
-        results come back through two pinned buffers, each copied in stream order after its step
-        and before the next step rewrites the graph's output. A consumer that stops early leaves
-        at most one step in flight; it only writes past the committed length.
+        Each is one replay of the one-node verify step, and the next one is launched before the
+        host waits for the last: its inputs (the position, one more each time; the root, which the
+        step rewrites on the device) need nothing from the host, so the host's work between steps
+        (the consumer's, the decoder's) overlaps the GPU's instead of leaving it idle. The results
+        come back through two pinned buffers, each copied in stream order after its step and
+        before the next step rewrites the graph's outputs (top-k rows are cloned likewise). A
+        consumer that stops early leaves at most one step in flight; it only writes past the
+        committed length.
         """
-        layout = build_tree(())
         cuda = self.mode == "graphs"
         slots = [torch.empty(2, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        tops: list[tuple[torch.Tensor, torch.Tensor] | None] = [None, None]
         events = [torch.cuda.Event() if cuda else None for _ in range(2)]
         launched = taken = 0
+        start = self.committed
 
         def launch() -> None:
             nonlocal launched
-            packed = self._launch_verify(layout, committed + launched, 1, params, generator)
+            packed, top, root = self._launch_verify(None, start + launched, 1, sampling)
             slots[launched % 2].copy_(packed[:2], non_blocking=cuda)
+            tops[launched % 2] = (top.clone(), root.clone())
             if cuda:
                 events[launched % 2].record()
             launched += 1
@@ -302,25 +330,19 @@ class StaticRuntime:
             if cuda:
                 events[taken % 2].synchronize()  # the step's one host sync, one step behind the GPU
             token = int(slots[taken % 2][1])
+            top, root = tops[taken % 2]
             taken += 1
-            yield token
+            self.committed = start + taken
+            yield Verified([token], (), top, root)
 
     def verify_graph(self, bucket: int, params: SamplingParams) -> StepGraph:
-        """The verify step for `bucket` tree nodes; reads `inputs.tree` (`upload_tree` first: a
-        first-use capture runs the step once)."""
+        """The verify step for `bucket` tree nodes; reads `inputs.tree` (stage it first: a first-use
+        capture runs the step once)."""
         inp = self.inputs
-        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.noise)
+        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.verify_topk)
         return self._verifies.get(
             (bucket, sampling_key(params)), lambda: self._step(program, bucket > 1, mutable=(inp.root,), fns=True)
         )
-
-    @torch.inference_mode()
-    def upload_tree(self, layout, committed: int, bucket: int) -> None:
-        """Stage a tree's layout for the next verify replay (asynchronously, no host sync)."""
-        self._tree_upload.upload(pack_tree(layout, committed, bucket), self.inputs.tree)
-
-    def drafter(self, params: SamplingParams, stop_tokens: frozenset[int], swift: SwiftConfig) -> GraphDrafter:
-        return GraphDrafter(self, params, stop_tokens, swift)
 
     def draft_graph(self, skip: SkipSet, params: SamplingParams) -> StepGraph:
         """The draft step of `skip`, kept in the LRU; reads and advances `inputs.pos` and `inputs.token`
@@ -332,8 +354,27 @@ class StaticRuntime:
         )
 
     @torch.inference_mode()
-    def score(self, frame: Frame, skip: SkipSet, *, last_only: bool = False) -> torch.Tensor:
-        """`adapter.forward(frame, self.cache, skip, last_only=...)` for the search's scoring forwards.
+    def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One replay of `skip`'s draft graph; the graph advances its own input token and position,
+        so consecutive calls need no host input. The candidates are copied to the candidate buffer
+        row of their depth, valid until the chain restarts."""
+        inp = self.inputs
+        if start:
+            inp.token.copy_(inp.root.view(1, 1))
+            inp.pos.fill_(self.committed)
+            self._depth = 0
+        step = self.draft_graph(skip, sampling)  # after staging: a first-use capture runs it once
+        candidates, head = step()
+        row = inp.cand[self._depth]
+        row.copy_(candidates)
+        self._depth += 1
+        self.draft_calls += 1
+        return row, head.clone()
+
+    @torch.inference_mode()
+    def score(self, frame: Frame, cache: KVCache, skip: SkipSet, *, last_only: bool = False) -> torch.Tensor:
+        """`adapter.forward(frame, cache, skip, last_only=...)` for the search's scoring forwards
+        (`cache` is this executor's own).
 
         One graph per query bucket serves every skip set (sublayers are kept or dropped by a select
         on `keep`, see `ModelAdapter.forward_static`), so trying a new set costs no capture. It
@@ -387,54 +428,3 @@ class StaticRuntime:
         self._keep_upload.upload(keep, inp.keep.view(-1))
         program = functools.partial(score_step, self.adapter, self.cache, inp, bucket, measure)
         return self._scores.get((bucket, measure), lambda: self._step(program, True))
-
-    @torch.inference_mode()
-    def prefill(self, prompt: tuple[int, ...], params: SamplingParams, generator: torch.Generator) -> torch.Tensor:
-        """Eager forward over the prompt into the held cache (its length varies: not captured); the first token."""
-        a, n = self.adapter, len(prompt)
-        device = a.device
-        frame = Frame(
-            input_ids=torch.tensor([prompt], device=device),
-            positions=torch.arange(n, device=device),
-            write_start=0,
-            allowed=torch.ones(n, n, dtype=torch.bool, device=device).tril(),
-            key_positions=torch.arange(n, device=device),
-        )
-        logits = a.forward(frame, self.cache, NO_SKIP, last_only=True)
-        return self.set_root(target_tokens(logits, params, generator))
-
-
-class GraphDrafter:
-    """`LayerSkipDrafter` on the fast path: each drafted token is one replay of the skip set's graph.
-
-    The draft graph advances its own input token and position, so consecutive replays need no
-    host input. The returned `Draft.candidates` is a view of the runtime's candidate buffer,
-    valid until the next `propose` (the verify step reads it from there).
-    """
-
-    def __init__(self, runtime: StaticRuntime, params: SamplingParams, stop_tokens: frozenset[int], swift: SwiftConfig):
-        self.runtime = runtime
-        self.params = params
-        self.stop_tokens = stop_tokens
-        self.config = swift
-
-    @torch.inference_mode()
-    def propose(self, root: torch.Tensor, committed: int, max_depth: int, skip: SkipSet) -> Draft:
-        cfg, rt = self.config, self.runtime
-        inp = rt.inputs
-        inp.token.copy_(root.view(1, 1))
-        inp.pos.fill_(committed)
-        step = rt.draft_graph(skip, self.params)  # after staging: a first-use capture runs it once
-        widths, probs = [], []
-        for d in range(max_depth):
-            candidates, head = step()
-            inp.cand[d].copy_(candidates)
-            # SWIFT's confidence stop is a host decision: one small sync per drafted token (see
-            # docs/design.md, "GPU fast path", for why this is not batched).
-            p1, t1 = head.tolist()
-            probs.append(p1)
-            widths.append(min(width_for(p1, cfg.tree_schedule, cfg.tree_default_width), rt.topk))
-            if p1 < cfg.confidence_threshold or int(t1) in self.stop_tokens:
-                break
-        depth = len(widths)
-        return Draft(inp.cand[:depth], tuple(widths), tuple(probs), depth)

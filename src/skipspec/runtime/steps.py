@@ -17,7 +17,8 @@ from ..config import SamplingParams
 from ..model.adapter import ModelAdapter, Sublayers
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
-from ..verify import accept_longest_path, process_logits
+from ..tree import TreeFrame, doublings, tree_frame
+from ..verify import process_logits, verify_tree
 
 NO_SKIP = SkipSet.empty()
 
@@ -30,8 +31,9 @@ class StepInputs:
     pos:    (1,) a draft step's query position (= the slot it writes)
     token:  (1, 1) a draft step's input token
     root:   (1,) the last emitted token, not yet in the cache (the verify step rewrites it)
+    seed:   (1,) the request's sampling seed (draws are keyed by it and the position)
     cand:   (D, K) draft candidates per depth, best first
-    tree:   (2 + 3 * Bmax,) the verify step's `pack_tree` list
+    tree:   (2 + 2 * Bmax,) the verify step's `pack_tree` list
     keep:   (2, L) int64, nonzero where the scoring forward keeps an attention / MLP sublayer
     score_ids, score_pos, score_slots: (Smax,) the scoring forward's tokens, positions and slots
     score_allowed: (Smax, C) bool; score_keys: (C,) position held by each slot
@@ -43,6 +45,7 @@ class StepInputs:
     pos: torch.Tensor
     token: torch.Tensor
     root: torch.Tensor
+    seed: torch.Tensor
     cand: torch.Tensor
     tree: torch.Tensor
     keep: torch.Tensor
@@ -64,8 +67,9 @@ class StepInputs:
             pos=torch.zeros(1, **long),
             token=torch.zeros(1, 1, **long),
             root=torch.zeros(1, **long),
+            seed=torch.zeros(1, **long),
             cand=torch.zeros(depth, topk, **long),
-            tree=torch.zeros(2 + 3 * tree_max, **long),
+            tree=torch.zeros(2 + 2 * tree_max, **long),
             keep=torch.ones(2, layers, **long),
             score_ids=torch.zeros(score_max, **long),
             score_pos=torch.zeros(score_max, **long),
@@ -76,73 +80,30 @@ class StepInputs:
             sizes=torch.zeros(4, layers, device=device),
         )
 
+    @property
+    def rounds(self) -> int:
+        """Pointer-doubling rounds for every bucket (one count: a compiled frame serves them all)."""
+        return doublings((self.tree.shape[0] - 2) // 2)
 
-@dataclass(frozen=True)
-class TreeFrame:
-    """A verify step's frame, built on the device from `StepInputs.tree` (B = bucket).
 
-    tokens: (B,) node tokens, -1 on padding; positions, slots, depths, parents: (B,);
-    ancestors: (B, B) bool; allowed: (B, C) bool; key_positions: (C,)
+def static_tree_frame(inp: StepInputs, bucket: int, vocab_size: int) -> TreeFrame:
+    """The verify frame of the tree staged in `inp.tree` (`buckets.pack_tree`), over the whole cache.
+
+    The root's token is the one on the device (`inp.root`): the host never needs to know it.
     """
-
-    tokens: torch.Tensor
-    positions: torch.Tensor
-    slots: torch.Tensor
-    depths: torch.Tensor
-    parents: torch.Tensor
-    ancestors: torch.Tensor
-    allowed: torch.Tensor
-    key_positions: torch.Tensor
-
-
-def tree_frame(inp: StepInputs, bucket: int) -> TreeFrame:
-    """Decode `pack_tree`'s list into the verify frame (the device-side twin of `SwiftDecoder._verify`'s)."""
     committed, n = inp.tree[0], inp.tree[1]
-    depths, ranks, parents = inp.tree[2 : 2 + 3 * bucket].view(3, bucket)
-    index = inp.cols[:bucket]
-    valid = index < n
-    topk = inp.cand.shape[1]
-    drafted = inp.cand.flatten()[((depths - 1).clamp(min=0) * topk + ranks).clamp(max=inp.cand.numel() - 1)]
-    tokens = torch.where(depths == 0, inp.root, drafted).masked_fill(~valid, -1)
-    # Only chain nodes (rank 0) have children, so a node's strict ancestors are the chain nodes
-    # shallower than it; padding rows see only themselves.
-    chain = (ranks == 0) & valid
-    strict = chain[None, :] & (depths[None, :] < depths[:, None]) & valid[:, None]
-    ancestors = strict | torch.eye(bucket, dtype=torch.bool, device=index.device)
-    rel = inp.cols - committed  # column c holds tree node c - committed, if any
-    in_tree = (rel >= 0) & (rel < bucket)
-    node = rel.clamp(0, bucket - 1)
-    prefix = inp.cols < committed
-    allowed = prefix[None, :] | (in_tree[None, :] & ancestors[:, node])
-    key_positions = torch.where(prefix, inp.cols, committed + depths[node])
-    return TreeFrame(
-        tokens=tokens,
-        positions=committed + depths,
-        slots=committed + index,
-        depths=depths,
-        parents=parents,
-        ancestors=ancestors,
-        allowed=allowed,
-        key_positions=key_positions,
-    )
-
-
-def race_tokens(logits: torch.Tensor, params: SamplingParams, noise: torch.Tensor | None) -> torch.Tensor:
-    """`verify.target_tokens` with the Exp(1) draws passed in, so the random draw stays outside the graph."""
-    processed = process_logits(logits, params)
-    if not params.do_sample:
-        return processed.argmax(dim=-1)
-    return (processed.softmax(dim=-1) / noise).argmax(dim=-1)
+    tokens = torch.cat([inp.root, inp.tree[3 : 2 + bucket]])
+    parents = inp.tree[2 + bucket : 2 + 2 * bucket]
+    return tree_frame(committed, n, tokens, parents, inp.cols, vocab_size, inp.rounds)
 
 
 def verify_tail(
-    logits: torch.Tensor, f: TreeFrame, params: SamplingParams, noise: torch.Tensor | None, root: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Targets, acceptance, and the bonus token written to `root`: `(AcceptedPath.packed, .path)`."""
-    targets = race_tokens(logits, params, noise)
-    result = accept_longest_path(f.tokens, f.parents, f.depths, f.ancestors, targets)
-    root.copy_(result.packed[1:2])
-    return result.packed, result.path
+    logits: torch.Tensor, f: TreeFrame, params: SamplingParams, seed: torch.Tensor, topk: int, root: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`verify.verify_tree`, and the bonus token written to `root`: `(Verdict.packed, .path, .topk)`."""
+    verdict = verify_tree(logits, f, params, seed, topk)
+    root.copy_(verdict.packed[1:2])
+    return verdict.packed, verdict.path, verdict.topk
 
 
 def draft_tail(
@@ -161,7 +122,7 @@ class StepFunctions:
     """A step program's own tensor work around the model forward: a few dozen tiny kernels each
     when run as they are, a handful when the runtime passes compiled copies (`runtime.fuse`)."""
 
-    frame: Callable = tree_frame
+    frame: Callable = static_tree_frame
     verify_tail: Callable = verify_tail
     draft_tail: Callable = draft_tail
 
@@ -175,25 +136,26 @@ def verify_step(
     inp: StepInputs,
     bucket: int,
     params: SamplingParams,
-    noise: torch.Tensor | None,
+    topk: int,
     sublayers: Sublayers | None = None,
     fns: StepFunctions = PLAIN_STEP_FUNCTIONS,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full-model forward over the padded tree, acceptance, and the commit of the accepted path.
 
-    noise: (Bmax, vocab) float32 Exp(1) draws, drawn before the replay (sampling only).
-    Returns `AcceptedPath.packed` for this bucket, `(2B + 2,)`; rewrites `inp.root` with the bonus token.
+    Returns `(Verdict.packed, Verdict.topk, the frame's tokens)` for this bucket; rewrites `inp.root`
+    with the bonus token.
     """
-    f = fns.frame(inp, bucket)
-    cache.prepare_slots(f.slots, cache.capacity)
+    f = fns.frame(inp, bucket, adapter.vocab_size)
+    slots = inp.tree[0] + inp.cols[:bucket]
+    cache.prepare_slots(slots, cache.capacity)
     logits = adapter.forward_static(
         f.tokens.clamp(min=0)[None], f.positions, f.allowed, f.key_positions, cache, NO_SKIP, sublayers=sublayers
     )
-    packed, path = fns.verify_tail(logits, f, params, noise[:bucket] if params.do_sample else None, inp.root)
+    packed, path, top = fns.verify_tail(logits, f, params, inp.seed, topk, inp.root)
     if bucket > 1:
         # Move B slots whatever the path length: entries past it land past the committed length.
-        cache.move_slots(f.slots[0] + path.clamp(max=bucket - 1), f.slots)
-    return packed
+        cache.move_slots(slots[0] + path.clamp(max=bucket - 1), slots)
+    return packed, top, f.tokens
 
 
 def draft_step(

@@ -65,6 +65,14 @@ class DraftRule:
         """
         return min(width_for(top1_prob, self.schedule, self.default_width), self.topk)
 
+    def keeps_drafting(self, top1_prob: float) -> bool:
+        """Whether the chain goes on after a token of this confidence (SWIFT: stop under the threshold).
+
+        >>> DraftRule(0.8, 25, (), 10, 4).keeps_drafting(0.79)
+        False
+        """
+        return top1_prob >= self.threshold
+
     @property
     def narrowest(self) -> int:
         return min([self.default_width, self.topk] + [w for _, w in self.schedule])

@@ -28,8 +28,9 @@ import math
 import time
 import warnings
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -48,9 +49,26 @@ from .random_bo import require_bayes_opt
 from .speed import PROBE, SpeedSearch
 from .store import LayerSetStore, StoreKey, device_kind, model_identity
 
-#: (frame, request cache, skip set) -> logits (Q, vocab) float32 of a scoring forward.
-Scorer = Callable[[Frame, KVCache, SkipSet], torch.Tensor]
-Measure = Callable[[Frame, KVCache], tuple[np.ndarray, torch.Tensor] | None]
+
+
+class ScoringBackend(Protocol):
+    """What the search needs from the decoder's executor (`skipspec.runtime.Executor` has it all)."""
+
+    tag: str  # how steps run: step costs, and so saved sets, depend on it
+    capture_time: float  # seconds of one-off set-up so far (not charged to the budget)
+
+    def score(self, frame: Frame, cache: KVCache, skip: SkipSet) -> torch.Tensor:
+        """Logits (Q, vocab) float32 of a scoring forward of `skip` over `frame`."""
+        ...
+
+    def sublayer_sizes(self, frame: Frame) -> tuple[np.ndarray, torch.Tensor] | None:
+        """The influence probe's sizes and logits measured in one forward, or None (the search
+        then runs `matchness.influence`)."""
+        ...
+
+    def cost_timer(self) -> Timer | None:
+        """A timer of the backend's own steps, or None (eager forwards)."""
+        ...
 
 _MONITOR_STEPS = 8
 _MAX_RELOOK_DOUBLINGS = 5
@@ -93,22 +111,13 @@ class SearchPolicy:
         config: SwiftConfig,
         start: SkipSet,
         *,
-        scorer: Scorer | None = None,
+        backend: ScoringBackend | None = None,
         store: LayerSetStore | None = None,
         costs: CostModel | None = None,
-        timer: Callable[[], Timer] | None = None,
-        runtime: str = "eager",
-        setup_clock: Callable[[], float] | None = None,
-        measure: Measure | None = None,
     ) -> None:
-        """scorer: how scoring forwards run (default `adapter.forward`); store: where sets are saved
-        (default: the user's cache); costs: use these instead of measuring (or loading) them;
-        timer: makes the timer costs are measured with (default: eager forwards), and `runtime`
-        names how the decoder's steps run (`StaticRuntime.tag`), for the store's keys;
-        setup_clock: seconds of one-off set-up the scorer has done so far (graph captures and
-        compiles on first use: `StaticRuntime.capture_time`), which the time budget does not charge;
-        measure: the influence probe's sublayer sizes and logits for a frame, measured inside a
-        scoring forward (`StaticRuntime.sublayer_sizes`), or None to run `matchness.influence`."""
+        """backend: how scoring forwards and step timings run (the decoder's executor; None runs
+        eager forwards); store: where sets are saved (default: the user's cache); costs: use these
+        instead of measuring (or loading) them."""
         self.adapter = adapter
         self.cfg = config.search
         if self.cfg.bayes_interval:
@@ -117,7 +126,7 @@ class SearchPolicy:
         # A set the user named is where the search starts, before anything saved.
         self.explicit = not (config.skip_attn is None and config.skip_mlp is None)
         self.rule = DraftRule.of(config, adapter.vocab_size)
-        self.scorer: Scorer = scorer or (lambda frame, cache, skip: adapter.forward(frame, cache, skip))
+        self.backend = backend
         self.scratch_slots = self.cfg.context_window
         self.optimize_time = 0.0  # this request's
         self.total_time = 0.0
@@ -125,10 +134,6 @@ class SearchPolicy:
         self.costs: CostModel | None = costs
         self.search: PaperSearch | SpeedSearch | None = None
         self._store = store
-        self._timer = timer
-        self._runtime = runtime
-        self._setup_clock = setup_clock or (lambda: 0.0)
-        self._measure: Measure = measure or (lambda frame, cache: None)
         self._key: StoreKey | None = None
         self.fallbacks = 0
         # Seconds of scoring, of budget handed out, and of the longest scoring call: a call runs only
@@ -224,7 +229,8 @@ class SearchPolicy:
         if cfg.persist:
             dtype = str(a.dtype).removeprefix("torch.")
             identity = model_identity(a.model)
-            self._key = StoreKey(identity, dtype, device_kind(a.device), cfg.task, cfg.objective, self._runtime)
+            runtime = self.backend.tag if self.backend is not None else "eager"
+            self._key = StoreKey(identity, dtype, device_kind(a.device), cfg.task, cfg.objective, runtime)
             self._store = self._store or LayerSetStore()
         saved = self._load(str(self._key)) if self._key else None
         if self.costs is None and (cfg.objective == "speed" or math.isfinite(cfg.step_budget)):
@@ -267,7 +273,7 @@ class SearchPolicy:
                 warnings.warn(f"ignoring a malformed cost record in {self._store.path}", RuntimeWarning, stacklevel=4)
         start = time.perf_counter()
         # The timer's caches and graphs go when it does, at the end of this call.
-        costs = measure_costs(self.adapter, timer=self._timer() if self._timer is not None else None)
+        costs = measure_costs(self.adapter, timer=self.backend.cost_timer() if self.backend is not None else None)
         self.calibration_time = time.perf_counter() - start
         if self._key is not None:
             self._store.put("costs", self._key.hardware, costs.to_dict())
@@ -373,7 +379,7 @@ class SearchPolicy:
         frame = context_frame(context, ctx.committed, self.adapter.device)
         sampling: SamplingParams = ctx.sampling
         if request is PROBE:
-            measured = self._measure(frame, ctx.cache)
+            measured = self.backend.sublayer_sizes(frame) if self.backend is not None else None
             if measured is not None:
                 values, logits = influence_from_sizes(measured[0]), measured[1]
             else:
@@ -382,11 +388,21 @@ class SearchPolicy:
                 self._p = target_probs(logits, sampling)
             return values
         if sampling.do_sample and self._p is None:
-            self._p = target_probs(self.scorer(frame, ctx.cache, SkipSet.empty()), sampling)
+            self._p = target_probs(self._score(frame, ctx.cache, SkipSet.empty()), sampling)
         profile = score_skip_set(
-            lambda f, skip: self.scorer(f, ctx.cache, skip), frame, self._targets, request, self.rule, sampling, self._p
+            lambda f, skip: self._score(f, ctx.cache, skip), frame, self._targets, request, self.rule, sampling, self._p
         )
         return self.search.evaluation(request, profile)
+
+    def _score(self, frame: Frame, cache: KVCache, skip: SkipSet) -> torch.Tensor:
+        if self.backend is None:
+            return self.adapter.forward(frame, cache, skip)
+        return self.backend.score(frame, cache, skip)
+
+    def _setup_clock(self) -> float:
+        """Seconds of one-off set-up the backend has done so far (graph captures and compiles on
+        first use), which the time budget does not charge."""
+        return self.backend.capture_time if self.backend is not None else 0.0
 
     def _watch(self, ctx: StepContext, s: SpeedSearch) -> None:
         """Realized rate of the set in use; drop it when it falls under plain decoding's."""

@@ -1,4 +1,4 @@
-"""Acceptance of the longest correct root-to-node path in a verification tree."""
+"""Acceptance of the longest correct root-to-node path in a verification tree of any shape."""
 
 from __future__ import annotations
 
@@ -26,13 +26,15 @@ def accept_longest_path(
 ) -> AcceptedPath:
     """Find the deepest node whose every ancestor (and itself) equals its parent's target token.
 
-    tokens (N,) node tokens (root first); parents (N,) with -1 for the root; depths (N,);
-    ancestors (N, N) bool from `TreeLayout.ancestors`; targets (N,) the full model's choice at
-    each node. Candidates of one depth are distinct tokens, so at most one path is correct.
+    tokens (N,) node tokens (root first); parents (N,) with -1 for the root and every parent
+    before its children; depths (N,); ancestors (N, N) bool (`tree.tree_ancestors`); targets (N,)
+    the full model's choice at each node. A node counts only if no earlier sibling carries the
+    same correct token, so among duplicate siblings the first is followed and the accepted path
+    is unique.
 
     >>> import torch
-    >>> from skipspec.tree import build_tree
-    >>> t = build_tree((2, 1))                      # root, a, a', b (b child of a)
+    >>> from skipspec.tree import TreeLayout
+    >>> t = TreeLayout((-1, 0, 0, 1))               # root, a, a', b (b child of a)
     >>> toks = torch.tensor([7, 1, 2, 3])
     >>> targets = torch.tensor([1, 3, 9, 5])        # root->1 (a ok), a->3 (b ok), b->5 bonus
     >>> p = accept_longest_path(toks, torch.tensor(t.parents), torch.tensor(t.depths), t.ancestors(), targets)
@@ -42,11 +44,14 @@ def accept_longest_path(
     n = tokens.shape[0]
     correct = tokens == targets[parents.clamp(min=0)]
     correct[:1] = True  # a slice fill: no scalar copied to the device
+    index = torch.arange(n, device=tokens.device)
+    # An earlier sibling that is also correct carries the same token: it wins.
+    shadowed = ((parents[None, :] == parents[:, None]) & (index[None, :] < index[:, None]) & correct[None, :]).any(dim=1)
+    correct = correct & ~shadowed
     ok = ~(ancestors & ~correct[None, :]).any(dim=1)
     # Index with one-element tensors, never a 0-d one: `x[t]` with a 0-d device tensor reads it
     # back to the host (a hidden sync, and an error inside a CUDA graph capture).
     deepest = torch.where(ok, depths, -1).argmax().view(1)
-    index = torch.arange(n, device=tokens.device)
     on_path = ancestors.index_select(0, deepest)[0]
     path = torch.where(on_path, index, n).sort().values
     head = torch.cat([on_path.sum().view(1), targets.index_select(0, deepest)])

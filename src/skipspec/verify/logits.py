@@ -14,7 +14,9 @@ p_i(x_i) / 1 and on rejection continues with the residual norm(max(p_i - delta_{
 p with x_i removed and renormalised. Running that over siblings x_1..x_m and then drawing the
 final token from the last residual outputs x with probability exactly p(x) - which is the same as
 drawing y ~ p once and accepting the sibling equal to y (or emitting y as the bonus when no sibling
-matches). The single draw needs no per-sibling loop and no host synchronisation.
+matches). The single draw needs no per-sibling loop and no host synchronisation, and it holds for
+any tree: each node's draw is its own. Draws are keyed by position (`verify.sampling`), so the
+same seed gives the same tokens whatever was drafted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..config import SamplingParams
+from .sampling import inverse_cdf, keyed_uniform
 
 
 def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -47,15 +50,16 @@ def process_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor
     return out
 
 
-def target_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """The full model's choice at each row of `(N, vocab)` logits: argmax, or one sample each.
+def target_tokens(
+    logits: torch.Tensor, params: SamplingParams, seed: torch.Tensor | None = None, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The full model's choice at each row of `(N, vocab)` logits: argmax, or one draw each.
 
-    Sampling uses the exponential-race form of the Gumbel-max trick (argmax of p / E with
-    E ~ Exp(1)), which draws from p exactly without a host round trip.
+    Sampling draws row i by inverse CDF with the uniform keyed by (`seed`, `positions[i]`), the
+    position in the sequence of the token being drawn (see `verify.sampling`): no generator state,
+    no host round trip.
     """
     processed = process_logits(logits, params)
     if not params.do_sample:
         return processed.argmax(dim=-1)
-    probs = processed.softmax(dim=-1)
-    race = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / race).argmax(dim=-1)
+    return inverse_cdf(processed.softmax(dim=-1), keyed_uniform(seed, positions))

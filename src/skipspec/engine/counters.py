@@ -1,0 +1,65 @@
+"""What one request did, counted as it runs, and the statistics it reports."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from ..runtime.executor import TreeInput, Verified
+
+
+@dataclass
+class Counters:
+    verify_steps: int = 0
+    draft_forwards: int = 0
+    drafted: int = 0  # tree nodes verified, root excluded
+    accepted: int = 0
+    verified_tokens: int = 0
+    prefill_time: float = 0.0
+    draft_time: float = 0.0  # host time proposing and assembling trees (drafters' forwards included)
+    verify_time: float = 0.0
+    accepted_per_step: list[int] = field(default_factory=list)
+    # Tree nodes per verify step: 0 tells a plain step from a rejected draft.
+    drafted_per_step: list[int] = field(default_factory=list)
+    drafted_by_source: Counter = field(default_factory=Counter)
+    accepted_by_source: Counter = field(default_factory=Counter)
+
+    def count_step(self, step: Verified, tree: TreeInput | None, owners) -> None:
+        """One verify step over `tree` (None: a plain step) that committed `step.tokens`."""
+        nodes = tree.size if tree is not None else 0
+        accepted = len(step.tokens) - 1
+        self.verify_steps += 1
+        self.drafted += nodes
+        self.accepted += accepted
+        self.verified_tokens += len(step.tokens)
+        self.accepted_per_step.append(accepted)
+        self.drafted_per_step.append(nodes)
+        if nodes:
+            for name, (_, size), own in zip(owners.names, owners.ranges, owners.paths(step.path)):
+                self.drafted_by_source[name] += size
+                self.accepted_by_source[name] += len(own)
+
+    def summary(self, new_tokens: int, elapsed: float) -> dict:
+        decode_time = self.draft_time + self.verify_time
+        steps = self.verify_steps
+        return {
+            "verify_steps": steps,
+            "draft_forwards": self.draft_forwards,
+            "drafted_tokens": self.drafted,
+            "accepted_tokens": self.accepted,
+            # Spec-Bench's tau: tokens emitted per verify step (accepted drafts + the bonus token).
+            "mean_accepted": self.verified_tokens / steps if steps else 0.0,
+            "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
+            "mean_tree_nodes": self.drafted / steps if steps else 0.0,
+            "drafted_by_source": dict(self.drafted_by_source),
+            "accepted_by_source": dict(self.accepted_by_source),
+            "accepted_per_step": list(self.accepted_per_step),
+            "drafted_per_step": list(self.drafted_per_step),
+            "prefill_time": self.prefill_time,
+            "draft_time": self.draft_time,
+            "verify_time": self.verify_time,
+            "host_share": self.draft_time / decode_time if decode_time > 0 else 0.0,
+            "total_time": elapsed,
+            "tokens_per_s": new_tokens / elapsed if elapsed > 0 else 0.0,
+            "decode_tokens_per_s": (new_tokens - 1) / decode_time if decode_time > 0 else 0.0,
+        }

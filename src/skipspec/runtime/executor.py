@@ -1,0 +1,239 @@
+"""Executors: how the steps of one request run. The decode loop never asks which one it has.
+
+An executor holds a request's KV state (the cache, how many slots are committed, the root token)
+and runs its steps:
+- `prefill(prompt)`: the prompt into the cache; the first token (the root).
+- `verify(tree)`: one full-model forward over root + tree, the targets, the acceptance of the
+  longest correct path (`verify.verify_tree`, the same code for every executor) and the commit
+  of that path in the cache; `None` is a plain step.
+- `plain_steps(n)`: n plain steps, as fast as the executor can run them back to back.
+- `draft_forward(skip)`: one skip-mode forward of the draft chain's next token (layer skipping).
+- the search's scoring forwards (`score`, `sublayer_sizes`) and step timers (`cost_timer`).
+
+Two implementations: `EagerExecutor` (the model's forwards as they are, shapes as they come)
+and `runtime.static.StaticExecutor` (fixed-shape steps over a persistent cache, replayed from
+CUDA graphs on a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..config import SamplingParams
+from ..model.adapter import Frame, ModelAdapter
+from ..model.cache import KVCache
+from ..model.skipset import SkipSet
+from ..tree import doublings, tree_frame
+from ..verify import target_tokens, verify_tree
+from .steps import draft_tail
+
+NO_SKIP = SkipSet.empty()
+
+#: Token ids, or parent indices, of some tree nodes: host ints or a 1-D device tensor.
+Part = Sequence[int] | torch.Tensor
+
+
+@dataclass(frozen=True)
+class TreeInput:
+    """The tree a verify step runs: drafted nodes under the root, possibly from several drafters.
+
+    tokens, parents: parts that concatenate to the nodes' tokens and parents (-1: the root, else
+    an earlier node of the whole tree). Host parts travel in the step's one upload, device parts
+    are copied on the device: nothing is read back before the step.
+    size: drafted nodes (root excluded)
+    """
+
+    tokens: tuple[Part, ...]
+    parents: tuple[Part, ...]
+    size: int
+
+
+@dataclass(frozen=True)
+class Verified:
+    """What a step committed, read back in the step's one host sync.
+
+    tokens:   accepted drafted tokens, then the bonus token (host ints)
+    path:     the accepted drafted nodes, as indices into the `TreeInput` (root excluded)
+    topk:     (size + 1, k) the full model's top-k token ids at every node, root first (device;
+              valid until the next step)
+    verified: (size + 1,) the verified tokens, root first (device)
+    fault:    None, or (node, kind) for the first malformed node of the tree, kind 1 a parent
+              that is not an earlier node, 2 a token outside the vocabulary; nothing was committed
+    """
+
+    tokens: list[int]
+    path: tuple[int, ...]
+    topk: torch.Tensor
+    verified: torch.Tensor
+    fault: tuple[int, int] | None = None
+
+
+def read_verdict(packed: list[int], bucket: int) -> tuple[int, int, list[int], list[int], tuple[int, int] | None]:
+    """Unpack `Verdict.packed` (as host ints): (path length with the root, bonus, path nodes, path
+    tokens, fault). Path nodes count the root as 0.
+
+    >>> read_verdict([2, 9, 0, 2, 3, 3, 7, 5, 5, 5, -1, 2], 4)
+    (2, 9, [0, 2], [7, 5], None)
+    """
+    length, bonus = packed[0], packed[1]
+    path = packed[2 : 2 + length]
+    tokens = packed[2 + bucket : 2 + bucket + length]
+    node, kind = packed[2 + 2 * bucket], packed[3 + 2 * bucket]
+    return length, bonus, path, tokens, (node - 1, kind) if node >= 0 else None
+
+
+def new_seed() -> int:
+    """A fresh 63-bit seed for a request that gave none (the global RNGs stay untouched)."""
+    return int.from_bytes(os.urandom(8), "little") >> 1
+
+
+class Executor(Protocol):
+    """How steps run; see the module docstring. One request at a time."""
+
+    adapter: ModelAdapter
+    cache: KVCache | None
+    committed: int  # cache slots holding the full model's KV of the sequence's first tokens
+    tag: str  # how steps run ("eager", "graphs+fused+..."): step costs, and saved sets, depend on it
+    capture_time: float  # seconds of one-off set-up (graph captures, compiles) so far
+    draft_calls: int  # draft forwards run so far
+
+    def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
+        """Raise now if a request of this size cannot get its cache and workspace."""
+        ...
+
+    def prefill(self, prompt: Sequence[int], max_new_tokens: int, scratch: int, sampling: SamplingParams, seed: int) -> int:
+        """Reserve the request's cache (room for `scratch` slots of scoring), run the prompt into it;
+        the first token, drawn at the prompt's end."""
+        ...
+
+    def verify(self, tree: TreeInput | None, sampling: SamplingParams) -> Verified: ...
+
+    def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]: ...
+
+    def draft_forward(
+        self, skip: SkipSet, sampling: SamplingParams, *, start: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A skip-mode forward of the draft chain's next token, written past the committed slots.
+
+        start: begin a new chain at the root. Returns (candidates (K,) best first, head (2,) float32
+        = [top-1 probability, top-1 token]), both on the device; the next call continues from the
+        top-1 candidate.
+        """
+        ...
+
+    def score(self, frame: Frame, cache: KVCache, skip: SkipSet) -> torch.Tensor: ...
+
+    def sublayer_sizes(self, frame: Frame): ...
+
+    def cost_timer(self): ...
+
+
+class EagerExecutor:
+    """The model's own forwards, shapes as they come, attention over the committed prefix only."""
+
+    tag = "eager"
+    capture_time = 0.0
+
+    def __init__(self, adapter: ModelAdapter, topk: int, verify_topk: int, max_tree: int) -> None:
+        self.adapter = adapter
+        self.max_tree = max_tree  # nodes of the widest tree, root included
+        self.topk = min(topk, adapter.vocab_size)
+        self.verify_topk = min(verify_topk, adapter.vocab_size)
+        self.cache: KVCache | None = None
+        self.committed = 0
+        self.draft_calls = 0
+        self._root: torch.Tensor | None = None  # (1,) the last committed token
+        self._seed: torch.Tensor | None = None
+        self._chain: tuple[torch.Tensor, int] | None = None  # the draft chain's next (token, slot)
+
+    def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
+        pass  # the cache is allocated per request, on whatever device the model is
+
+    @torch.inference_mode()
+    def prefill(self, prompt: Sequence[int], max_new_tokens: int, scratch: int, sampling: SamplingParams, seed: int) -> int:
+        a, n = self.adapter, len(prompt)
+        device = a.device
+        self.cache = a.new_cache(n + max_new_tokens + self.max_tree + scratch)
+        self._seed = torch.tensor([seed], device=device)
+        frame = Frame(
+            input_ids=torch.tensor([list(prompt)], device=device),
+            positions=torch.arange(n, device=device),
+            write_start=0,
+            allowed=torch.ones(n, n, dtype=torch.bool, device=device).tril(),
+            key_positions=torch.arange(n, device=device),
+        )
+        logits = a.forward(frame, self.cache, NO_SKIP, last_only=True)
+        self._root = target_tokens(logits, sampling, self._seed, torch.tensor([n], device=device))
+        self.committed = n
+        return int(self._root.item())  # the prefill's one host sync
+
+    @torch.inference_mode()
+    def verify(self, tree: TreeInput | None, sampling: SamplingParams) -> Verified:
+        a, committed = self.adapter, self.committed
+        device = a.device
+        size = tree.size if tree is not None else 0
+        tokens = torch.cat([self._root, *(_on(part, device) for part in (tree.tokens if tree else ()))])
+        # Drafted nodes count from 0 with -1 for the root; in the frame the root is node 0.
+        parents = torch.cat([torch.tensor([-1], device=device), *(_on(p, device) + 1 for p in (tree.parents if tree else ()))])
+        cols = torch.arange(committed + size + 1, device=device)
+        f = tree_frame(committed, size + 1, tokens, parents, cols, a.vocab_size, doublings(size + 1))
+        frame = Frame(f.tokens.clamp(min=0)[None], f.positions, committed, f.allowed, f.key_positions)
+        logits = a.forward(frame, self.cache, NO_SKIP)
+        verdict = verify_tree(logits, f, sampling, self._seed, self.verify_topk)
+        length, bonus, path, path_tokens, fault = read_verdict(verdict.packed.tolist(), size + 1)  # the one sync
+        if fault is not None:
+            return Verified([], (), verdict.topk, tokens, fault)
+        if length > 1:
+            self.cache.commit_path(committed, committed + verdict.path[:length])
+        self.committed = committed + length
+        self._root = verdict.packed[1:2]
+        return Verified(path_tokens[1:] + [bonus], tuple(i - 1 for i in path[1:]), verdict.topk, tokens)
+
+    def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]:
+        for _ in range(limit):
+            yield self.verify(None, sampling)
+
+    @torch.inference_mode()
+    def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.adapter.device
+        if start or self._chain is None:
+            self._chain = (self._root.view(1, 1), self.committed)
+        token, slot = self._chain
+        frame = Frame(
+            input_ids=token,
+            positions=torch.tensor([slot], device=device),
+            write_start=slot,
+            allowed=torch.ones(1, slot + 1, dtype=torch.bool, device=device),
+            key_positions=torch.arange(slot + 1, device=device),
+        )
+        logits = self.adapter.forward(frame, self.cache, skip)
+        next_token = token.clone()
+        position = torch.zeros(1, dtype=torch.long, device=device)
+        candidates, head = draft_tail(logits, sampling, next_token, position, self.topk)
+        self._chain = (next_token, slot + 1)
+        self.draft_calls += 1
+        return candidates, head
+
+    # -- the search's scoring forwards ----------------------------------------------------------
+
+    @torch.inference_mode()
+    def score(self, frame: Frame, cache: KVCache, skip: SkipSet) -> torch.Tensor:
+        return self.adapter.forward(frame, cache, skip)
+
+    def sublayer_sizes(self, frame: Frame) -> None:
+        return None  # the search runs its hooked probe
+
+    def cost_timer(self) -> None:
+        return None  # the search times eager forwards itself
+
+
+def _on(part: Part, device: torch.device) -> torch.Tensor:
+    """A tree part as a long tensor on `device` (host parts are copied, device parts kept)."""
+    if isinstance(part, torch.Tensor):
+        return part.to(device=device, dtype=torch.long)
+    return torch.tensor(list(part), dtype=torch.long, device=device)
