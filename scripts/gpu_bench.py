@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from skipspec import SkipSet, SwiftConfig, SwiftDecoder  # noqa: E402
 from skipspec.config import SamplingParams  # noqa: E402
-from skipspec.runtime import RuntimeConfig  # noqa: E402
+from skipspec.runtime import RuntimeConfig, TreeInput  # noqa: E402
 from skipspec.runtime.buckets import bucket_for  # noqa: E402
 from skipspec.tree import build_tree  # noqa: E402
 
@@ -164,6 +164,12 @@ def tree_widths(nodes: int, topk: int) -> tuple[int, ...]:
     return tuple(widths)
 
 
+def swift_tree(widths: tuple[int, ...]) -> TreeInput:
+    """SWIFT's tree of these widths as a verify step takes it (the tokens do not change its cost)."""
+    parents = [p - 1 for p in build_tree(widths).layout.parents[1:]]
+    return TreeInput(([0] * len(parents),), (parents,), len(parents))
+
+
 # -- section 3: cost model on random-weight Llama-2 shapes -----------------------------------------------
 
 
@@ -178,7 +184,7 @@ def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float
     cfg = SwiftConfig(optimize=False, max_draft_tokens=25, topk=10)
     mode = "graphs" if device.type == "cuda" else "static"
     dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode=mode, fuse=fuse))
-    rt = dec.fast
+    rt = dec.executor
     out = {
         "shape": shape,
         "dtype": str(dtype).replace("torch.", ""),
@@ -190,17 +196,16 @@ def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float
     skips = {r: spread_skip(layers, r) for r in SKIP_RATIOS}
     reps = 5 if quick else 20
     for ctx in contexts:
-        g = torch.Generator(device=device)
+
         prompt = torch.randint(0, model.config.vocab_size, (ctx,), generator=torch.Generator().manual_seed(ctx)).tolist()
-        rt.reserve(ctx, 400, 0, False)
         t = time.perf_counter()
-        rt.prefill(tuple(prompt), GREEDY, g)
+        rt.prefill(prompt, 400, 0, GREEDY, seed=0)
         committed = ctx
         res = {"verify_ms": {}, "draft_ms": {}, "draft_ratio": {}, "skipped_weight_fraction": {}}
         for n in tree_sizes:
-            layout = build_tree(tree_widths(n, cfg.topk))
-            bucket = bucket_for(layout.size, rt.tree_buckets)
-            rt.upload_tree(layout, committed, bucket)
+            tree = swift_tree(tree_widths(n, cfg.topk))
+            bucket = bucket_for(tree.size + 1, rt.tree_buckets)
+            rt.stage_tree(tree, committed, bucket)
             step = rt.verify_graph(bucket, GREEDY)
             res["verify_ms"][n] = time_replays(step, device, reps)
         plain = res["verify_ms"][1]
@@ -352,7 +357,7 @@ def smollm(
         if runtime.mode != "eager":  # untimed pass: captures (and compiles) happen here
             for _, ids in sorted(prompts[:count], key=lambda p: -len(p[1])):
                 dec.generate(ids, max_new, method=method)
-        captures = dec.fast.captures if dec.fast else 0
+        captures = dec.executor.captures if dec.mode != "eager" else 0
         runs[name] = {}
         for i, (_, ids) in enumerate(prompts[:count]):
             sync(device)
@@ -363,8 +368,8 @@ def smollm(
                              "drafted": r.stats["drafted_tokens"], "accepted": r.stats["accepted_tokens"],
                              "optimize": r.stats.get("optimize_time", 0.0)}  # fmt: skip
         m = summarize(runs[name], range(count))
-        m["captures_during_timing"] = (dec.fast.captures if dec.fast else 0) - captures
-        m["fused"] = bool(dec.fast and dec.fast.fused)
+        m["captures_during_timing"] = (dec.executor.captures if dec.mode != "eager" else 0) - captures
+        m["fused"] = bool(dec.mode != "eager" and dec.executor.fused)
         if search is not None:
             search_stats[name] = {k: v for k, v in dec.policy.stats().items() if isinstance(v, (int, float, str, list))}
             log(f"{name} search: {json.dumps(search_stats[name])}")

@@ -35,13 +35,12 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_bench import GREEDY, copy_bandwidth, log, random_llama, time_replays, tree_widths, weight_bytes  # noqa: E402
+from gpu_bench import GREEDY, copy_bandwidth, log, random_llama, swift_tree, time_replays, tree_widths, weight_bytes  # noqa: E402
 
 from skipspec import SwiftConfig, SwiftDecoder  # noqa: E402
 from skipspec.runtime import RuntimeConfig  # noqa: E402
 from skipspec.runtime.buckets import bucket_for  # noqa: E402
 from skipspec.runtime.weights import unpack_weights  # noqa: E402
-from skipspec.tree import build_tree  # noqa: E402
 
 HID, FF, V, LAYERS, COPIES = 4096, 11008, 32000, 32, 32
 SHAPES = {"4096x4096 (q,k,v,o)": (HID, HID), "11008x4096 (gate,up)": (FF, HID), "4096x11008 (down)": (HID, FF),
@@ -146,15 +145,14 @@ def engine_step(
     unpack_weights(model)
     cfg = SwiftConfig(optimize=False, max_draft_tokens=25, topk=10)
     dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime)
-    rt = dec.fast
+    rt = dec.executor
     prompt = torch.randint(0, model.config.vocab_size, (ctx,), generator=torch.Generator().manual_seed(ctx)).tolist()
-    rt.reserve(ctx, 400, 0, False)
-    rt.prefill(tuple(prompt), GREEDY, torch.Generator(device=dev))
+    rt.prefill(prompt, 400, 0, GREEDY, seed=0)
     res = {"tag": rt.tag, "capacity": rt.cache.capacity, "kv_bytes": rt.cache.data.numel() * rt.cache.data.element_size()}
     for n in sorted({1, nodes}):
-        layout = build_tree(tree_widths(n, cfg.topk))
-        bucket = bucket_for(layout.size, rt.tree_buckets)
-        rt.upload_tree(layout, ctx, bucket)
+        tree = swift_tree(tree_widths(n, cfg.topk))
+        bucket = bucket_for(tree.size + 1, rt.tree_buckets)
+        rt.stage_tree(tree, ctx, bucket)
         step = rt.verify_graph(bucket, GREEDY)
         res["ms" if n == 1 else f"verify{n}_ms"] = time_replays(step, dev, reps)
         if profile:

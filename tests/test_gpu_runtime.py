@@ -82,8 +82,8 @@ def test_draft_graphs_are_evicted_least_recently_used_first():
     for skip in sets + sets[:1]:
         dec.policy.skip = expected.policy.skip = skip
         assert dec.generate(list(range(3, 13)), 12).tokens == expected.generate(list(range(3, 13)), 12).tokens
-    assert [k[0] for k in dec.fast._drafts.keys()] == [sets[2], sets[0]]
-    assert dec.fast._drafts.evictions == 2
+    assert [k[0] for k in dec.executor._drafts.keys()] == [sets[2], sets[0]]
+    assert dec.executor._drafts.evictions == 2
 
 
 def test_scoring_graph_equals_skip_mode_forward():
@@ -92,7 +92,7 @@ def test_scoring_graph_equals_skip_mode_forward():
     model = _cuda_model("mistral")
     dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=GRAPHS)
     dec.generate(list(range(5, 35)), 20)
-    rt = dec.fast
+    rt = dec.executor
     committed, q = 40, 12
     start = committed + 8
     positions = torch.arange(committed - q, committed, device="cuda")
@@ -104,7 +104,9 @@ def test_scoring_graph_equals_skip_mode_forward():
     keys[start:] = positions
     frame = Frame(torch.randint(0, 97, (1, q), device="cuda"), positions, start, allowed, keys)
     for skip in (SkipSet.of([1, 2], [3]), SkipSet.of([4], [1, 2, 3]), SkipSet.empty()):
-        torch.testing.assert_close(rt.score(frame, skip), dec.adapter.forward(frame, rt.cache, skip), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            rt.score(frame, rt.cache, skip), dec.adapter.forward(frame, rt.cache, skip), atol=1e-4, rtol=1e-4
+        )
     assert rt._scores.captures == 1, "one scoring graph must serve every skip set"
 
 
@@ -114,7 +116,7 @@ def test_a_request_that_cannot_fit_fails_before_any_work():
     before = torch.cuda.memory_allocated()
     with pytest.raises(DeviceMemoryError, match="KV cache of"):
         dec.stream([1, 2, 3], 10)
-    assert torch.cuda.memory_allocated() == before and dec.fast.cache is None
+    assert torch.cuda.memory_allocated() == before and dec.executor.cache is None
 
 
 @pytest.mark.parametrize(

@@ -15,19 +15,19 @@ from skipspec import SkipSet, SwiftConfig, SwiftDecoder
 from skipspec.model.adapter import Frame
 
 
-class RecordingDecoder(SwiftDecoder):
-    """Snapshots the committed cache prefix and the committed tokens after every verify step."""
+def record_committed_cache(decoder: SwiftDecoder) -> list[tuple[int, torch.Tensor]]:
+    """After every verify step of `decoder`: (committed slots, a copy of the committed cache prefix)."""
+    snapshots = []
+    executor = decoder.executor
+    verify = executor.verify
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.snapshots = []
+    def recording(tree, sampling):
+        step = verify(tree, sampling)
+        snapshots.append((executor.committed, executor.cache.positions_view(executor.committed).clone()))
+        return step
 
-    def _verify(self, state, draft, sampling, generator):
-        accepted, new = super()._verify(state, draft, sampling, generator)
-        committed_tokens = list(state.tokens) + new[:-1]
-        assert len(committed_tokens) == state.committed
-        self.snapshots.append((committed_tokens, state.cache.positions_view(state.committed).clone()))
-        return accepted, new
+    executor.verify = recording
+    return snapshots
 
 
 def plain_kv(decoder: SwiftDecoder, tokens: list[int]) -> torch.Tensor:
@@ -48,10 +48,12 @@ def plain_kv(decoder: SwiftDecoder, tokens: list[int]) -> torch.Tensor:
 def test_cache_matches_plain_decoding_after_every_step(family, do_sample):
     model = tiny_model(family)
     cfg = SwiftConfig(skip_attn=[1, 3], skip_mlp=[2], optimize=False, confidence_threshold=0.0, max_draft_tokens=5, topk=4)
-    dec = RecordingDecoder(model, cfg, stop_token_ids=[])
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[])
+    snapshots = record_committed_cache(dec)
+    prompt = list(range(3, 20))
     # A low temperature keeps sampled drafts acceptable often enough for multi-token steps.
-    dec.generate(list(range(3, 20)), 30, do_sample=do_sample, temperature=0.3, seed=3)
-    assert len(dec.snapshots) >= 5
-    assert any(len(b[0]) - len(a[0]) > 2 for a, b in zip(dec.snapshots, dec.snapshots[1:])), "no multi-token step"
-    for tokens, kv in dec.snapshots:
-        torch.testing.assert_close(kv, plain_kv(dec, tokens), atol=2e-5, rtol=1e-4)
+    tokens = prompt + dec.generate(prompt, 30, do_sample=do_sample, temperature=0.3, seed=3).tokens
+    assert len(snapshots) >= 5
+    assert any(b[0] - a[0] > 2 for a, b in zip(snapshots, snapshots[1:])), "no multi-token step"
+    for committed, kv in snapshots:
+        torch.testing.assert_close(kv, plain_kv(dec, tokens[:committed]), atol=2e-5, rtol=1e-4)

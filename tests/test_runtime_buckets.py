@@ -10,14 +10,15 @@ import random
 
 import pytest
 import torch
+from test_tree_and_acceptance import random_parents
 
 from skipspec.errors import ConfigError
 from skipspec.runtime import DeviceMemoryError, MemoryPlan, RuntimeConfig
 from skipspec.runtime.buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from skipspec.runtime.graphs import GraphCache, StepGraph
 from skipspec.runtime.memory import check_fits
-from skipspec.runtime.steps import StepInputs, tree_frame
-from skipspec.tree import build_tree
+from skipspec.runtime.steps import StepInputs, static_tree_frame
+from skipspec.tree import TreeLayout, doublings, tree_frame
 from skipspec.verify import accept_longest_path
 
 
@@ -31,84 +32,91 @@ def test_bucket_is_the_smallest_that_holds_the_size():
 
 
 def test_packed_tree_has_fixed_length_and_inert_padding():
-    layout = build_tree((3, 1))
-    packed = pack_tree(layout, committed=7, bucket=8)
+    parents = [-1, 0, 0, 0, 1]
+    packed = pack_tree(7, [0, 11, 12, 13, 14], parents, bucket=8)
     assert len(packed) == packed_length(8)
-    assert packed[:2] == [7, layout.size]
-    depths, ranks, parents = packed[2:10], packed[10:18], packed[18:26]
-    assert depths[: layout.size] == list(layout.depths) and set(depths[layout.size :]) == {0}
-    assert set(ranks[layout.size :]) == {1}, "padding must never be a chain node (an ancestor)"
-    assert parents[: layout.size] == list(layout.parents)
+    assert packed[:2] == [7, 5]
+    tokens, pads = packed[2:10], packed[10:18]
+    assert tokens[5:] == [-1, -1, -1], "padding carries a token no target equals"
+    assert pads[:5] == parents and set(pads[5:]) == {0}, "padding hangs under the root: no real node's ancestor"
     with pytest.raises(ValueError):
-        pack_tree(layout, committed=0, bucket=4)
+        pack_tree(0, [0] * 5, parents, bucket=4)
 
 
 def _inputs(capacity: int, bucket: int, depth: int, topk: int) -> StepInputs:
     return StepInputs.allocate(capacity, depth, topk, bucket, 16, 4, "cpu")
 
 
+def _stage(rng: random.Random, n: int, committed: int, vocab: int):
+    """A random tree of `n` nodes staged in the step inputs of its bucket; (inputs, bucket, tokens, parents)."""
+    parents = random_parents(rng, n)
+    tokens = [0] + [rng.randrange(vocab) for _ in range(n - 1)]
+    bucket = bucket_for(n, powers_of_two(64))
+    inp = _inputs(round_up(committed + bucket + 1, 16), 64, 1, 4)
+    inp.root.fill_(5)
+    inp.tree[: packed_length(bucket)] = torch.tensor(pack_tree(committed, tokens, parents, bucket))
+    return inp, bucket, [5] + tokens[1:], parents
+
+
 @pytest.mark.parametrize("seed", range(25))
 def test_padded_tree_frame_matches_the_eager_verify_frame(seed):
-    """Rows and columns of real nodes equal `SwiftDecoder._verify`'s frame; padding is invisible."""
+    """Rows and columns of real nodes equal the eager executor's frame (the tree at its own size,
+    over the committed prefix only); padding is invisible to real nodes."""
     rng = random.Random(seed)
-    topk = rng.randint(1, 6)
-    widths = tuple(rng.randint(1, topk) for _ in range(rng.randint(0, 6)))
-    layout = build_tree(widths)
-    n = layout.size
-    bucket = bucket_for(n, powers_of_two(64))
-    committed = rng.randint(0, 40)
-    capacity = round_up(committed + bucket + 1, 16)
-    inp = _inputs(capacity, bucket, max(len(widths), 1), topk)
-    candidates = torch.randint(0, 97, (max(len(widths), 1), topk))
-    inp.cand.copy_(candidates)
-    inp.root.fill_(5)
-    inp.tree[: packed_length(bucket)] = torch.tensor(pack_tree(layout, committed, bucket))
-    f = tree_frame(inp, bucket)
+    n, committed, vocab = rng.randint(1, 40), rng.randint(0, 40), 97
+    inp, bucket, tokens, parents = _stage(rng, n, committed, vocab)
+    f = static_tree_frame(inp, bucket, vocab)
+    e = tree_frame(
+        committed, n, torch.tensor(tokens), torch.tensor(parents), torch.arange(committed + n), vocab, doublings(n)
+    )
 
-    # The eager construction, as in SwiftDecoder._verify.
-    index = layout.candidate_index(topk)
-    tokens = torch.cat([torch.tensor([5]), candidates.flatten()[index]])
+    layout = TreeLayout(tuple(parents))
     depths = torch.tensor(layout.depths)
-    ancestors = layout.ancestors()
-    allowed = torch.cat([torch.ones(n, committed, dtype=torch.bool), ancestors], dim=1)
-    keys = torch.cat([torch.arange(committed), committed + depths])
-
-    assert torch.equal(f.tokens[:n], tokens)
+    assert torch.equal(e.tokens, torch.tensor(tokens)) and torch.equal(f.tokens[:n], e.tokens)
     assert (f.tokens[n:] == -1).all()
-    assert torch.equal(f.positions[:n], committed + depths)
-    assert torch.equal(f.slots, committed + torch.arange(bucket))
-    assert torch.equal(f.ancestors[:n, :n], ancestors)
-    assert torch.equal(f.allowed[:n, : committed + n], allowed)
+    assert torch.equal(f.positions[:n], committed + depths) and torch.equal(e.positions, committed + depths)
+    assert torch.equal(f.ancestors[:n, :n], layout.ancestors()) and torch.equal(e.ancestors, layout.ancestors())
+    assert torch.equal(f.allowed[:n, : committed + n], e.allowed)
     assert not f.allowed[:n, committed + n :].any(), "real nodes must not see padding or stale slots"
-    assert torch.equal(f.key_positions[: committed + n], keys)
-    # Padding rows see the prefix and themselves only, so they stay finite and harmless.
-    for row in range(n, bucket):
-        assert f.allowed[row, committed + row]
-        assert f.allowed[row, committed : committed + bucket].sum() == 1
+    assert torch.equal(f.key_positions[: committed + n], e.key_positions)
+    assert f.fault.tolist() == [-1, 2] and e.fault.tolist() == [-1, 2]
 
 
 @pytest.mark.parametrize("seed", range(25))
 def test_padding_never_changes_the_accepted_path(seed):
     rng = random.Random(seed)
-    layout = build_tree(tuple(rng.randint(1, 4) for _ in range(rng.randint(0, 5))))
-    n = layout.size
-    bucket = bucket_for(n, powers_of_two(64))
-    tokens = torch.randint(0, 6, (n,))
-    targets = torch.randint(0, 6, (n,))
+    n = rng.randint(1, 40)
+    inp, bucket, tokens, parents = _stage(rng, n, 0, 4)
+    layout = TreeLayout(tuple(parents))
+    targets = torch.randint(0, 4, (n,))
     plain = accept_longest_path(
-        tokens, torch.tensor(layout.parents), torch.tensor(layout.depths), layout.ancestors(), targets
+        torch.tensor(tokens), torch.tensor(parents), torch.tensor(layout.depths), layout.ancestors(), targets
     )
-
-    inp = _inputs(64, bucket, max(layout.max_depth, 1), 4)
-    inp.tree[: packed_length(bucket)] = torch.tensor(pack_tree(layout, 0, bucket))
-    f = tree_frame(inp, bucket)
-    padded_tokens = torch.cat([tokens, torch.full((bucket - n,), -1)])
-    padded_targets = torch.cat([targets, torch.randint(0, 6, (bucket - n,))])
-    padded = accept_longest_path(padded_tokens, f.parents, f.depths, f.ancestors, padded_targets)
+    f = static_tree_frame(inp, bucket, 4)
+    padded_targets = torch.cat([targets, torch.randint(0, 4, (bucket - n,))])
+    padded = accept_longest_path(f.tokens, f.parents, f.depths, f.ancestors, padded_targets)
     length = int(plain.packed[0])
     assert int(padded.packed[0]) == length
     assert int(padded.packed[1]) == int(plain.packed[1])
     assert torch.equal(padded.path[:length], plain.path[:length])
+
+
+@pytest.mark.parametrize(
+    "tokens, parents, fault",
+    [
+        ([0, 3, 4], [-1, 0, 2], [2, 1]),  # a node that is its own parent
+        ([0, 3, 4], [-1, 0, 5], [2, 1]),  # a parent past the node
+        ([0, 3, 4], [-1, -3, 0], [1, 1]),  # a parent under -1
+        ([0, 3, 99], [-1, 0, 1], [2, 2]),  # a token outside the vocabulary
+        ([0, -2, 4], [-1, 0, 1], [1, 2]),
+    ],
+)
+def test_a_malformed_tree_is_reported_by_its_first_bad_node_and_stays_in_bounds(tokens, parents, fault):
+    inp = _inputs(32, 4, 1, 4)
+    inp.tree[: packed_length(4)] = torch.tensor(pack_tree(3, tokens, parents, 4))
+    f = static_tree_frame(inp, 4, 10)
+    assert f.fault.tolist() == fault
+    assert ((f.tokens >= -1) & (f.tokens < 10)).all() and (f.parents < torch.arange(4)).all()
 
 
 def test_graph_cache_evicts_the_least_recently_used_entry():

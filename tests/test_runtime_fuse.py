@@ -1,7 +1,8 @@
 """The compiled step functions (`runtime.fuse`) compute exactly what the plain ones (`runtime.steps`) compute.
 
 TorchInductor fuses each into a few kernels; the values it produces must not change: the tree
-frame and acceptance are integer and boolean work, and the draft's top-k reads the same logits.
+frame (any shape) and acceptance are integer and boolean work, the keyed draws integer hashing,
+and the draft's top-k reads the same logits.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import random
 
 import pytest
 import torch
+from test_tree_and_acceptance import random_parents
 
 from skipspec.config import SamplingParams
-from skipspec.runtime.buckets import bucket_for, pack_tree, powers_of_two
+from skipspec.runtime.buckets import bucket_for, pack_tree, packed_length, powers_of_two
 from skipspec.runtime.fuse import CompiledSublayers
 from skipspec.runtime.steps import PLAIN_STEP_FUNCTIONS, StepInputs
-from skipspec.tree import build_tree
 
 CAPACITY, DEPTH, TOPK, VOCAB = 96, 6, 4, 50
 BUCKETS = powers_of_two(DEPTH * TOPK + 1)
@@ -27,26 +28,27 @@ def compiled():
     return CompiledSublayers.create().steps
 
 
-def _inputs(rng: random.Random, widths: tuple[int, ...], committed: int) -> tuple[StepInputs, int]:
+def _inputs(rng: random.Random, committed: int) -> tuple[StepInputs, int]:
+    """A random tree of any shape (sometimes with a malformed node) staged in fresh step inputs."""
+    n = rng.randint(1, BUCKETS[-1])
+    parents = random_parents(rng, n)
+    tokens = [0] + [rng.randrange(VOCAB) for _ in range(n - 1)]
+    if n > 1 and rng.random() < 0.2:
+        tokens[rng.randrange(1, n)] = VOCAB + 3
+    bucket = bucket_for(n, BUCKETS)
     inp = StepInputs.allocate(CAPACITY, DEPTH, TOPK, BUCKETS[-1], 16, 4, "cpu")
-    layout = build_tree(widths)
-    bucket = bucket_for(layout.size, BUCKETS)
-    inp.tree[: 2 + 3 * bucket].copy_(torch.tensor(pack_tree(layout, committed, bucket)))
-    inp.cand.copy_(torch.tensor([rng.sample(range(VOCAB), TOPK) for _ in range(DEPTH)]))
+    inp.tree[: packed_length(bucket)].copy_(torch.tensor(pack_tree(committed, tokens, parents, bucket)))
     inp.root.fill_(rng.randrange(VOCAB))
+    inp.seed.fill_(rng.randrange(2**40))
     return inp, bucket
-
-
-def _random_widths(rng: random.Random) -> tuple[int, ...]:
-    return tuple(rng.randint(1, TOPK) for _ in range(rng.randint(0, DEPTH)))
 
 
 def test_compiled_tree_frame_equals_the_plain_one(compiled):
     rng = random.Random("frame")
     for _ in range(12):
-        inp, bucket = _inputs(rng, _random_widths(rng), committed=rng.randrange(CAPACITY - BUCKETS[-1]))
-        want = PLAIN_STEP_FUNCTIONS.frame(inp, bucket)
-        got = compiled.frame(inp, bucket)
+        inp, bucket = _inputs(rng, committed=rng.randrange(CAPACITY - BUCKETS[-1]))
+        want = PLAIN_STEP_FUNCTIONS.frame(inp, bucket, VOCAB)
+        got = compiled.frame(inp, bucket, VOCAB)
         for field in dataclasses.fields(want):
             assert torch.equal(getattr(got, field.name), getattr(want, field.name)), (field.name, bucket)
 
@@ -56,8 +58,8 @@ def test_compiled_verify_tail_accepts_what_the_plain_one_accepts(compiled, param
     rng = random.Random(f"verify-{params.do_sample}")
     lengths = set()
     for case in range(12):
-        inp, bucket = _inputs(rng, _random_widths(rng), committed=rng.randrange(CAPACITY - BUCKETS[-1]))
-        frame = PLAIN_STEP_FUNCTIONS.frame(inp, bucket)
+        inp, bucket = _inputs(rng, committed=rng.randrange(CAPACITY - BUCKETS[-1]))
+        frame = PLAIN_STEP_FUNCTIONS.frame(inp, bucket, VOCAB)
         # Logits that often agree with the drafted tokens, so paths of every length are accepted.
         logits = torch.randn(bucket, VOCAB, generator=torch.Generator().manual_seed(case))
         tokens = frame.tokens.clamp(min=0)
@@ -66,11 +68,9 @@ def test_compiled_verify_tail_accepts_what_the_plain_one_accepts(compiled, param
             kids = children[node].nonzero().flatten().tolist()
             if kids and rng.random() < 0.9:
                 logits[node, tokens[rng.choice(kids)]] += 12.0
-        noise = torch.empty(bucket, VOCAB).exponential_(generator=torch.Generator().manual_seed(case))
-        noise = noise if params.do_sample else None
         root_plain, root_compiled = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-        want = PLAIN_STEP_FUNCTIONS.verify_tail(logits, frame, params, noise, root_plain)
-        got = compiled.verify_tail(logits, frame, params, noise, root_compiled)
+        want = PLAIN_STEP_FUNCTIONS.verify_tail(logits, frame, params, inp.seed, TOPK, root_plain)
+        got = compiled.verify_tail(logits, frame, params, inp.seed, TOPK, root_compiled)
         assert all(torch.equal(g, w) for g, w in zip(got, want)), case
         assert torch.equal(root_compiled, root_plain)
         lengths.add(int(want[0][0]))

@@ -11,6 +11,7 @@ import random
 
 import pytest
 import torch
+from test_kv_cache import record_committed_cache
 from tiny_models import FAMILIES, small_skip_config, tiny_model
 
 from skipspec import SkipSet, SwiftConfig, SwiftDecoder
@@ -54,8 +55,7 @@ def test_static_sampling_draws_what_the_eager_path_draws_for_the_same_seed(famil
     kwargs = dict(do_sample=True, temperature=0.7, top_p=0.9, top_k=20, seed=11)
     static = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime).generate(prompt, 40, **kwargs)
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER).generate(prompt, 40, **kwargs)
-    # The noise rows of the real nodes are drawn exactly as the eager path draws them, so in
-    # float32 the samples agree token for token.
+    # Draws are keyed by position, the same on both paths, so in float32 the samples agree token for token.
     assert static.tokens == eager.tokens
     # Plain decoding keeps a step in flight ahead of the host: still one draw per token, in order.
     plain = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime).generate(prompt, 40, method="ar", **kwargs)
@@ -78,21 +78,15 @@ def _plain_kv(decoder: SwiftDecoder, tokens: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
 def test_static_cache_holds_plain_decodings_kv_after_every_step(family):
     """The in-step commit moves a whole bucket of slots; the committed prefix must still be exact."""
-    snapshots = []
-
-    class Recording(SwiftDecoder):
-        def _verify(self, state, draft, sampling, generator):
-            accepted, new = super()._verify(state, draft, sampling, generator)
-            snapshots.append((list(state.tokens) + new[:-1], state.cache.positions_view(state.committed).clone()))
-            return accepted, new
-
     model = tiny_model(family)
     cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
-    dec = Recording(model, cfg, stop_token_ids=[], runtime=STATIC)
-    dec.generate(list(range(3, 20)), 30)
-    assert any(len(b[0]) - len(a[0]) > 2 for a, b in zip(snapshots, snapshots[1:])), "no multi-token step"
-    for tokens, kv in snapshots:
-        torch.testing.assert_close(kv, _plain_kv(dec, tokens), atol=2e-5, rtol=1e-4)
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=STATIC)
+    snapshots = record_committed_cache(dec)
+    prompt = list(range(3, 20))
+    tokens = prompt + dec.generate(prompt, 30).tokens
+    assert any(b[0] - a[0] > 2 for a, b in zip(snapshots, snapshots[1:])), "no multi-token step"
+    for committed, kv in snapshots:
+        torch.testing.assert_close(kv, _plain_kv(dec, tokens[:committed]), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llama", "mistral", "gemma2"])
@@ -102,7 +96,7 @@ def test_scoring_forward_equals_the_skip_mode_forward_for_any_skip_set(family):
     dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=STATIC)
     prompt = list(range(5, 35))
     dec.generate(prompt, 20)  # leaves a committed prefix in the runtime's cache
-    rt = dec.fast
+    rt = dec.executor
     rng = random.Random(family)
     committed = len(prompt) + 10
     for _ in range(6):
@@ -125,10 +119,10 @@ def test_scoring_forward_equals_the_skip_mode_forward_for_any_skip_set(family):
         )
         keys = torch.cat([torch.arange(committed - q), torch.zeros(gap, dtype=torch.long), positions])
         frame = Frame(ids, positions, start, allowed, keys)
-        scored = rt.score(frame, skip)
+        scored = rt.score(frame, rt.cache, skip)
         expected = dec.adapter.forward(frame, rt.cache, skip)
         torch.testing.assert_close(scored, expected, atol=1e-4, rtol=1e-4)
-        assert torch.equal(rt.score(frame, skip, last_only=True), scored[-1:])
+        assert torch.equal(rt.score(frame, rt.cache, skip, last_only=True), scored[-1:])
     assert len(rt._scores) >= 1 and rt._scores.captures <= len(rt.score_buckets)
 
 
@@ -145,7 +139,7 @@ def test_influence_measured_in_the_scoring_graph_equals_the_hooked_forward(famil
     dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=runtime)
     prompt = list(range(5, 35))
     dec.generate(prompt, 20)
-    rt = dec.fast
+    rt = dec.executor
     committed, q = len(prompt) + 10, 9
     start = committed + 3
     positions = torch.arange(committed - q, committed)
@@ -169,12 +163,12 @@ def test_cache_and_graphs_are_reused_by_requests_that_fit_and_regrown_for_one_th
     cfg = SwiftConfig(optimize=False, max_draft_tokens=4, topk=3)
     dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="static", capacity_step=64))
     dec.generate(list(range(3, 13)), 10)
-    first = dec.fast.cache
-    steps = dec.fast.captures
+    first = dec.executor.cache
+    steps = dec.executor.captures
     dec.generate(list(range(5, 20)), 12)
-    assert dec.fast.cache is first and dec.fast.captures == steps, "a fitting request must reuse cache and steps"
+    assert dec.executor.cache is first and dec.executor.captures == steps, "a fitting request must reuse cache and steps"
     dec.generate([i % 90 + 3 for i in range(100)], 100)
-    assert dec.fast.cache is not first and dec.fast.cache.capacity > first.capacity
+    assert dec.executor.cache is not first and dec.executor.cache.capacity > first.capacity
 
 
 def test_draft_steps_are_kept_per_skip_set_least_recently_used_first():
@@ -186,8 +180,8 @@ def test_draft_steps_are_kept_per_skip_set_least_recently_used_first():
     for skip in sets:
         dec.policy.skip = skip
         dec.generate(list(range(3, 13)), 8)
-    keys = [key[0] for key in dec.fast._drafts.keys()]
-    assert keys == sets[1:] and dec.fast._drafts.evictions == 1
+    keys = [key[0] for key in dec.executor._drafts.keys()]
+    assert keys == sets[1:] and dec.executor._drafts.evictions == 1
 
 
 def test_cli_no_graphs_flag_runs_the_eager_path(tmp_path):
@@ -211,9 +205,9 @@ def test_the_search_needs_no_larger_cache_than_plain_decoding():
     dec = SwiftDecoder(tiny_model("llama"), SwiftConfig(), stop_token_ids=[], runtime=STATIC)
     scratch = dec.policy.scratch_slots
     assert scratch > 0
-    step, tree = dec.fast.config.capacity_step, dec.fast.tree_buckets[-1]
+    step, tree = dec.executor.config.capacity_step, dec.executor.tree_buckets[-1]
     # Lengths that fill the cache to a capacity step exactly: any extra room would add a step.
     for max_new in (1, 20):
         prompt_len = 2 * step - tree - max_new
-        searching, plain = (dec.fast.plan(prompt_len, max_new, room, False) for room in (scratch, 0))
+        searching, plain = (dec.executor.plan(prompt_len, max_new, room, False) for room in (scratch, 0))
         assert searching.capacity == plain.capacity

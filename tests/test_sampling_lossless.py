@@ -25,7 +25,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-import skipspec.engine.decoder as decoder_module
+import skipspec.verify.step as step_module
 from skipspec import SwiftConfig, SwiftDecoder
 from skipspec.config import SearchConfig
 
@@ -153,12 +153,12 @@ def test_broken_residual_is_detected(model, monkeypatch):
     the candidates removed. The bug re-draws from the full p, so candidates come out too often.
     """
     fresh = {}
-    real_targets = decoder_module.target_tokens
-    real_accept = decoder_module.accept_longest_path
+    real_targets = step_module.target_tokens
+    real_accept = step_module.accept_longest_path
 
-    def targets_and_spare(logits, params, generator):
-        fresh["spare"] = real_targets(logits, params, generator)
-        return real_targets(logits, params, generator)
+    def targets_and_spare(logits, params, seed, positions):
+        fresh["spare"] = real_targets(logits, params, seed, positions + 1_000_003)  # other keys: a fresh draw
+        return real_targets(logits, params, seed, positions)
 
     def accept_with_fresh_bonus(tokens, parents, depths, ancestors, targets):
         result = real_accept(tokens, parents, depths, ancestors, targets)
@@ -167,8 +167,8 @@ def test_broken_residual_is_detected(model, monkeypatch):
         result.packed[1] = fresh["spare"][deepest]
         return result
 
-    monkeypatch.setattr(decoder_module, "target_tokens", targets_and_spare)
-    monkeypatch.setattr(decoder_module, "accept_longest_path", accept_with_fresh_bonus)
+    monkeypatch.setattr(step_module, "target_tokens", targets_and_spare)
+    monkeypatch.setattr(step_module, "accept_longest_path", accept_with_fresh_bonus)
     setting = SETTINGS[0]
     dist = exact_distribution(model, **setting)
     counts = draw(model, SAMPLES, seed=2, **setting)

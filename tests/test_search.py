@@ -92,9 +92,9 @@ def test_speed_search_decodes_plainly_when_every_skip_hurts():
 def test_steps_the_search_only_counts_run_back_to_back_on_the_fast_path(monkeypatch):
     """Settled on plain decoding, the speed search needs nothing from the steps before its next look
     but their count (`plain_steps`): the fixed-shape runtime runs them with a step in flight
-    (`plain_tokens`), none of them scores, the search still looks again after `relook_steps`, and
+    (`plain_steps`), none of them scores, the search still looks again after `relook_steps`, and
     the output is plain decoding's."""
-    from skipspec.runtime import RuntimeConfig, StaticRuntime
+    from skipspec.runtime import RuntimeConfig, StaticExecutor
 
     dec = search_decoder(identity_model(), "speed", relook_steps=10, runtime=RuntimeConfig(mode="static"))
     run_until_settled(dec)
@@ -104,14 +104,14 @@ def test_steps_the_search_only_counts_run_back_to_back_on_the_fast_path(monkeypa
     assert policy.plain_steps() == idle - 1 > 0
     expected = dec.generate(PROMPTS[1], 60, method="ar").tokens
     runs = []
-    original = StaticRuntime.plain_tokens
+    original = StaticExecutor.plain_steps
 
-    def recording(self, committed, limit, *args):
+    def recording(self, limit, *args):
         forwards = policy.forwards
-        yield from original(self, committed, limit, *args)
+        yield from original(self, limit, *args)
         runs.append((limit, policy.forwards - forwards))
 
-    monkeypatch.setattr(StaticRuntime, "plain_tokens", recording)
+    monkeypatch.setattr(StaticExecutor, "plain_steps", recording)
     res = dec.generate(PROMPTS[1], 60)
     assert res.tokens == expected and res.stats["drafted_tokens"] == 0
     assert runs and runs[0][0] == idle - 1, runs
@@ -124,21 +124,21 @@ def test_steps_a_round_cannot_pay_for_run_back_to_back_on_the_fast_path(monkeypa
     where a scoring forward costs many steps of budget (a fast device), the steps until the credit
     covers the next one (`plain_steps`) run with a step in flight; none of them scores, the search
     still scores between them, and the output is plain decoding's."""
-    from skipspec.runtime import RuntimeConfig, StaticRuntime
+    from skipspec.runtime import RuntimeConfig, StaticExecutor
 
     model = identity_model(zero_attn=[2, 4], zero_mlp=[3])  # sets worth finding: the round goes on
     dec = search_decoder(model, "speed", runtime=RuntimeConfig(mode="static"), step_budget=0.5)
     # A 0.1 ms plain step: each scoring forward (milliseconds of CPU time) puts the credit in debt.
     dec.policy.costs = flat_costs(dec.policy.adapter.num_layers, unit=3e-4)
     policy, runs = dec.policy, []
-    original = StaticRuntime.plain_tokens
+    original = StaticExecutor.plain_steps
 
-    def recording(self, committed, limit, *args):
+    def recording(self, limit, *args):
         forwards, active = policy.forwards, policy.search.active
-        yield from original(self, committed, limit, *args)
+        yield from original(self, limit, *args)
         runs.append((limit, policy.forwards - forwards, active))
 
-    monkeypatch.setattr(StaticRuntime, "plain_tokens", recording)
+    monkeypatch.setattr(StaticExecutor, "plain_steps", recording)
     for prompt in PROMPTS[:3]:
         res = dec.generate(prompt, 100)
         assert res.tokens == dec.generate(prompt, 100, method="ar").tokens
@@ -151,20 +151,32 @@ def test_steps_a_round_cannot_pay_for_run_back_to_back_on_the_fast_path(monkeypa
 def test_one_off_set_up_inside_a_scoring_call_is_not_charged_to_the_time_budget():
     """On the fast path a scoring call may first capture (and compile) its graph: seconds, against a
     budget of a fraction of a step. Charged, that one call stalled the search for thousands of
-    steps on the GPU; the policy subtracts what its `setup_clock` says was set-up."""
+    steps on the GPU; the policy subtracts what its backend's `capture_time` says was set-up."""
     model = tiny_model("llama")
     adapter = ModelAdapter(model)
     cfg = SwiftConfig(search=SearchConfig(objective="speed", context_window=8, step_budget=0.5, persist=False))
-    clock = {"setup": 0.0, "calls": 0}
 
-    def scorer(frame, cache, skip):
-        clock["calls"] += 1
-        if clock["calls"] == 1:  # a first-use capture
-            time.sleep(0.3)
-            clock["setup"] += 0.3
-        return adapter.forward(frame, cache, skip)
+    class FirstCallCaptures:
+        """A scoring backend whose first call spends 0.3 s on set-up, as a graph capture would."""
 
-    policy = SearchPolicy(adapter, cfg, SkipSet.starting(6), scorer=scorer, setup_clock=lambda: clock["setup"])
+        tag = "eager"
+        capture_time = 0.0
+        calls = 0
+
+        def score(self, frame, cache, skip):
+            self.calls += 1
+            if self.calls == 1:
+                time.sleep(0.3)
+                self.capture_time += 0.3
+            return adapter.forward(frame, cache, skip)
+
+        def sublayer_sizes(self, frame):
+            return None
+
+        def cost_timer(self):
+            return None
+
+    policy = SearchPolicy(adapter, cfg, SkipSet.starting(6), backend=FirstCallCaptures())
     dec = SwiftDecoder(model, cfg, stop_token_ids=[], policy=policy)
     res = dec.generate(PROMPTS[0], 60)
     assert res.tokens == dec.generate(PROMPTS[0], 60, method="ar").tokens
@@ -182,7 +194,7 @@ def test_the_influence_probe_runs_in_the_scoring_graph_on_the_fast_path(monkeypa
     dec = SwiftDecoder(tiny_model("llama"), cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="static"))
     res = dec.generate(PROMPTS[0], 40)
     assert res.tokens == dec.generate(PROMPTS[0], 40, method="ar").tokens
-    assert any(measure for _, measure in dec.fast._scores.keys()), "no measuring scoring forward ran"
+    assert any(measure for _, measure in dec.executor._scores.keys()), "no measuring scoring forward ran"
     assert dec.policy.forwards > 1
 
 

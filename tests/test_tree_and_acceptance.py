@@ -9,23 +9,52 @@ import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from skipspec.config import SamplingParams
-from skipspec.tree import build_tree, width_for
-from skipspec.verify import accept_longest_path, process_logits
+from skipspec.tree import TreeLayout, build_tree, doublings, tree_ancestors, width_for
+from skipspec.verify import accept_longest_path, inverse_cdf, keyed_uniform, process_logits
 
 
-def test_tree_is_chain_plus_leaf_siblings():
+def random_parents(rng: random.Random, n: int) -> list[int]:
+    """A random tree of `n` nodes, root first: every node's parent is an earlier node, so any shape
+    (deep chains, wide fans, branches under any node) turns up."""
+    style = rng.choice(["any", "deep", "wide"])
+    parents = [-1]
+    for i in range(1, n):
+        if style == "deep":
+            parents.append(max(0, i - rng.randint(1, 2)))
+        elif style == "wide":
+            parents.append(rng.randint(0, min(i - 1, 2)))
+        else:
+            parents.append(rng.randrange(i))
+    return parents
+
+
+def reference_path(parents: list[int], tokens: list[int], targets: list[int]) -> list[int]:
+    """Walk from the root, following the first child whose token is the parent's target."""
+    children: dict[int, list[int]] = {}
+    for i, p in enumerate(parents[1:], start=1):
+        children.setdefault(p, []).append(i)
+    path = [0]
+    while True:
+        node = path[-1]
+        nxt = next((c for c in children.get(node, []) if tokens[c] == targets[node]), None)
+        if nxt is None:
+            return path
+        path.append(nxt)
+
+
+def test_swift_tree_is_chain_plus_leaf_siblings():
     t = build_tree((3, 1, 2))
-    assert t.size == 7
-    assert t.parents == (-1, 0, 0, 0, 1, 4, 4)
-    assert t.depths == (0, 1, 1, 1, 2, 3, 3)
+    assert t.layout.size == 7
+    assert t.layout.parents == (-1, 0, 0, 0, 1, 4, 4)
+    assert t.layout.depths == (0, 1, 1, 1, 2, 3, 3)
     assert t.ranks == (0, 0, 1, 2, 0, 0, 1)
     assert t.candidate_index(topk=5).tolist() == [0, 1, 2, 5, 10, 11]
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_ancestor_mask_matches_parent_links(seed):
+@pytest.mark.parametrize("seed", range(30))
+def test_ancestor_mask_matches_parent_links_for_any_shape(seed):
     rng = random.Random(seed)
-    t = build_tree(tuple(rng.randint(1, 6) for _ in range(rng.randint(0, 8))))
+    t = TreeLayout(tuple(random_parents(rng, rng.randint(1, 40))))
     expected = torch.zeros(t.size, t.size, dtype=torch.bool)
     for i in range(t.size):
         j = i
@@ -33,6 +62,17 @@ def test_ancestor_mask_matches_parent_links(seed):
             expected[i, j] = True
             j = t.parents[j]
     assert torch.equal(t.ancestors(), expected)
+    assert torch.equal(tree_ancestors(torch.tensor(t.parents), doublings(t.size)), expected)
+    # More doubling rounds than needed change nothing (a compiled step uses the largest bucket's count).
+    assert torch.equal(tree_ancestors(torch.tensor(t.parents), 8), expected)
+    assert t.depths == tuple(int(d) for d in expected.sum(dim=1) - 1)
+
+
+def test_a_layout_refuses_a_parent_that_is_not_an_earlier_node():
+    with pytest.raises(ValueError, match="earlier node"):
+        TreeLayout((-1, 0, 2))
+    with pytest.raises(ValueError, match="root"):
+        TreeLayout((0, 0))
 
 
 def test_width_follows_confidence_schedule():
@@ -40,8 +80,8 @@ def test_width_follows_confidence_schedule():
     assert [width_for(p, schedule, 10) for p in (0.99, 0.9, 0.6, 0.5, 0.1)] == [3, 5, 8, 10, 10]
 
 
-def _accept(widths, tokens, targets):
-    t = build_tree(widths)
+def _accept(parents, tokens, targets):
+    t = TreeLayout(tuple(parents))
     r = accept_longest_path(
         torch.tensor(tokens), torch.tensor(t.parents), torch.tensor(t.depths), t.ancestors(), torch.tensor(targets)
     )
@@ -53,24 +93,74 @@ def _accept(widths, tokens, targets):
 
 def test_acceptance_walks_the_chain_and_takes_the_bonus():
     # root=9; depth1: 1 (chain), 2; depth2: 3 (chain), 4; root->1, 1->3, 3->8
-    path, bonus, toks = _accept((2, 2), [9, 1, 2, 3, 4], [1, 3, 0, 8, 0])
+    path, bonus, toks = _accept(build_tree((2, 2)).layout.parents, [9, 1, 2, 3, 4], [1, 3, 0, 8, 0])
     assert path == [0, 1, 3] and bonus == 8 and toks == [9, 1, 3]
 
 
 def test_acceptance_ends_in_a_sibling_leaf():
     # root->2 picks the sibling at depth 1; its own target is the bonus; the chain below 1 is dropped
-    path, bonus, toks = _accept((2, 2), [9, 1, 2, 3, 4], [2, 3, 7, 8, 0])
+    path, bonus, toks = _accept(build_tree((2, 2)).layout.parents, [9, 1, 2, 3, 4], [2, 3, 7, 8, 0])
     assert path == [0, 2] and bonus == 7 and toks == [9, 2]
 
 
 def test_acceptance_rejects_everything():
-    path, bonus, toks = _accept((2, 2), [9, 1, 2, 3, 4], [5, 3, 7, 8, 0])
+    path, bonus, toks = _accept(build_tree((2, 2)).layout.parents, [9, 1, 2, 3, 4], [5, 3, 7, 8, 0])
     assert path == [0] and bonus == 5
 
 
 def test_root_only_tree_is_a_plain_step():
-    path, bonus, _ = _accept((), [9], [4])
+    path, bonus, _ = _accept([-1], [9], [4])
     assert path == [0] and bonus == 4
+
+
+def test_acceptance_follows_a_branch_under_a_non_chain_node():
+    # root -> a(1) -> b(2); root -> c(3) -> d(4) -> e(5): the second branch is right and deeper.
+    path, bonus, toks = _accept([-1, 0, 1, 0, 3, 4], [0, 1, 2, 3, 4, 5], [3, 9, 9, 4, 5, 6])
+    assert path == [0, 3, 4, 5] and bonus == 6 and toks == [0, 3, 4, 5]
+
+
+def test_duplicate_siblings_follow_the_first():
+    # Two children of the root carry token 1; only the second has the right grandchild, but the first is followed.
+    path, bonus, _ = _accept([-1, 0, 0, 2], [0, 1, 1, 7], [1, 5, 7, 8])
+    assert path == [0, 1] and bonus == 5
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_acceptance_equals_the_reference_walk_on_random_trees(seed):
+    rng = random.Random(seed)
+    parents = random_parents(rng, rng.randint(1, 30))
+    vocab = rng.randint(2, 5)  # small: many matches and duplicate siblings
+    tokens = [rng.randrange(vocab) for _ in parents]
+    targets = [rng.randrange(vocab) for _ in parents]
+    path, bonus, toks = _accept(parents, tokens, targets)
+    want = reference_path(parents, tokens, targets)
+    assert path == want and bonus == targets[want[-1]] and toks == [tokens[i] for i in want]
+
+
+def test_keyed_uniforms_are_deterministic_distinct_and_uniform():
+    positions = torch.arange(200_000)
+    u = keyed_uniform(torch.tensor([1234]), positions)
+    assert torch.equal(u, keyed_uniform(torch.tensor([1234]), positions))
+    assert not torch.equal(u[:100], keyed_uniform(torch.tensor([1235]), positions[:100]))
+    assert ((u >= 0) & (u < 1)).all()
+    # Kolmogorov-Smirnov distance of 200k uniforms: about 0.003 for a good generator; 0.01 is p < 1e-15.
+    ks = (torch.sort(u).values - (torch.arange(1, u.numel() + 1, dtype=torch.float64) / u.numel())).abs().max()
+    assert ks < 0.01
+    # Neighbouring positions are not correlated.
+    assert abs(float(torch.corrcoef(torch.stack([u[:-1], u[1:]]))[0, 1])) < 0.01
+    # Negative and large seeds work (they are hashed, not used as offsets).
+    for seed in (-1, 2**62 + 7):
+        v = keyed_uniform(torch.tensor([seed]), positions[:1000])
+        assert ((v >= 0) & (v < 1)).all()
+
+
+def test_inverse_cdf_draws_by_the_probabilities_and_never_a_zero():
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]]).expand(100_000, 4)
+    u = keyed_uniform(torch.tensor([7]), torch.arange(100_000))
+    draws = inverse_cdf(probs, u)
+    freq = torch.bincount(draws, minlength=4).double() / draws.numel()
+    assert freq[1] == 0
+    assert torch.allclose(freq, torch.tensor([0.2, 0.0, 0.5, 0.3], dtype=torch.float64), atol=0.01)
 
 
 @pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, 0, 1.0), (0.6, 5, 1.0), (1.3, 0, 0.7), (0.9, 20, 0.9)])

@@ -9,6 +9,7 @@ from .config import GenerationResult, SamplingParams, SwiftConfig
 from .engine import SwiftDecoder, TokenStream
 from .errors import (
     ConfigError,
+    DrafterError,
     InputError,
     ModelNotFoundError,
     SkipSpecError,
@@ -21,6 +22,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "DrafterError",
     "GenerationResult",
     "InputError",
     "ModelNotFoundError",

@@ -10,7 +10,8 @@ runs), metrics (pure arithmetic), report / plots (results.json, report.md, PNGs)
 from .methods import METHODS, MethodContext, MethodSpec
 from .metrics import Summary, summarize
 from .records import BenchConfig, GenSettings, Outcome, PromptRecord
-from .runner import BenchResult, measure, run_bench
+from .result import BenchResult
+from .runner import measure, run_bench
 from .suites import Prompt, load_suites
 
 __all__ = [

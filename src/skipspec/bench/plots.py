@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .metrics import OVERALL, accepted_histogram, group
-
-if TYPE_CHECKING:
-    from .runner import BenchResult
+from .result import BenchResult
 
 SPEEDUP_PNG = "speedup.png"
 ACCEPTED_PNG = "accepted_per_step.png"

@@ -6,12 +6,9 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .metrics import OVERALL, Summary
-
-if TYPE_CHECKING:
-    from .runner import BenchResult
+from .result import BenchResult
 
 RESULTS_JSON = "results.json"
 REPORT_MD = "report.md"

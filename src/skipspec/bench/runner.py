@@ -17,8 +17,9 @@ import torch
 
 from .environment import environment, load_average
 from .methods import METHODS, Method, MethodContext, MethodSpec, resolve_methods
-from .metrics import Summary, mark_identical, median, summarize
+from .metrics import mark_identical, median, summarize
 from .records import BenchConfig, GenSettings, Outcome, PromptRecord
+from .result import BenchResult
 from .suites import Prompt, load_suites
 from .timing import timed
 
@@ -27,14 +28,6 @@ from .timing import timed
 class EncodedPrompt:
     prompt: Prompt
     ids: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    config: BenchConfig
-    environment: dict
-    records: tuple[PromptRecord, ...]
-    summary: Mapping[str, Mapping[str, Summary]]
 
 
 def encode_all(tokenizer, prompts: Sequence[Prompt]) -> list[EncodedPrompt]:

@@ -49,11 +49,13 @@ class Owners:
 def check_tree(tree: DraftTree, name: str, max_nodes: int, vocab_size: int, device: torch.device) -> tuple[Part, Part, int]:
     """A proposal's tokens and parents as the executor takes them, checked as far as the host can.
 
-    Host values (lists, and tensors already on the CPU) are checked here; tensors on an
-    accelerator keep their values there (checked in the step), only their shapes are checked.
+    Host values are checked here; tensors on the model's device keep their values there (checked
+    inside the step), only their shapes are checked here.
     Raises `DrafterError` naming the drafter and the fault.
     """
-    tokens, parents = (_part(values, name, what, device) for values, what in ((tree.tokens, "tokens"), (tree.parents, "parents")))
+    tokens, parents = (
+        _part(values, name, what, device) for values, what in ((tree.tokens, "tokens"), (tree.parents, "parents"))
+    )
     n, m = _len(tokens), _len(parents)
     if n != m:
         raise DrafterError(f"drafter {name!r} proposed {n} tokens but {m} parents")
@@ -65,16 +67,20 @@ def check_tree(tree: DraftTree, name: str, max_nodes: int, vocab_size: int, devi
     if isinstance(parents, list):
         for i, p in enumerate(parents):
             if not -1 <= p < i:
-                raise DrafterError(f"drafter {name!r}: node {i} has parent {p}; a parent must be -1 (the root) or an earlier node")
+                raise DrafterError(
+                    f"drafter {name!r}: node {i} has parent {p}; a parent must be -1 (the root) or an earlier node"
+                )
     return tokens, parents, n
 
 
 def _part(values, name: str, what: str, device: torch.device) -> Part:
     if isinstance(values, torch.Tensor):
         if values.dim() != 1 or values.dtype.is_floating_point or values.dtype.is_complex or values.dtype == torch.bool:
-            raise DrafterError(f"drafter {name!r}: {what} must be a 1-D integer tensor, got {tuple(values.shape)} {values.dtype}")
-        if values.device.type == "cpu" or values.device != device:
-            return values.tolist()  # on the CPU already: reading it costs no device sync
+            raise DrafterError(
+                f"drafter {name!r}: {what} must be a 1-D integer tensor, got {tuple(values.shape)} {values.dtype}"
+            )
+        if values.device != device:
+            return values.tolist()  # a CPU tensor for a GPU model: reading it costs no sync
         return values
     try:
         return [_int(v) for v in values]
@@ -132,5 +138,9 @@ def describe_fault(fault: tuple[int, int], owners: Owners, vocab_size: int) -> s
     node, kind = fault
     name = owners.name_of(node)
     start = dict(zip(owners.names, owners.ranges)).get(name, (0, 0))[0]
-    what = "has a parent that is not -1 or an earlier node" if kind == 1 else f"has a token outside the vocabulary [0, {vocab_size})"
+    what = (
+        "has a parent that is not -1 or an earlier node"
+        if kind == 1
+        else f"has a token outside the vocabulary [0, {vocab_size})"
+    )
     return f"drafter {name!r} proposed a malformed tree: node {node - start} {what}"

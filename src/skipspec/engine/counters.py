@@ -13,6 +13,7 @@ class Counters:
     verify_steps: int = 0
     draft_forwards: int = 0
     drafted: int = 0  # tree nodes verified, root excluded
+    depth: int = 0  # the trees' depths: the most drafted tokens the steps could have accepted
     accepted: int = 0
     verified_tokens: int = 0
     prefill_time: float = 0.0
@@ -30,6 +31,7 @@ class Counters:
         accepted = len(step.tokens) - 1
         self.verify_steps += 1
         self.drafted += nodes
+        self.depth += step.depth
         self.accepted += accepted
         self.verified_tokens += len(step.tokens)
         self.accepted_per_step.append(accepted)
@@ -49,7 +51,8 @@ class Counters:
             "accepted_tokens": self.accepted,
             # Spec-Bench's tau: tokens emitted per verify step (accepted drafts + the bonus token).
             "mean_accepted": self.verified_tokens / steps if steps else 0.0,
-            "acceptance_rate": self.accepted / self.drafted if self.drafted else 0.0,
+            # Accepted drafted tokens over the most the trees allowed (SWIFT: over the chain tokens).
+            "acceptance_rate": self.accepted / self.depth if self.depth else 0.0,
             "mean_tree_nodes": self.drafted / steps if steps else 0.0,
             "drafted_by_source": dict(self.drafted_by_source),
             "accepted_by_source": dict(self.accepted_by_source),

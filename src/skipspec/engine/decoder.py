@@ -8,12 +8,12 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from ..config import GenerationResult, SamplingParams, SwiftConfig
-from ..drafting import Drafter, DraftContext, LayerSkipDrafter, StepResult, TokenView
+from ..drafting import DraftContext, Drafter, LayerSkipDrafter, StepResult, TokenView
 from ..errors import DrafterError
 from ..model.adapter import ModelAdapter
 from ..model.skipset import SkipSet
 from ..runtime import EagerExecutor, Executor, RuntimeConfig, StaticExecutor
-from ..runtime.executor import Verified, new_seed
+from ..runtime.executor import new_seed
 from ..search import FixedSkipPolicy, SearchPolicy, SkipPolicy
 from ..search.objective import DraftRule
 from .assemble import Proposal, assemble, describe_fault
@@ -89,7 +89,9 @@ class SwiftDecoder:
         )
         self.initial_skip = resolve_skip_set(cfg, self.adapter.num_layers)
         if policy is None:
-            policy = SearchPolicy(self.adapter, cfg, self.initial_skip) if cfg.optimize else FixedSkipPolicy(self.initial_skip)
+            policy = (
+                SearchPolicy(self.adapter, cfg, self.initial_skip) if cfg.optimize else FixedSkipPolicy(self.initial_skip)
+            )
         if isinstance(policy, SearchPolicy) and policy.backend is None:
             # Scoring forwards and step timings go through this decoder's own executor.
             policy.backend = self.executor
@@ -158,9 +160,7 @@ class SwiftDecoder:
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def _run(
-        self, req: Request, drafters: list[Drafter], budget: int, scratch: int, c: Counters
-    ) -> Iterator[list[int]]:
+    def _run(self, req: Request, drafters: list[Drafter], budget: int, scratch: int, c: Counters) -> Iterator[list[int]]:
         ex, sampling = self.executor, req.sampling
         for d in drafters:
             if hasattr(d, "begin"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-
 def powers_of_two(upto: int) -> tuple[int, ...]:
     """1, 2, 4, ... up to the first power of two >= `upto`.
 

@@ -64,6 +64,7 @@ class Verified:
     verified: (size + 1,) the verified tokens, root first (device)
     fault:    None, or (node, kind) for the first malformed node of the tree, kind 1 a parent
               that is not an earlier node, 2 a token outside the vocabulary; nothing was committed
+    depth:    the tree's depth: the most drafted tokens the step could have accepted
     """
 
     tokens: list[int]
@@ -71,20 +72,42 @@ class Verified:
     topk: torch.Tensor
     verified: torch.Tensor
     fault: tuple[int, int] | None = None
+    depth: int = 0
 
 
-def read_verdict(packed: list[int], bucket: int) -> tuple[int, int, list[int], list[int], tuple[int, int] | None]:
-    """Unpack `Verdict.packed` (as host ints): (path length with the root, bonus, path nodes, path
-    tokens, fault). Path nodes count the root as 0.
+@dataclass(frozen=True)
+class Reading:
+    """`Verdict.packed` as host ints (path nodes count the root as 0)."""
 
-    >>> read_verdict([2, 9, 0, 2, 3, 3, 7, 5, 5, 5, -1, 2], 4)
-    (2, 9, [0, 2], [7, 5], None)
-    """
-    length, bonus = packed[0], packed[1]
-    path = packed[2 : 2 + length]
-    tokens = packed[2 + bucket : 2 + bucket + length]
-    node, kind = packed[2 + 2 * bucket], packed[3 + 2 * bucket]
-    return length, bonus, path, tokens, (node - 1, kind) if node >= 0 else None
+    length: int  # path length, root included
+    bonus: int
+    path: list[int]
+    path_tokens: list[int]
+    fault: tuple[int, int] | None  # (drafted node, kind)
+    depth: int
+
+    @classmethod
+    def of(cls, packed: list[int], bucket: int) -> Reading:
+        """
+        >>> Reading.of([2, 9, 0, 2, 3, 3, 7, 5, 5, 5, -1, 2, 1], 4)
+        Reading(length=2, bonus=9, path=[0, 2], path_tokens=[7, 5], fault=None, depth=1)
+        """
+        length = packed[0]
+        node, kind = packed[2 + 2 * bucket], packed[3 + 2 * bucket]
+        return cls(
+            length,
+            packed[1],
+            packed[2 : 2 + length],
+            packed[2 + bucket : 2 + bucket + length],
+            (node - 1, kind) if node >= 0 else None,
+            packed[4 + 2 * bucket],
+        )
+
+    def verified(self, topk: torch.Tensor, tokens: torch.Tensor) -> Verified:
+        if self.fault is not None:
+            return Verified([], (), topk, tokens, self.fault)
+        path = tuple(i - 1 for i in self.path[1:])  # drafted nodes count from 0
+        return Verified(self.path_tokens[1:] + [self.bonus], path, topk, tokens, None, self.depth)
 
 
 def new_seed() -> int:
@@ -115,9 +138,7 @@ class Executor(Protocol):
 
     def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]: ...
 
-    def draft_forward(
-        self, skip: SkipSet, sampling: SamplingParams, *, start: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """A skip-mode forward of the draft chain's next token, written past the committed slots.
 
         start: begin a new chain at the root. Returns (candidates (K,) best first, head (2,) float32
@@ -179,20 +200,21 @@ class EagerExecutor:
         size = tree.size if tree is not None else 0
         tokens = torch.cat([self._root, *(_on(part, device) for part in (tree.tokens if tree else ()))])
         # Drafted nodes count from 0 with -1 for the root; in the frame the root is node 0.
-        parents = torch.cat([torch.tensor([-1], device=device), *(_on(p, device) + 1 for p in (tree.parents if tree else ()))])
+        parents = torch.cat(
+            [torch.tensor([-1], device=device), *(_on(p, device) + 1 for p in (tree.parents if tree else ()))]
+        )
         cols = torch.arange(committed + size + 1, device=device)
         f = tree_frame(committed, size + 1, tokens, parents, cols, a.vocab_size, doublings(size + 1))
         frame = Frame(f.tokens.clamp(min=0)[None], f.positions, committed, f.allowed, f.key_positions)
         logits = a.forward(frame, self.cache, NO_SKIP)
         verdict = verify_tree(logits, f, sampling, self._seed, self.verify_topk)
-        length, bonus, path, path_tokens, fault = read_verdict(verdict.packed.tolist(), size + 1)  # the one sync
-        if fault is not None:
-            return Verified([], (), verdict.topk, tokens, fault)
-        if length > 1:
-            self.cache.commit_path(committed, committed + verdict.path[:length])
-        self.committed = committed + length
-        self._root = verdict.packed[1:2]
-        return Verified(path_tokens[1:] + [bonus], tuple(i - 1 for i in path[1:]), verdict.topk, tokens)
+        reading = Reading.of(verdict.packed.tolist(), size + 1)  # the step's one host sync
+        if reading.fault is None:
+            if reading.length > 1:
+                self.cache.commit_path(committed, committed + verdict.path[: reading.length])
+            self.committed = committed + reading.length
+            self._root = verdict.packed[1:2]
+        return reading.verified(verdict.topk, tokens)
 
     def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]:
         for _ in range(limit):

@@ -19,7 +19,7 @@ from ..verify import target_tokens
 from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from .config import RuntimeConfig
 from .decode_attention import register as register_decode_attention
-from .executor import TreeInput, Verified, read_verdict
+from .executor import Reading, TreeInput, Verified
 from .graphs import GraphCache, StepGraph
 from .layers import stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
@@ -262,19 +262,22 @@ class StaticExecutor:
         size = tree.size if tree is not None else 0
         bucket = bucket_for(size + 1, self.tree_buckets)
         packed, top, verified = self._launch_verify(tree, self.committed, bucket, sampling)
-        # The step's one host sync: the accepted path.
-        length, bonus, path, path_tokens, fault = read_verdict(packed.tolist(), bucket)
-        verified = verified[: size + 1]
-        if fault is not None:
-            return Verified([], (), top[: size + 1], verified, fault)
-        self.committed += length
-        return Verified(path_tokens[1:] + [bonus], tuple(i - 1 for i in path[1:]), top[: size + 1], verified)
+        reading = Reading.of(packed.tolist(), bucket)  # the step's one host sync: the accepted path
+        if reading.fault is None:
+            self.committed += reading.length
+        return reading.verified(top[: size + 1], verified[: size + 1])
 
     def _launch_verify(
         self, tree: TreeInput | None, committed: int, bucket: int, params: SamplingParams
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage `tree` at `committed` and enqueue the verify step; its outputs (the graph's output
         tensors: read or copy them before the next replay)."""
+        self.stage_tree(tree, committed, bucket)
+        return self.verify_graph(bucket, params)()
+
+    @torch.inference_mode()
+    def stage_tree(self, tree: TreeInput | None, committed: int, bucket: int) -> None:
+        """Write `tree` (None: the root alone) at `committed` into the verify step's inputs, without a host sync."""
         inp = self.inputs
         tokens, parents, on_device = [0], [-1], []
         for part in tree.tokens if tree is not None else ():
@@ -292,7 +295,6 @@ class StaticExecutor:
         self._tree_upload.upload(pack_tree(committed, tokens, parents, bucket), inp.tree)
         for start, values in on_device:  # device-to-device, in stream order after the upload
             inp.tree[start : start + values.shape[0]].copy_(values)
-        return self.verify_graph(bucket, params)()
 
     @torch.inference_mode()
     def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]:

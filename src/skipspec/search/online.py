@@ -50,7 +50,6 @@ from .speed import PROBE, SpeedSearch
 from .store import LayerSetStore, StoreKey, device_kind, model_identity
 
 
-
 class ScoringBackend(Protocol):
     """What the search needs from the decoder's executor (`skipspec.runtime.Executor` has it all)."""
 

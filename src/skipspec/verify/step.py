@@ -16,8 +16,8 @@ from .logits import target_tokens
 class Verdict:
     """One verify step's result on the device (B = the tree's padded size).
 
-    packed: (2B + 4,) long for the step's one read-back: `AcceptedPath.packed` (path length,
-            bonus token, path nodes, path tokens) followed by `TreeFrame.fault` (node, kind)
+    packed: (2B + 5,) long for the step's one read-back: `AcceptedPath.packed` (path length,
+            bonus token, path nodes, path tokens), `TreeFrame.fault` (node, kind) and the tree's depth
     path:   (B,) the accepted path's node indices padded with B (for committing the cache)
     topk:   (B, k) the top-k token ids of the full model's logits at every node
     """
@@ -36,4 +36,6 @@ def verify_tree(
     """
     targets = target_tokens(logits, params, seed, frame.positions + 1)
     accepted = accept_longest_path(frame.tokens, frame.parents, frame.depths, frame.ancestors, targets)
-    return Verdict(torch.cat([accepted.packed, frame.fault]), accepted.path, logits.topk(topk, dim=-1).indices)
+    depth = torch.where(frame.tokens >= 0, frame.depths, 0).max().view(1)
+    packed = torch.cat([accepted.packed, frame.fault, depth])
+    return Verdict(packed, accepted.path, logits.topk(topk, dim=-1).indices)
