@@ -30,11 +30,12 @@ class TruthInRandomTrees:
 
     name = "truth-in-random-trees"
 
-    def __init__(self, rng: random.Random, truth: list[int], vocab: int, as_tensors: bool = False) -> None:
+    def __init__(self, rng: random.Random, truth: list[int], vocab: int, as_tensors: bool = False, device="cpu") -> None:
         self.rng = rng
         self.truth = truth  # prompt + the reference continuation
         self.vocab = vocab
         self.as_tensors = as_tensors
+        self.device = device
         self.observed: list[StepResult] = []
 
     def propose(self, ctx: DraftContext) -> DraftTree | None:
@@ -65,7 +66,7 @@ class TruthInRandomTrees:
                 parents.append(parents[-1])
                 tokens.append(tok)
         if self.as_tensors:
-            return DraftTree(torch.tensor(tokens), torch.tensor(parents))
+            return DraftTree(torch.tensor(tokens, device=self.device), torch.tensor(parents, device=self.device))
         return DraftTree(tokens, parents)
 
     def observe(self, ctx: DraftContext, result: StepResult) -> None:
@@ -193,3 +194,15 @@ def test_the_same_seed_gives_the_same_tokens_whatever_the_method_or_drafter(mode
         other = dec.generate(prompt, 30, method="ar", **{**settings, "seed": seed + 1000}).tokens
         assert other != plain, "another seed should give other tokens"
     assert deep >= 3
+
+
+def test_the_example_drafter_runs_and_is_lossless():
+    """examples/bigram_drafter.py, as a user runs it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "examples" / "bigram_drafter.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "identical to plain decoding" in out.stdout

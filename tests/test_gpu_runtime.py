@@ -155,3 +155,41 @@ def test_search_on_the_graph_path_times_captured_steps_and_stays_lossless(tmp_pa
     costs = dec.policy.costs
     assert dec.policy.calibration_time > 0 and costs.plain(64) > 0
     assert "|graphs" in next(iter(json.loads(LayerSetStore().path.read_text())["costs"]))
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_random_tree_drafter_on_the_graph_path_gives_plain_output(family):
+    """Trees of any shape, their tokens and parents on the device half the time, replay the
+    bucket's one verify graph: no capture per shape, and the output is plain decoding's."""
+    from test_drafter_protocol import TruthInRandomTrees
+
+    model = _cuda_model(family)
+    rng = random.Random(f"gpu-protocol-{family}")
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=UNFUSED)
+    eager = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=EAGER)
+    produced = steps = 0
+    for case in range(4):
+        prompt = [rng.randrange(97) for _ in range(rng.randint(1, 40))]
+        want = eager.generate(prompt, 40, method="ar").tokens
+        drafter = TruthInRandomTrees(rng, prompt + want, 97, as_tensors=case % 2 == 1, device="cuda")
+        res = dec.generate(prompt, 40, drafters=[drafter])
+        assert res.tokens == want, f"{family} case {case}"
+        produced += len(res.tokens) - 1
+        steps += res.stats["verify_steps"]
+    assert dec.executor._verifies.captures <= len(dec.executor.tree_buckets), "a new tree shape was captured"
+    assert produced / steps > 1.8
+
+
+def test_a_device_tree_with_a_bad_token_raises_and_the_decoder_goes_on():
+    from test_drafter_protocol import Malformed
+
+    import skipspec
+
+    model = _cuda_model("llama")
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=GRAPHS)
+    prompt = [3, 1, 4, 1, 5]
+    want = dec.generate(prompt, 12, method="ar").tokens
+    bad = skipspec.drafting.DraftTree(torch.tensor([1, 10**6], device="cuda"), torch.tensor([-1, 0], device="cuda"))
+    with pytest.raises(skipspec.DrafterError, match="vocabulary"):
+        dec.generate(prompt, 12, drafters=[Malformed(bad)])
+    assert dec.generate(prompt, 12, method="ar").tokens == want

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections import Counter
 
 import pytest
@@ -173,3 +174,39 @@ def test_broken_residual_is_detected(model, monkeypatch):
     dist = exact_distribution(model, **setting)
     counts = draw(model, SAMPLES, seed=2, **setting)
     assert chi_square_pvalue(counts, dist, SAMPLES) < ALPHA
+
+
+class RandomBranches:
+    """Random trees of any shape over the 5-token vocabulary: branches under any node, duplicates."""
+
+    name = "random-branches"
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def propose(self, ctx):
+        from skipspec.drafting import DraftTree
+
+        n = self.rng.randint(0, min(ctx.max_nodes, 12))
+        parents = [self.rng.randint(-1, i - 1) for i in range(n)]
+        return DraftTree([self.rng.randrange(VOCAB) for _ in range(n)], parents)
+
+    def observe(self, ctx, result):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["eager", "static"])
+def test_sampling_over_branching_trees_matches_target_distribution(model, mode):
+    from skipspec.runtime import RuntimeConfig
+
+    setting = SETTINGS[2]
+    dist = exact_distribution(model, **setting)
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=RuntimeConfig(mode=mode))
+    drafter = RandomBranches(5)
+    counts, accepted = Counter(), 0
+    for i in range(SAMPLES):
+        res = dec.generate(PROMPT, LENGTH, do_sample=True, seed=11 * 100003 + i, drafters=[drafter], **setting)
+        counts[tuple(res.tokens)] += 1
+        accepted += res.stats["accepted_tokens"]
+    assert accepted > SAMPLES // 2, "the random trees were hardly ever accepted: the test checks little"
+    assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA

@@ -107,9 +107,9 @@ def test_steps_the_search_only_counts_run_back_to_back_on_the_fast_path(monkeypa
     original = StaticExecutor.plain_steps
 
     def recording(self, limit, *args):
-        forwards = policy.forwards
+        forwards = policy.budget.forwards
         yield from original(self, limit, *args)
-        runs.append((limit, policy.forwards - forwards))
+        runs.append((limit, policy.budget.forwards - forwards))
 
     monkeypatch.setattr(StaticExecutor, "plain_steps", recording)
     res = dec.generate(PROMPTS[1], 60)
@@ -134,9 +134,9 @@ def test_steps_a_round_cannot_pay_for_run_back_to_back_on_the_fast_path(monkeypa
     original = StaticExecutor.plain_steps
 
     def recording(self, limit, *args):
-        forwards, active = policy.forwards, policy.search.active
+        forwards, active = policy.budget.forwards, policy.search.active
         yield from original(self, limit, *args)
-        runs.append((limit, policy.forwards - forwards, active))
+        runs.append((limit, policy.budget.forwards - forwards, active))
 
     monkeypatch.setattr(StaticExecutor, "plain_steps", recording)
     for prompt in PROMPTS[:3]:
@@ -145,7 +145,7 @@ def test_steps_a_round_cannot_pay_for_run_back_to_back_on_the_fast_path(monkeypa
     in_round = [(limit, scored) for limit, scored, active in runs if active]
     assert in_round and max(limit for limit, _ in in_round) >= 5, runs
     assert all(scored == 0 for _, scored in in_round), "a step the search could not pay for ran a scoring forward"
-    assert policy.forwards >= 3, (policy.stats(), runs)
+    assert policy.budget.forwards >= 3, (policy.stats(), runs)
 
 
 def test_one_off_set_up_inside_a_scoring_call_is_not_charged_to_the_time_budget():
@@ -180,8 +180,8 @@ def test_one_off_set_up_inside_a_scoring_call_is_not_charged_to_the_time_budget(
     dec = SwiftDecoder(model, cfg, stop_token_ids=[], policy=policy)
     res = dec.generate(PROMPTS[0], 60)
     assert res.tokens == dec.generate(PROMPTS[0], 60, method="ar").tokens
-    assert policy.forwards >= 5, f"the search stalled after its first scoring call: {policy.stats()}"
-    assert policy.spent < 0.3 <= policy.total_time
+    assert policy.budget.forwards >= 5, f"the search stalled after its first scoring call: {policy.stats()}"
+    assert policy.budget.spent < 0.3 <= policy.total_time
 
 
 def test_the_influence_probe_runs_in_the_scoring_graph_on_the_fast_path(monkeypatch):
@@ -195,7 +195,7 @@ def test_the_influence_probe_runs_in_the_scoring_graph_on_the_fast_path(monkeypa
     res = dec.generate(PROMPTS[0], 40)
     assert res.tokens == dec.generate(PROMPTS[0], 40, method="ar").tokens
     assert any(measure for _, measure in dec.executor._scores.keys()), "no measuring scoring forward ran"
-    assert dec.policy.forwards > 1
+    assert dec.policy.budget.forwards > 1
 
 
 def test_a_set_that_loses_in_use_is_dropped_before_the_search_scores_it():
@@ -219,12 +219,13 @@ def test_search_time_stays_within_its_budget():
     for prompt in PROMPTS:
         dec.generate(prompt, 80)
     p = dec.policy
-    assert p.forwards > 0
-    assert p.spent <= p.granted + p.longest, (p.spent, p.granted, p.longest)
+    assert p.budget.forwards > 0
+    b = p.budget
+    assert b.spent <= b.granted + b.longest, (b.spent, b.granted, b.longest)
     free = search_decoder(model, "paper", **settings)
     for prompt in PROMPTS:
         free.generate(prompt, 80)
-    assert free.policy.forwards > 5 * p.forwards
+    assert free.policy.budget.forwards > 5 * p.forwards
 
 
 # -- saved sets -----------------------------------------------------------------------------------

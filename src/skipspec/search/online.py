@@ -6,13 +6,9 @@ with the search's current decision. It also keeps what must outlive a request: t
 the search state, and the saved set (`store`). Everything lives in this instance, so two decoders
 never share a set.
 
-Budget: with a finite `step_budget`, every verify step adds `step_budget x` the measured cost of
-a plain step to a credit; a scoring forward runs only when the credit covers its predicted cost
-(that of a full forward over the context), and its measured time is charged. The credit is capped
-at one forward, so the search never runs more than one forward in a step after an idle spell;
-time spent beyond the prediction (a Bayesian-optimisation suggestion) drives the credit negative
-and is paid back by later steps. So the search costs at most about `step_budget` of decoding time,
-whatever the model and device.
+Budget (`search.budget`): with a finite `step_budget`, scoring forwards (each predicted to cost a
+full forward over the context) run only on credit that steps earn, so the search costs at most
+about `step_budget` of decoding time, whatever the model and device.
 
 Never much slower than plain decoding ("speed" only): the empty set is a candidate, so a search
 that finds nothing decodes plainly and looks again after `relook_steps` steps (doubling up to
@@ -40,6 +36,7 @@ from ..errors import ConfigError
 from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
+from .budget import ScoringBudget
 from .costs import CostModel, Timer, measure_costs
 from .matchness import Context, context_frame, influence, influence_from_sizes, score_skip_set, target_probs
 from .objective import DraftRule
@@ -47,7 +44,7 @@ from .paper import PaperSearch
 from .policy import StepContext
 from .random_bo import require_bayes_opt
 from .speed import PROBE, SpeedSearch
-from .store import LayerSetStore, StoreKey, device_kind, model_identity
+from .store import LayerSetStore, StoreKey, device_kind, model_identity, parse_saved_sets
 
 
 class ScoringBackend(Protocol):
@@ -135,15 +132,11 @@ class SearchPolicy:
         self._store = store
         self._key: StoreKey | None = None
         self.fallbacks = 0
-        # Seconds of scoring, of budget handed out, and of the longest scoring call: a call runs only
-        # with at least its predicted cost in credit, so spent <= granted + longest.
-        self.spent = self.granted = self.longest = 0.0
-        self.forwards = 0  # scoring forwards run (proposals, re-scorings of the incumbent, probes)
+        self.budget = ScoringBudget()
         self._prompt_len = 0
         self._context: Context | None = None
         self._targets: torch.Tensor | None = None
         self._p: torch.Tensor | None = None
-        self._credit = 0.0
         self._idle = 0
         self._streak = 0
         self._rate = RealizedRate()
@@ -189,9 +182,7 @@ class SearchPolicy:
         if self._context is None or self.costs is None or not math.isfinite(self.cfg.step_budget):
             return 0
         need, gain = self._price(self._context.width, s.context_length)
-        if gain <= 0 or self._credit >= need:
-            return 0
-        return max(math.ceil((need - self._credit) / gain) - 2, 0)
+        return self.budget.steps_until_affordable(need, gain, margin=2)
 
     def _price(self, width: int, length: int) -> tuple[float, float]:
         """(credit a scoring forward of `width` queries needs, credit a step earns) at context `length`."""
@@ -203,7 +194,7 @@ class SearchPolicy:
         out = {
             "objective": self.cfg.objective,
             "proposals": s.proposals if s else 0,
-            "scoring_forwards": self.forwards,
+            "scoring_forwards": self.budget.forwards,
             "searching": bool(s and s.active),
             "chosen_size": len(chosen) if chosen else 0,
             "calibration_time": self.calibration_time,
@@ -283,19 +274,8 @@ class SearchPolicy:
         entry = self._store.get("sets", key)
         if entry is None:
             return None
-        n = self.adapter.num_layers
         try:
-            if entry["num_layers"] != n:
-                raise ValueError(f"it is for {entry['num_layers']} layers, this model has {n}")
-            out = dict(entry)
-            chosen = entry.get("set")
-            out["set"] = None if chosen is None else SkipSet.of(chosen["attn"], chosen["mlp"]).validate(n)
-            if self.cfg.objective == "speed":
-                order = tuple(int(s) for s in entry["order"]) if entry.get("order") is not None else None
-                if order is not None and sorted(order) != list(range(2 * (n - 2))):
-                    raise ValueError("its slot order is not a permutation of this model's slots")
-                out["order"] = order
-            return out
+            return parse_saved_sets(entry, self.adapter.num_layers, self.cfg.objective)
         except (KeyError, TypeError, ValueError, ConfigError) as err:
             message = f"ignoring the saved layer set for {key} in {self._store.path}: {err}"
             warnings.warn(message, RuntimeWarning, stacklevel=4)
@@ -339,23 +319,18 @@ class SearchPolicy:
         need = 0.0  # no budget: nothing to afford (and, for `paper`, possibly no costs measured)
         if finite:  # `_setup` measured costs
             need, gain = self._price(context.width, ctx.committed)
-            self._credit = min(self._credit + gain, max(need, gain))
-            self.granted += gain
+            self.budget.earn(need, gain)
         before = s.decision()
         for _ in range(self.cfg.proposals_per_step):
             request = s.next_request()  # may end a round by itself (the bound): no credit needed
-            if request is None or (finite and self._credit < need):
+            if request is None or (finite and not self.budget.affords(need)):
                 break
             start, setup = time.perf_counter(), self._setup_clock()
             s.answer(self._run(request, ctx, context))
             # A scoring graph captured (and compiled) on first use is set-up, not scoring: charged
             # to a budget of a few percent of a step, one such call held the search back for the
             # thousands of steps it took to earn its seconds back.
-            spent = time.perf_counter() - start - (self._setup_clock() - setup)
-            self._credit -= spent
-            self.spent += spent
-            self.longest = max(self.longest, spent)
-            self.forwards += 1
+            self.budget.charge(time.perf_counter() - start - (self._setup_clock() - setup))
         if not s.active and isinstance(s, SpeedSearch):
             self._settle()
         elif s.decision() != before or not s.active:

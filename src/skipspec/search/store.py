@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from ..model.skipset import SkipSet
+
 FORMAT = "skipspec-layer-sets"
 VERSION = 1
 FILE_NAME = "layer_sets.json"
@@ -151,3 +153,23 @@ class LayerSetStore:
 
 def _empty() -> dict:
     return {"format": FORMAT, "version": VERSION, "sets": {}, "costs": {}}
+
+
+def parse_saved_sets(entry: dict, num_layers: int, objective: str) -> dict:
+    """A saved "sets" entry with its chosen set as a `SkipSet` (and, for "speed", its slot order
+    checked); raises KeyError, TypeError, ValueError or ConfigError when it does not fit this model.
+
+    >>> parse_saved_sets({"num_layers": 4, "set": {"attn": [1], "mlp": []}}, 4, "paper")["set"]
+    SkipSet(attn=[1], mlp=[])
+    """
+    if entry["num_layers"] != num_layers:
+        raise ValueError(f"it is for {entry['num_layers']} layers, this model has {num_layers}")
+    out = dict(entry)
+    chosen = entry.get("set")
+    out["set"] = None if chosen is None else SkipSet.of(chosen["attn"], chosen["mlp"]).validate(num_layers)
+    if objective == "speed":
+        order = tuple(int(s) for s in entry["order"]) if entry.get("order") is not None else None
+        if order is not None and sorted(order) != list(range(2 * (num_layers - 2))):
+            raise ValueError("its slot order is not a permutation of this model's slots")
+        out["order"] = order
+    return out
