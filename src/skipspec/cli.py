@@ -227,5 +227,16 @@ def models_fetch(name: str = typer.Argument(..., help="An offline model name (se
     print(path)
 
 
+def _register_server_commands() -> None:
+    # skipspec.server.cli imports only typer; FastAPI and uvicorn load when `serve` runs.
+    from .server.cli import serve, serve_load
+
+    app.command("serve")(serve)
+    app.command("serve-load")(serve_load)
+
+
+_register_server_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
