@@ -1,4 +1,4 @@
-"""From the drafters' proposals to the one tree a step verifies: checks, then side by side.
+"""From the drafters' proposals to the one tree a step verifies: checks, then one merged tree.
 
 Every proposal is checked before anything runs; what can only be checked on the device (tokens
 and parents that are device tensors) is checked inside the verify step and reported back in its
@@ -15,6 +15,7 @@ import torch
 from ..drafting import DraftContext, Drafter, DraftTree
 from ..errors import DrafterError
 from ..runtime.executor import Part, TreeInput
+from ..tree.merge import MergedTree, merge_trees, split_path
 
 
 @dataclass(frozen=True)
@@ -25,25 +26,49 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Owners:
-    """Which proposal each node of the verified tree came from: contiguous ranges, in proposal order.
+    """Which proposal each node of the verified tree came from.
 
-    >>> o = Owners(("a", "b"), ((0, 2), (2, 3)))
-    >>> o.paths((1, 3, 4)), o.name_of(3)
-    ([(1,), (1, 2)], 'b')
+    Host trees are merged (`tree.merge_trees`: identical prefixes become one node, credited to
+    each source) into the first `len(merged)` nodes; device trees follow side by side, each a
+    contiguous range.
+
+    names:  per proposal, its drafter's name
+    kept:   per proposal, how many of its nodes the verified tree holds
+    merged: the host trees' merge (None when there was none), its sources being `host`
+    host:   the proposal index of each of `merged`'s sources
+    ranges: (proposal index, first node, nodes) per device tree
     """
 
     names: tuple[str, ...] = ()
-    ranges: tuple[tuple[int, int], ...] = ()  # (first node, nodes) per proposal
+    kept: tuple[int, ...] = ()
+    merged: MergedTree | None = None
+    host: tuple[int, ...] = ()
+    ranges: tuple[tuple[int, int, int], ...] = ()
 
     def paths(self, path: Sequence[int]) -> list[tuple[int, ...]]:
         """The accepted path's nodes per proposal, as indices into that proposal's own tree."""
-        return [tuple(i - start for i in path if start <= i < start + size) for start, size in self.ranges]
+        out: list[tuple[int, ...]] = [()] * len(self.names)
+        size = len(self.merged) if self.merged is not None else 0
+        if self.merged is not None:
+            for s, own in zip(self.host, split_path(self.merged, [i for i in path if i < size])):
+                out[s] = own
+        for s, start, n in self.ranges:
+            out[s] = tuple(i - start for i in path if start <= i < start + n)
+        return out
 
     def name_of(self, node: int) -> str:
-        for name, (start, size) in zip(self.names, self.ranges):
-            if start <= node < start + size:
-                return name
-        return "?"
+        """The drafter of a node (the first one, for a merged node)."""
+        size = len(self.merged) if self.merged is not None else 0
+        if node < size:
+            return self.names[self.host[self.merged.origins[node][0][0]]]
+        return next((self.names[s] for s, start, n in self.ranges if start <= node < start + n), "?")
+
+    def offset_of(self, node: int) -> int:
+        """`node` as an index into its drafter's own tree."""
+        size = len(self.merged) if self.merged is not None else 0
+        if node < size:
+            return self.merged.origins[node][0][1]
+        return next((node - start for s, start, n in self.ranges if start <= node < start + n), node)
 
 
 def check_tree(tree: DraftTree, name: str, max_nodes: int, vocab_size: int, device: torch.device) -> tuple[Part, Part, int]:
@@ -99,29 +124,52 @@ def _len(part: Part) -> int:
 
 
 def assemble(proposals: Sequence[Proposal], ctx: DraftContext) -> tuple[TreeInput | None, Owners]:
-    """Check each proposal and put them side by side under the root; None when nobody drafted."""
+    """Check each proposal and make one tree of them under the root; None when nobody drafted.
+
+    Each proposal may hold up to its share of `ctx.max_nodes`; host trees are merged (identical
+    prefixes become one node), device trees placed side by side after them.
+    """
     device = ctx.executor.adapter.device if ctx.executor is not None else torch.device("cpu")
-    tokens: list[Part] = []
-    parents: list[Part] = []
-    names, ranges = [], []
+    names = tuple(p.drafter.name for p in proposals)
+    host_trees: list[tuple[str, DraftTree]] = []
+    host: list[int] = []
+    device_parts: list[tuple[int, torch.Tensor, Part, int]] = []
+    kept = [0] * len(proposals)
+    for s, p in enumerate(proposals):
+        if p.tree is None or len(p.tree) == 0:
+            continue
+        share = _share(ctx.max_nodes, s, len(proposals))
+        tokens, parents, n = check_tree(p.tree, p.drafter.name, share, ctx.vocab_size, device)
+        if isinstance(tokens, torch.Tensor):
+            device_parts.append((s, tokens, parents, n))
+        else:
+            host_trees.append((p.drafter.name, DraftTree(tokens, parents)))
+            host.append(s)
+    merged = merge_trees(host_trees, ctx.max_nodes) if host_trees else None
+    token_parts: list[Part] = []
+    parent_parts: list[Part] = []
     size = 0
-    for p in proposals:
-        n = 0
-        if p.tree is not None and len(p.tree) > 0:
-            share = ctx.max_nodes if len(proposals) == 1 else _share(ctx.max_nodes, len(ranges), len(proposals))
-            toks, pars, n = check_tree(p.tree, p.drafter.name, share, ctx.vocab_size, device)
-            tokens.append(toks)
-            parents.append(_offset(pars, size))
-        names.append(p.drafter.name)
-        ranges.append((size, n))
+    if merged is not None and len(merged):
+        token_parts.append(merged.tokens)
+        parent_parts.append(merged.parents)
+        size = len(merged)
+        for s, n in zip(host, merged.sizes):
+            kept[s] = n
+    ranges = []
+    for s, tokens, parents, n in device_parts:
+        token_parts.append(tokens)
+        parent_parts.append(_offset(parents, size))
+        ranges.append((s, size, n))
+        kept[s] = n
         size += n
-    owners = Owners(tuple(names), tuple(ranges))
+    owners = Owners(names, tuple(kept), merged, tuple(host), tuple(ranges))
     if size == 0:
         return None, owners
-    return TreeInput(tuple(tokens), tuple(parents), size), owners
+    return TreeInput(tuple(token_parts), tuple(parent_parts), size), owners
 
 
 def _share(budget: int, i: int, n: int) -> int:
+    """Proposal i's equal share of the node budget (the first ones get the remainder)."""
     return budget // n + (i < budget % n)
 
 

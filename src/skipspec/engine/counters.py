@@ -37,9 +37,10 @@ class Counters:
         self.accepted_per_step.append(accepted)
         self.drafted_per_step.append(nodes)
         if nodes:
-            for name, (_, size), own in zip(owners.names, owners.ranges, owners.paths(step.path)):
-                self.drafted_by_source[name] += size
-                self.accepted_by_source[name] += len(own)
+            for name, kept, own in zip(owners.names, owners.kept, owners.paths(step.path)):
+                if kept:
+                    self.drafted_by_source[name] += kept
+                    self.accepted_by_source[name] += len(own)
 
     def summary(self, new_tokens: int, elapsed: float) -> dict:
         decode_time = self.draft_time + self.verify_time

@@ -8,17 +8,21 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from ..config import GenerationResult, SamplingParams, SwiftConfig
-from ..drafting import DraftContext, Drafter, LayerSkipDrafter, StepResult, TokenView
+from ..drafting import DraftContext, Drafter, DraftTree, LayerSkipDrafter, StepResult, TokenView
+from ..drafting.hybrid import NodeAllocator
+from ..drafting.ngram import NgramDrafter
+from ..drafting.recycle import RecycleDrafter
 from ..errors import DrafterError
 from ..model.adapter import ModelAdapter
 from ..model.skipset import SkipSet
 from ..runtime import EagerExecutor, Executor, RuntimeConfig, StaticExecutor
 from ..runtime.executor import new_seed
 from ..search import FixedSkipPolicy, SearchPolicy, SkipPolicy
+from ..search.costs import CostModel, measure_costs
 from ..search.objective import DraftRule
 from .assemble import Proposal, assemble, describe_fault
 from .counters import Counters
-from .request import PromptIds, Request, make_request
+from .request import DEFAULT_METHOD, PromptIds, Request, make_request
 from .stops import default_stop_token_ids
 
 #: Nodes drafters passed with `drafters=` may propose together in one step, at the least.
@@ -99,6 +103,15 @@ class SwiftDecoder:
         self.rule = DraftRule.of(cfg, self.adapter.vocab_size)
         ids = default_stop_token_ids(model) if stop_token_ids is None else stop_token_ids
         self.stop_tokens = frozenset(int(t) for t in ids)
+        # Built-in drafters live as long as the decoder: recycling's successor table and the
+        # allocators' learnt node worth carry over from one request to the next.
+        self._builtin = {
+            "layer_skip": LayerSkipDrafter(self.policy, self.rule, self.stop_tokens),
+            "ngram": NgramDrafter(),
+            "recycle": RecycleDrafter(),
+        }
+        self._allocators: dict[str, NodeAllocator] = {}
+        self._costs: CostModel | None = None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -114,7 +127,7 @@ class SwiftDecoder:
         input_ids: PromptIds,
         max_new_tokens: int = 64,
         *,
-        method: str = "swift",
+        method: str = DEFAULT_METHOD,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -125,10 +138,12 @@ class SwiftDecoder:
     ) -> TokenStream:
         """Start a request; iterate the returned stream to run it.
 
-        method: "swift" (draft with skipped layers, verify with the full model) or "ar" (plain
-        decoding in this same engine, the honest baseline). Both stop at a stop token exactly
-        where plain decoding does. `drafters`: drafters of your own (`skipspec.drafting.Drafter`)
-        instead of the method's; they share a node budget of at least `MIN_USER_NODES` per step.
+        method: "hybrid" (n-gram, recycling and layer-skip drafts in one tree, each step verifying
+        the nodes worth their measured cost), "ngram" (prompt lookup), "recycle" (token
+        recycling), "swift" (SWIFT: drafts with skipped layers) or "ar" (plain decoding in this
+        same engine, the honest baseline). All stop at a stop token exactly where plain decoding
+        does. `drafters`: drafters of your own (`skipspec.drafting.Drafter`) instead of the
+        method's; they share a node budget of at least `MIN_USER_NODES` per step.
         `seed` keys every random draw by its position, so the same seed gives the same tokens
         whatever the method or drafters. `streamer` takes transformers streamer objects (`put`/`end`).
         """
@@ -142,25 +157,50 @@ class SwiftDecoder:
             max_positions=self.adapter.max_positions,
         )
         chosen = self._drafters(req.method) if drafters is None else _checked_drafters(drafters)
+        allocator = self._allocator(req.method) if drafters is None else None
         budget = self.config.max_tree_nodes if drafters is None else max(MIN_USER_NODES, self.config.max_tree_nodes)
         scratch = max((getattr(d, "scratch_slots", 0) for d in chosen), default=0)
         # Fail before any work when the cache and step workspace cannot fit on the device.
         self.executor.check(len(req.prompt), req.max_new_tokens, scratch, sampling.do_sample)
         counters = Counters()
         start = time.perf_counter()
-        chunks = self._run(req, chosen, budget, scratch, counters)
+        chunks = self._run(req, chosen, allocator, budget, scratch, counters)
         if streamer is not None:
             chunks = _feed_streamer(chunks, streamer, req.prompt, self.adapter.device)
         return TokenStream(chunks, lambda tokens: self._stats(req, chosen, counters, tokens, time.perf_counter() - start))
 
     def _drafters(self, method: str) -> list[Drafter]:
-        if method == "ar":
-            return []
-        return [LayerSkipDrafter(self.policy, self.rule, self.stop_tokens)]
+        names = {"ar": (), "swift": ("layer_skip",), "hybrid": ("ngram", "recycle", "layer_skip")}.get(method, (method,))
+        return [self._builtin[name] for name in names]
+
+    def _allocator(self, method: str) -> NodeAllocator | None:
+        """Per-step node choice for the methods that draft from text (SWIFT keeps its own rule)."""
+        if method in ("ar", "swift"):
+            return None
+        if method not in self._allocators:
+            self._allocators[method] = NodeAllocator([d.name for d in self._drafters(method)])
+        return self._allocators[method]
+
+    def step_costs(self) -> CostModel:
+        """Measured costs of this decoder's steps (the search's, when it has them; else measured
+        once, in a couple of seconds)."""
+        if isinstance(self.policy, SearchPolicy):
+            return self.policy.step_costs()
+        if self._costs is None:
+            self._costs = measure_costs(self.adapter, timer=self.executor.cost_timer())
+        return self._costs
 
     # -- the loop -------------------------------------------------------------------------------
 
-    def _run(self, req: Request, drafters: list[Drafter], budget: int, scratch: int, c: Counters) -> Iterator[list[int]]:
+    def _run(
+        self,
+        req: Request,
+        drafters: list[Drafter],
+        allocator: NodeAllocator | None,
+        budget: int,
+        scratch: int,
+        c: Counters,
+    ) -> Iterator[list[int]]:
         ex, sampling = self.executor, req.sampling
         for d in drafters:
             if hasattr(d, "begin"):
@@ -174,6 +214,7 @@ class SwiftDecoder:
         if self._done(emitted, req.max_new_tokens):
             return
         calls = ex.draft_calls
+        costs = self.step_costs() if allocator is not None else None
         while True:
             remaining = req.max_new_tokens - (len(tokens) - len(req.prompt))
             ctx = DraftContext(
@@ -199,6 +240,8 @@ class SwiftDecoder:
                 continue
             t = time.perf_counter()
             proposals = [Proposal(d, d.propose(_share(ctx, budget, i, len(drafters)))) for i, d in enumerate(drafters)]
+            if allocator is not None:
+                proposals = self._allocate(allocator, proposals, costs, len(tokens))
             tree, owners = assemble(proposals, ctx)
             t2 = time.perf_counter()
             step = ex.verify(tree, sampling)
@@ -213,8 +256,20 @@ class SwiftDecoder:
             yield new
             if done:
                 return
-            for proposal, own in zip(proposals, owners.paths(step.path)):
+            paths = owners.paths(step.path)
+            if allocator is not None:
+                allocator.observe(owners.kept, paths)
+            for proposal, own in zip(proposals, paths):
                 proposal.drafter.observe(ctx, StepResult(step.tokens, proposal.tree, step.topk, step.verified, own))
+
+    def _allocate(
+        self, allocator: NodeAllocator, proposals: list[Proposal], costs: CostModel, context: int
+    ) -> list[Proposal]:
+        """Each proposal cut to the nodes worth verifying this step (`drafting.hybrid`)."""
+        parents = [_host_parents(p.tree) for p in proposals]
+        padded = self.executor.verify_size
+        keep = allocator.plan([p.tree for p in proposals], parents, lambda n: costs.verify_cost(padded(n), context))
+        return [Proposal(p.drafter, _prefix(p.tree, k)) for p, k in zip(proposals, keep)]
 
     def _emit(self, tokens: list[int], new: list[int], req: Request) -> tuple[list[int], bool]:
         """Append `new` to the output, cut at a stop token or at the budget; returns (the tokens
@@ -260,6 +315,21 @@ def _checked_drafters(drafters: Sequence[Drafter]) -> list[Drafter]:
         if not isinstance(d, Drafter):
             raise DrafterError(f"{d!r} is not a drafter: it needs a `name`, `propose(ctx)` and `observe(ctx, result)`")
     return out
+
+
+def _host_parents(tree: DraftTree | None) -> list[int]:
+    """A tree's parents as host ints (built-in drafters keep them on the host: no sync)."""
+    if tree is None:
+        return []
+    parents = tree.parents
+    return parents.tolist() if isinstance(parents, torch.Tensor) else list(parents)
+
+
+def _prefix(tree: DraftTree | None, n: int) -> DraftTree | None:
+    """The first `n` nodes of a tree (each node's parent comes before it, so it is a tree)."""
+    if tree is None or n == 0:
+        return None
+    return tree if n >= len(tree) else DraftTree(tree.tokens[:n], tree.parents[:n])
 
 
 def _plain_run(drafters: list[Drafter], remaining: int) -> int:

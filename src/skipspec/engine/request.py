@@ -11,7 +11,9 @@ import torch
 from ..config import SamplingParams
 from ..errors import InputError
 
-METHODS = ("swift", "ar")
+#: Decoding methods: plain decoding, then drafting by layer skipping, n-gram lookup, token recycling, or all three.
+METHODS = ("ar", "swift", "ngram", "recycle", "hybrid")
+DEFAULT_METHOD = "hybrid"
 
 PromptIds = Union[Sequence[int], torch.Tensor]  # noqa: UP007 (a runtime alias)
 

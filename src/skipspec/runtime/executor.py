@@ -138,6 +138,10 @@ class Executor(Protocol):
 
     def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]: ...
 
+    def verify_size(self, nodes: int) -> int:
+        """The forward a verify of `nodes` drafted nodes runs (root and padding included): what it costs."""
+        ...
+
     def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """A skip-mode forward of the draft chain's next token, written past the committed slots.
 
@@ -219,6 +223,9 @@ class EagerExecutor:
     def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]:
         for _ in range(limit):
             yield self.verify(None, sampling)
+
+    def verify_size(self, nodes: int) -> int:
+        return nodes + 1
 
     @torch.inference_mode()
     def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -337,6 +337,10 @@ class StaticExecutor:
             self.committed = start + taken
             yield Verified([token], (), top, root)
 
+    def verify_size(self, nodes: int) -> int:
+        """Trees are padded to their bucket: a verify of `nodes` costs the bucket's forward."""
+        return bucket_for(nodes + 1, self.tree_buckets)
+
     def verify_graph(self, bucket: int, params: SamplingParams) -> StepGraph:
         """The verify step for `bucket` tree nodes; reads `inputs.tree` (stage it first: a first-use
         capture runs the step once)."""

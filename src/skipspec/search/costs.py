@@ -2,7 +2,8 @@
 
 `measure_costs` times one-token forwards with nothing skipped, with every inner attention sublayer
 of one layer type skipped, with every inner MLP skipped and with every inner sublayer skipped, at
-two context lengths, plus verify forwards over 4 and 32 tree nodes. Layers of one model share their
+two context lengths, plus verify forwards over 2 to 64 tree nodes (what the search prices its
+trees by, and what hybrid drafting sizes its trees by). Layers of one model share their
 shapes, so a sublayer's cost is a per-kind (and per attention layer type: sliding windows read
 fewer keys) share of the difference; timing each of the 2(L-2) sublayers alone would need 2(L-2)
 differences of two noisy numbers for no extra information. Costs grow with the context linearly
@@ -140,7 +141,7 @@ def measure_costs(
     adapter: ModelAdapter,
     *,
     contexts: Sequence[int] = (64, 512),
-    sizes: Sequence[int] = (4, 32),
+    sizes: Sequence[int] = (2, 4, 8, 16, 32, 64),
     budget_s: float = 2.0,
     max_reps: int = 5,
     timer: Timer | None = None,

@@ -162,6 +162,16 @@ class SearchPolicy:
         with self._timed():
             self._observe(ctx)
 
+    def step_costs(self) -> CostModel:
+        """The measured costs of the decoder's steps (measured, or loaded from the store, on first use)."""
+        if self.costs is None:
+            with self._timed():
+                if self.search is None:
+                    self._setup()  # measures them when the objective needs them
+                if self.costs is None:
+                    self.costs = self._measured_costs()
+        return self.costs
+
     def plain_steps(self) -> int:
         s = self.search
         if not isinstance(s, SpeedSearch) or s.decision() is not None:

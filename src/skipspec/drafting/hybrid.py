@@ -1,0 +1,167 @@
+"""Hybrid drafting: which of several drafters' nodes are worth verifying in this step.
+
+Every source (n-gram lookup, token recycling, layer skipping) proposes its best nodes first. A
+node's worth is the chance it is accepted, learnt per source and per place in that source's
+order (a recycling template's node 7 is the same guess every step; an n-gram tree's node 0 is
+its best continuation's first token), from decayed counts with an optimistic prior so that a
+source that is never given nodes is still tried. A step verifies the nodes that maximise the
+expected tokens per second,
+
+    (1 + sum of the chosen nodes' worth) / (measured seconds of a verify of that many nodes),
+
+taking each source's nodes in its own order (so every node's parent is in). On a GPU a verify of
+64 nodes costs little more than one of 1, so trees grow wide; on a CPU every node costs nearly a
+token's compute, so trees stay narrow; when nothing is worth its cost the step is plain.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError
+from .base import DraftTree
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """How node worth is learnt.
+
+    prior:    assumed acceptance of a source's first node before any evidence, `prior * fade**i`
+              for its i-th node
+    fade:     see `prior`
+    weight:   pseudo-steps the prior counts for (a source earns or loses its place within a few
+              dozen steps)
+    decay:    each step's evidence fades by this factor per later step (drafts' quality drifts
+              with the text)
+    max_nodes: nodes tracked per source (the largest tree a source may propose)
+    """
+
+    prior: float = 0.5
+    fade: float = 0.85
+    weight: float = 4.0
+    decay: float = 0.99
+    max_nodes: int = 256
+
+    def __post_init__(self) -> None:
+        for name, low, high in (("prior", 0.0, 1.0), ("fade", 0.0, 1.0), ("decay", 0.0, 1.0)):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and low < value <= high):
+                raise ConfigError(f"{name} must be in ({low}, {high}], got {value!r}")
+        if not (isinstance(self.weight, (int, float)) and self.weight > 0):
+            raise ConfigError(f"weight must be > 0, got {self.weight!r}")
+        if not (isinstance(self.max_nodes, int) and self.max_nodes >= 1):
+            raise ConfigError(f"max_nodes must be an integer >= 1, got {self.max_nodes!r}")
+
+
+class NodeWorth:
+    """One source's chance of acceptance per node index, from decayed counts and a prior.
+
+    >>> w = NodeWorth(HybridConfig(prior=0.5, fade=1.0, weight=2.0, decay=1.0, max_nodes=4))
+    >>> w.values(2).tolist()
+    [0.5, 0.5]
+    >>> w.record(proposed=2, accepted=[0]); w.values(2).round(3).tolist()
+    [0.667, 0.333]
+    """
+
+    def __init__(self, config: HybridConfig) -> None:
+        n = config.max_nodes
+        self.config = config
+        self.prior = config.prior * config.fade ** np.arange(n)
+        self.proposed = np.zeros(n)
+        self.accepted = np.zeros(n)
+
+    def values(self, n: int) -> np.ndarray:
+        w = self.config.weight
+        n = min(n, self.config.max_nodes)
+        return (self.accepted[:n] + w * self.prior[:n]) / (self.proposed[:n] + w)
+
+    def record(self, proposed: int, accepted: Sequence[int]) -> None:
+        """A step verified this source's first `proposed` nodes and accepted those in `accepted`."""
+        decay = self.config.decay
+        self.proposed *= decay
+        self.accepted *= decay
+        proposed = min(proposed, self.config.max_nodes)
+        self.proposed[:proposed] += 1.0
+        for i in accepted:
+            if i < proposed:
+                self.accepted[i] += 1.0
+
+
+def parent_capped(values: np.ndarray, parents: Sequence[int]) -> list[float]:
+    """Each node's worth capped by its parent's: a node is accepted only after its parent.
+
+    >>> parent_capped(np.array([0.5, 0.7, 0.2]), [-1, 0, 1])
+    [0.5, 0.5, 0.2]
+    """
+    out = values.tolist()
+    for i, p in enumerate(parents[: len(out)]):
+        if p >= 0 and out[p] < out[i]:
+            out[i] = out[p]
+    return out
+
+
+def choose_nodes(worths: Sequence[Sequence[float]], cost: Callable[[int], float]) -> list[int]:
+    """How many of each source's first nodes to verify: the prefix lengths maximising
+    (1 + total worth) / cost(total nodes), nodes taken best next node first.
+
+    cost(n): seconds of a verify step of n drafted nodes (cost(0): a plain step).
+
+    >>> flat = lambda n: 1.0                     # a GPU: wide trees are free
+    >>> choose_nodes([[0.9, 0.5], [0.2]], flat)
+    [2, 1]
+    >>> linear = lambda n: 1.0 + 0.5 * n         # a CPU: each node costs half a token
+    >>> choose_nodes([[0.9, 0.5], [0.2]], linear)
+    [1, 0]
+    >>> choose_nodes([[0.1]], linear)            # nothing pays: a plain step
+    [0]
+    """
+    heap = [(-w[0], s, 0) for s, w in enumerate(worths) if len(w)]
+    heapq.heapify(heap)
+    taken = [0] * len(worths)
+    order: list[int] = []
+    total, best_rate, best_n = 0.0, 1.0 / cost(0), 0
+    while heap:
+        negative, s, i = heapq.heappop(heap)
+        total -= negative
+        order.append(s)
+        rate = (1.0 + total) / cost(len(order))
+        if rate > best_rate:
+            best_rate, best_n = rate, len(order)
+        if i + 1 < len(worths[s]):
+            heapq.heappush(heap, (-worths[s][i + 1], s, i + 1))
+    for s in order[:best_n]:
+        taken[s] += 1
+    return taken
+
+
+class NodeAllocator:
+    """Per-step choice of the nodes a hybrid step verifies (see the module docstring).
+
+    costs(n): seconds of a verify step of n drafted nodes at the current context, on this device
+    and model (measured: `search.costs.CostModel.verify_cost`).
+    """
+
+    def __init__(self, names: Sequence[str], config: HybridConfig | None = None) -> None:
+        self.config = config or HybridConfig()
+        self.names = tuple(names)
+        self.worth = [NodeWorth(self.config) for _ in self.names]
+
+    def plan(
+        self, trees: Sequence[DraftTree | None], parents: Sequence[Sequence[int]], cost: Callable[[int], float]
+    ) -> list[int]:
+        """Nodes to keep of each source's tree (a prefix of it); parents: each tree's host parents."""
+        worths = [
+            parent_capped(w.values(len(t)), p) if t is not None and len(t) else []
+            for w, t, p in zip(self.worth, trees, parents)
+        ]
+        return choose_nodes(worths, cost)
+
+    def observe(self, kept: Sequence[int], paths: Sequence[Sequence[int]]) -> None:
+        """The step verified `kept[s]` nodes of source s and accepted `paths[s]` of them."""
+        for w, n, path in zip(self.worth, kept, paths):
+            if n:
+                w.record(n, path)
