@@ -56,7 +56,7 @@ def test_generation_stops_at_the_first_stop_token_like_plain_decoding():
     free = SwiftDecoder(model, stop_token_ids=[]).generate([1, 2, 3], 30, method="ar").tokens
     stop = free[7]
     first = free.index(stop)
-    for method in ("swift", "ar"):
+    for method in ("swift", "ar", "ngram", "recycle", "hybrid"):
         res = SwiftDecoder(model, SwiftConfig(confidence_threshold=0.0), stop_token_ids=[stop]).generate(
             [1, 2, 3], 30, method=method
         )
@@ -72,7 +72,7 @@ def test_every_max_new_tokens_is_honoured_exactly():
 
 def test_stats_describe_the_run():
     dec = make_decoder(skip_attn=[2], skip_mlp=[3])
-    s = dec.generate(torch.tensor([[4, 5, 6]]), 30).stats
+    s = dec.generate(torch.tensor([[4, 5, 6]]), 30, method="swift").stats
     assert s["new_tokens"] == 30 and s["method"] == "swift"
     assert s["skip_attn"] == [2] and s["skip_mlp"] == [3]
     assert s["verify_steps"] == len(s["accepted_per_step"])
@@ -85,6 +85,19 @@ def test_stats_describe_the_run():
     plain = dec.generate([4, 5, 6], 30, method="ar").stats
     assert plain["verify_steps"] == 29 and plain["draft_forwards"] == 0 and plain["mean_accepted"] == 1.0
     assert set(plain["drafted_per_step"]) == {0}
+
+
+def test_hybrid_is_the_default_and_reports_its_sources():
+    dec = make_decoder()
+    prompt = [4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6]  # repetition: n-gram lookup has something to find
+    s = dec.generate(prompt, 40).stats
+    assert s["method"] == "hybrid"
+    assert set(s["drafted_by_source"]) <= {"ngram", "recycle", "layer_skip"}
+    assert sum(s["drafted_by_source"].values()) >= s["drafted_tokens"] > 0
+    assert all(s["accepted_by_source"].get(k, 0) <= v for k, v in s["drafted_by_source"].items())
+    assert abs(s["mean_tree_nodes"] - s["drafted_tokens"] / s["verify_steps"]) < 1e-9
+    assert 0.0 <= s["host_share"] <= 1.0
+    assert dec.generate(prompt, 40).tokens == dec.generate(prompt, 40, method="ar").tokens
 
 
 def test_same_seed_same_sample():

@@ -31,18 +31,18 @@ class HybridConfig:
     """How node worth is learnt.
 
     prior:    assumed acceptance of a source's first node before any evidence, `prior * fade**i`
-              for its i-th node
+              for its i-th node: optimistic, so that every source is tried
     fade:     see `prior`
     weight:   pseudo-steps the prior counts for (a source earns or loses its place within a few
-              dozen steps)
-    decay:    each step's evidence fades by this factor per later step (drafts' quality drifts
-              with the text)
+              steps)
+    decay:    all evidence fades by this factor every step, used or not (drafts' quality drifts
+              with the text, and a source left out long enough is tried again)
     max_nodes: nodes tracked per source (the largest tree a source may propose)
     """
 
-    prior: float = 0.5
+    prior: float = 0.9
     fade: float = 0.85
-    weight: float = 4.0
+    weight: float = 2.0
     decay: float = 0.99
     max_nodes: int = 256
 
@@ -80,7 +80,7 @@ class NodeWorth:
         return (self.accepted[:n] + w * self.prior[:n]) / (self.proposed[:n] + w)
 
     def record(self, proposed: int, accepted: Sequence[int]) -> None:
-        """A step verified this source's first `proposed` nodes and accepted those in `accepted`."""
+        """A step verified this source's first `proposed` nodes (0: none) and accepted those in `accepted`."""
         decay = self.config.decay
         self.proposed *= decay
         self.accepted *= decay
@@ -163,5 +163,4 @@ class NodeAllocator:
     def observe(self, kept: Sequence[int], paths: Sequence[Sequence[int]]) -> None:
         """The step verified `kept[s]` nodes of source s and accepted `paths[s]` of them."""
         for w, n, path in zip(self.worth, kept, paths):
-            if n:
-                w.record(n, path)
+            w.record(n, path)
