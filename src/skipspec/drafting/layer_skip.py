@@ -72,6 +72,7 @@ class LayerSkipDrafter:
 
     def observe(self, ctx: DraftContext, result: StepResult) -> None:
         verified = result.topk.shape[0] if result.topk is not None else 1
+        before = self.policy.skip_set()
         self.policy.observe(
             StepContext(
                 ctx.executor.adapter,
@@ -85,3 +86,6 @@ class LayerSkipDrafter:
                 verified,
             )
         )
+        chosen = self.policy.skip_set()
+        if chosen is not None and chosen != before:
+            ctx.executor.prepare_draft(chosen, ctx.sampling)  # a new set's draft step, before its first use

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -12,7 +13,7 @@ from ..drafting import DraftContext, Drafter, DraftTree, LayerSkipDrafter, StepR
 from ..drafting.hybrid import NodeAllocator
 from ..drafting.ngram import NgramDrafter
 from ..drafting.recycle import RecycleDrafter
-from ..errors import DrafterError
+from ..errors import DrafterError, InputError
 from ..model.adapter import ModelAdapter
 from ..model.skipset import SkipSet
 from ..runtime import EagerExecutor, Executor, RuntimeConfig, StaticExecutor
@@ -22,7 +23,7 @@ from ..search.costs import CostModel, measure_costs
 from ..search.objective import DraftRule
 from .assemble import Proposal, assemble, describe_fault
 from .counters import Counters
-from .request import DEFAULT_METHOD, PromptIds, Request, make_request
+from .request import DEFAULT_METHOD, METHODS, PromptIds, Request, make_request
 from .stops import default_stop_token_ids
 
 #: Nodes drafters passed with `drafters=` may propose together in one step, at the least.
@@ -169,6 +170,44 @@ class SwiftDecoder:
             chunks = _feed_streamer(chunks, streamer, req.prompt, self.adapter.device)
         return TokenStream(chunks, lambda tokens: self._stats(req, chosen, counters, tokens, time.perf_counter() - start))
 
+    def warmup(
+        self,
+        max_context: int,
+        *,
+        methods: Sequence[str] = (DEFAULT_METHOD,),
+        sampling: Sequence[SamplingParams] = (SamplingParams(),),
+        progress: bool = False,
+    ) -> float:
+        """Pay every one-time cost before the first request; returns the seconds it took.
+
+        Measures the step costs (or loads them from the store) when a method needs them, and on
+        the fast path allocates the KV cache once for requests of up to `max_context` tokens
+        (prompt and output; as vLLM does at start-up) and captures every step shapes can demand:
+        verify steps of every tree bucket for each of `sampling`'s settings, the search's scoring
+        forwards, the current skip set's draft step. Afterwards requests that fit capture and
+        compile nothing on their critical path. TorchInductor keeps its compiled kernels on disk,
+        so a second process compiles less.
+        """
+        start = time.perf_counter()
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise InputError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        if not (isinstance(max_context, int) and max_context >= 2):
+            raise InputError(f"max_context must be an integer >= 2, got {max_context!r}")
+        drafters = [d for m in methods for d in self._drafters(m)]
+        for d in drafters:
+            if hasattr(d, "begin"):
+                d.begin(max_context, 1)  # the search loads its saved set and costs
+        if any(self._allocator(m) is not None for m in methods):
+            self.step_costs()
+        scratch = max((getattr(d, "scratch_slots", 0) for d in drafters), default=0)
+        skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
+        steps = len(sampling) * (len(getattr(self.executor, "tree_buckets", ())) + (skip is not None))
+        steps += len(getattr(self.executor, "score_buckets", ())) if scratch else 0
+        with _progress(progress, steps, "warm-up") as tick:
+            self.executor.warmup(max_context, scratch, tuple(sampling), (skip,) if skip else (), tick)
+        return time.perf_counter() - start
+
     def _drafters(self, method: str) -> list[Drafter]:
         names = {"ar": (), "swift": ("layer_skip",), "hybrid": ("ngram", "recycle", "layer_skip")}.get(method, (method,))
         return [self._builtin[name] for name in names]
@@ -307,6 +346,19 @@ class SwiftDecoder:
             "fused": self.executor.fused if static else False,
             "fast_path": self.executor.tag,
         }
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, label: str):
+    """A progress bar on stderr (rich) while a block runs; yields `tick(label)`."""
+    if not enabled or total == 0:
+        yield lambda step: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda step: bar.update(task, advance=1, description=f"{label}: {step}")
 
 
 def _checked_drafters(drafters: Sequence[Drafter]) -> list[Drafter]:

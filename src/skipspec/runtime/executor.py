@@ -142,6 +142,12 @@ class Executor(Protocol):
         """The forward a verify of `nodes` drafted nodes runs (root and padding included): what it costs."""
         ...
 
+    def warmup(
+        self, max_context: int, scratch: int, params: Sequence[SamplingParams], skips: Sequence[SkipSet], tick=None
+    ) -> None:
+        """Make every step shape requests up to `max_context` tokens can demand now, off their critical path."""
+        ...
+
     def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """A skip-mode forward of the draft chain's next token, written past the committed slots.
 
@@ -149,6 +155,10 @@ class Executor(Protocol):
         = [top-1 probability, top-1 token]), both on the device; the next call continues from the
         top-1 candidate.
         """
+        ...
+
+    def prepare_draft(self, skip: SkipSet, params: SamplingParams) -> None:
+        """Make `skip`'s draft forward ready before its first use (between steps)."""
         ...
 
     def score(self, frame: Frame, cache: KVCache, skip: SkipSet) -> torch.Tensor: ...
@@ -178,6 +188,12 @@ class EagerExecutor:
 
     def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
         pass  # the cache is allocated per request, on whatever device the model is
+
+    def warmup(self, max_context: int, scratch: int, params, skips, tick=None) -> None:
+        pass  # nothing is captured or compiled: shapes are free
+
+    def prepare_draft(self, skip: SkipSet, params: SamplingParams) -> None:
+        pass
 
     @torch.inference_mode()
     def prefill(self, prompt: Sequence[int], max_new_tokens: int, scratch: int, sampling: SamplingParams, seed: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -107,6 +107,7 @@ class StaticExecutor:
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(2 * len(self.score_buckets))  # plain and measuring
+        self._pinned = False  # set by `warmup`: the cache is kept for every request that fits
         self._tree_upload = Uploader(packed_length(self.tree_buckets[-1]), adapter.device)
         self._keep_upload = Uploader(2 * adapter.num_layers, adapter.device)
         self.capture_time = 0.0
@@ -128,6 +129,8 @@ class StaticExecutor:
 
     def _reusable(self, capacity: int, sampling: bool) -> bool:
         held = self.cache.capacity if self.cache is not None else 0
+        if self._pinned:
+            return capacity <= held  # warmed up for the largest context it serves: never re-made smaller
         # Attention reads the whole capacity, so a far larger held cache is not worth keeping; within
         # a factor of 4, reuse wins: requests of mixed lengths do not recapture every time.
         return capacity <= held <= _SHRINK_BELOW * capacity
@@ -220,6 +223,40 @@ class StaticExecutor:
 
     def _capture(self, program: Callable, mutable) -> StepGraph:
         return StepGraph(program, capture=self.mode == "graphs", pool=self._pool, mutable=mutable)
+
+    # -- warm-up ----------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def warmup(
+        self, max_context: int, scratch: int, params: Sequence[SamplingParams], skips: Sequence[SkipSet], tick=None
+    ) -> None:
+        """Allocate the cache for `max_context` tokens once and capture every step shapes can demand:
+        verify steps of every tree bucket (per sampling setting in `params`), scoring forwards of
+        every bucket (when `scratch`: the search runs), draft steps of `skips`. Later requests that
+        fit run no capture and no compile on their critical path. `tick(label)` reports progress."""
+        tick = tick or (lambda label: None)
+        self._pinned = False
+        self.reserve(max_context, 0, scratch, any(p.do_sample for p in params))
+        self._pinned = True
+        self.committed = 0
+        for p in params:
+            for bucket in self.tree_buckets:
+                chain = TreeInput(([0] * (bucket - 1),), (list(range(-1, bucket - 2)),), bucket - 1)
+                self.stage_tree(chain if bucket > 1 else None, 0, bucket)
+                self.verify_graph(bucket, p)
+                tick(f"verify {bucket}")
+            for skip in skips:
+                self.draft_forward(skip, p, start=True)
+                tick("draft")
+        if scratch:
+            for bucket in self.score_buckets:
+                n, device = min(bucket, self.cache.capacity // 2), self.adapter.device
+                allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+                positions = torch.arange(n, device=device)
+                frame = Frame(torch.zeros(1, n, dtype=torch.long, device=device), positions, 0, allowed, positions)
+                self.score(frame, self.cache, SkipSet.empty())
+                self.sublayer_sizes(frame)
+                tick(f"scoring {bucket}")
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -358,6 +395,16 @@ class StaticExecutor:
         return self._drafts.get(
             (skip, sampling_key(params)), lambda: self._step(program, False, mutable=(inp.pos, inp.token), fns=True)
         )
+
+    @torch.inference_mode()
+    def prepare_draft(self, skip: SkipSet, params: SamplingParams) -> None:
+        """Capture `skip`'s draft step now, between steps, before its first use (a capture inside a
+        drafting chain would stall that step). Its warm-up run writes past the committed slots only."""
+        if self.inputs is None or (skip, sampling_key(params)) in self._drafts:
+            return
+        self.inputs.token.copy_(self.inputs.root.view(1, 1))
+        self.inputs.pos.fill_(self.committed)
+        self.draft_graph(skip, params)
 
     @torch.inference_mode()
     def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
