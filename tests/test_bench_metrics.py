@@ -11,15 +11,20 @@ from skipspec.bench.metrics import (
     OVERALL,
     acceptance_rate,
     accepted_histogram,
+    by_source,
+    host_share,
     mark_identical,
     mean_accepted,
+    mean_tree_nodes,
     median,
+    percentile,
     summarize,
+    token_latencies,
     tokens_per_s,
 )
-from skipspec.bench.records import BenchConfig, GenSettings, Outcome, PromptRecord
-from skipspec.bench.report import metric_table, overall_table
-from skipspec.bench.runner import EncodedPrompt, measure
+from skipspec.bench.records import DEFAULT_METHODS, BenchConfig, GenSettings, Outcome, PromptRecord, WarmUp
+from skipspec.bench.report import cold_start_table, drafting_table, latency_table, metric_table, overall_table
+from skipspec.bench.runner import EncodedPrompt, make_record, measure
 from skipspec.bench.suites import Prompt, limit_per_category, load_suite, load_suites
 from skipspec.errors import ConfigError, InputError
 
@@ -118,6 +123,85 @@ def test_tables_show_a_dash_for_missing_metrics():
     assert "| swift | 17.14 | 2.00x | 4.00x |" in overall
 
 
+# --- drafting and latency aggregates ------------------------------------------------------------
+
+
+def test_tree_nodes_and_host_share_are_weighted_by_steps_and_time():
+    rs = [
+        rec("hybrid", "p1", "a", 10, 1.0, verify_steps=2, mean_tree_nodes=10.0, host_share=0.5, draft_time=1.0,
+            verify_time=1.0, drafted_by_source={"ngram": 12, "recycle": 8}, accepted_by_source={"ngram": 3}),
+        rec("hybrid", "p2", "a", 10, 1.0, verify_steps=8, mean_tree_nodes=5.0, host_share=0.1, draft_time=0.2,
+            verify_time=1.8, drafted_by_source={"recycle": 20}, accepted_by_source={"recycle": 4}),
+    ]  # fmt: skip
+    assert mean_tree_nodes(rs) == pytest.approx((2 * 10 + 8 * 5) / 10)
+    assert host_share(rs) == pytest.approx(1.2 / 4.0)  # total host time over total time, not a mean of shares
+    assert by_source(rs, "drafted_by_source") == {"ngram": 12, "recycle": 28}
+    assert by_source(rs, "accepted_by_source") == {"ngram": 3, "recycle": 4}
+    plain = [rec("hf", "p1", "a", 10, 1.0, verify_steps=9)]
+    assert mean_tree_nodes(plain) is None and host_share(plain) is None and by_source(plain, "drafted_by_source") is None
+    s = summarize(rs)["hybrid"][OVERALL]
+    assert s.accepted_by_source == {"ngram": 3, "recycle": 4} and s.mean_tree_nodes == pytest.approx(6.0)
+    assert "| hybrid | 10.00 | – | – | 6.0 | 30% | ngram 3/12, recycle 4/28 |" in drafting_table(summarize(rs))
+
+
+def test_a_chunk_gap_goes_to_its_first_token_and_the_rest_of_the_chunk_gets_zero():
+    # Prefill at 0.5 s (1 token), a step of 3 tokens at 0.75 s, one of 1 token at 1.0 s.
+    ttft, gaps = token_latencies([(0.5, 1), (0.75, 3), (1.0, 1)], 5)
+    assert ttft == 0.5 and gaps == [0.25, 0.0, 0.0, 0.25]
+    # A first chunk of several tokens (transformers' assisted loop has no separate prefill).
+    assert token_latencies([(0.5, 2), (0.75, 1)], 3) == (0.5, [0.0, 0.25])
+    # Tokens streamed past the method's output (cut at a stop token afterwards) are dropped.
+    assert token_latencies([(0.5, 1), (0.75, 4)], 2) == (0.5, [0.25])
+    assert token_latencies([(0.5, 1)], 1) == (0.5, [])
+    assert token_latencies([], 0) == (None, [])
+
+
+def test_percentiles_interpolate_between_order_statistics():
+    values = [0.4, 0.1, 0.3, 0.2]  # order does not matter
+    assert percentile(values, 0) == 0.1 and percentile(values, 100) == 0.4
+    assert percentile(values, 50) == pytest.approx(0.25)
+    assert percentile(values, 99) == pytest.approx(0.3 + 0.97 * 0.1)
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([], 50) is None
+    assert percentile(range(101), 99) == 99.0
+
+
+def test_latency_percentiles_pool_every_prompt_and_repeat_of_a_method():
+    rs = [
+        rec("m", "p1", "a", 3, 1.0, ttft_s=(0.1, 0.3), itl_s=(0.01, 0.0, 0.02, 0.0)),
+        rec("m", "p2", "b", 2, 1.0, ttft_s=(0.2,), itl_s=(0.05,)),
+        rec("hf", "p1", "a", 3, 1.0),
+    ]
+    s = summarize(rs)
+    assert s["m"][OVERALL].ttft_p50 == pytest.approx(0.2)
+    assert s["m"][OVERALL].ttft_p99 == pytest.approx(0.2 + 0.98 * 0.1)
+    assert s["m"][OVERALL].itl_p50 == pytest.approx(0.01)
+    assert s["m"][OVERALL].itl_p99 == pytest.approx(0.02 + 0.96 * 0.03)
+    assert s["m"]["b"].ttft_p50 == pytest.approx(0.2)
+    assert s["hf"][OVERALL].ttft_p50 is None
+    table = latency_table(s)
+    assert "| m | 200.0 | 298.0 | 10.0 | 48.8 |" in table and "| hf | – | – | – | – |" in table
+
+
+def test_a_record_takes_latencies_and_captures_from_every_repeat():
+    p = EncodedPrompt(Prompt("p0", "c", "", False), (5, 6))
+    outcomes = [
+        Outcome((1, 2, 3), {"verify_steps": 1, "graph_captures": 2}, ((0.5, 1), (0.75, 2))),
+        Outcome((1, 2, 3), {"verify_steps": 1, "graph_captures": 0}, ((0.25, 1), (0.5, 1), (0.75, 1))),
+    ]
+    r = make_record(p, "swift", outcomes, [1.0, 0.9])
+    assert r.ttft_s == (0.5, 0.25) and r.itl_s == (0.25, 0.0, 0.25, 0.25)
+    assert r.graph_captures == 2 and r.verify_steps == 1 and r.time_s == pytest.approx(0.95)
+    assert make_record(p, "hf", [Outcome((1,), {})], [1.0]).graph_captures is None
+
+
+def test_cold_start_table_shows_warmups_and_captures_during_timing():
+    rs = [rec("swift", "p1", "a", 3, 1.0, graph_captures=0), rec("hf", "p1", "a", 3, 1.0)]
+    table = cold_start_table(summarize(rs), {"swift": WarmUp(1.5, 0.25, 3), "hf": WarmUp(None, 0.5)})
+    assert "| swift | 1.50 | 0.25 | 1.75 | 3 | 0 |" in table
+    assert "| hf | – | 0.50 | 0.50 | – | – |" in table
+
+
 # --- the measuring loop, with fake methods ------------------------------------------------------
 
 
@@ -130,7 +214,15 @@ class FakeMethod:
     def generate(self, ids, settings: GenSettings) -> Outcome:
         self.log.append((self.name, ids[0], settings.max_new_tokens))
         n = min(self.tokens, settings.max_new_tokens)
-        return Outcome(tuple(range(n)), {"verify_steps": n - 1, "mean_accepted": 1.0})
+        arrivals = tuple((0.001 * (i + 1), 1) for i in range(n))
+        return Outcome(tuple(range(n)), {"verify_steps": n - 1, "mean_accepted": 1.0}, arrivals)
+
+
+class PreparedMethod(FakeMethod):
+    """A FakeMethod that can be readied for a context length, as the engine's methods can."""
+
+    def prepare(self, max_context: int) -> None:
+        self.log.append((self.name, "prepare", max_context))
 
 
 def _prompts(n: int) -> list[EncodedPrompt]:
@@ -140,7 +232,7 @@ def _prompts(n: int) -> list[EncodedPrompt]:
 def test_methods_are_warmed_up_once_then_interleaved_prompt_major():
     log: list = []
     methods = {"ar": FakeMethod("ar", log), "swift": FakeMethod("swift", log, tokens=3)}
-    records = measure(methods, _prompts(2), GenSettings(max_new_tokens=8), repeats=2, warmup_tokens=2)
+    records = measure(methods, _prompts(2), GenSettings(max_new_tokens=8), repeats=2, warmup_tokens=2).records
     assert log == [
         ("ar", 0, 2), ("swift", 0, 2),  # warm-up, short
         ("ar", 0, 8), ("swift", 0, 8), ("ar", 0, 8), ("swift", 0, 8),
@@ -155,6 +247,23 @@ def test_no_warmup_when_warmup_tokens_is_zero():
     log: list = []
     measure({"ar": FakeMethod("ar", log)}, _prompts(1), GenSettings(max_new_tokens=8), warmup_tokens=0)
     assert log == [("ar", 0, 8)]
+
+
+def test_methods_are_prepared_for_the_longest_context_before_their_warmup():
+    log: list = []
+    prompts = [EncodedPrompt(Prompt("p0", "c", "", False), (0,) * 3), EncodedPrompt(Prompt("p1", "c", "", False), (1,) * 7)]
+    methods = {"swift": PreparedMethod("swift", log), "hf": FakeMethod("hf", log)}
+    m = measure(methods, prompts, GenSettings(max_new_tokens=8), warmup_tokens=2)
+    assert log[:3] == [("swift", "prepare", 7 + 8), ("swift", 0, 2), ("hf", 0, 2)]
+    assert m.warmups["swift"].prepare_s is not None and m.warmups["swift"].generate_s is not None
+    assert m.warmups["hf"].prepare_s is None and m.warmups["hf"].generate_s is not None
+    r = m.records[0]
+    assert r.ttft_s == (0.001,) and r.itl_s == pytest.approx((0.001, 0.001, 0.001))
+
+
+def test_default_methods_include_the_engines_default_and_both_baselines():
+    assert DEFAULT_METHODS == ("ar", "hybrid", "swift", "hf", "hf-pld")
+    assert BenchConfig(model="m", suites=("s",)).methods == DEFAULT_METHODS
 
 
 # --- suites and config ---------------------------------------------------------------------------
@@ -225,3 +334,41 @@ def test_categories_keep_only_the_named_ones_and_reject_unknown_names(tmp_path):
     assert [p.prompt_id for p in load_suites([path], categories=["translation"])] == ["translation/162", "translation/164"]
     with pytest.raises(InputError, match="writing"):
         load_suites([path], categories=["writing"])  # folded into mt_bench
+
+
+# --- engine methods' preparation ------------------------------------------------------------------
+
+
+class _Decoder:
+    """Stands in for SwiftDecoder: records how it was warmed up or asked to generate."""
+
+    def __init__(self, log: list, warmup: bool) -> None:
+        self.log = log
+        if warmup:
+            self.warmup = lambda max_context, methods=("hybrid",): log.append(("warmup", max_context, methods))
+
+    def generate(self, ids, max_new_tokens, method):
+        self.log.append(("generate", len(ids), max_new_tokens, method))
+
+
+def test_engine_methods_prepare_through_the_decoders_warmup_or_a_request_of_full_length():
+    from skipspec.bench.methods import EngineMethod
+
+    log: list = []
+    method = EngineMethod.__new__(EngineMethod)
+    method.mode = "swift"
+    method.decoder = _Decoder(log, warmup=True)
+    method.prepare(40)
+    method.decoder = _Decoder(log, warmup=False)
+    method.prepare(40)
+    # Without `warmup`: plain decoding (no drafter learns from the made-up prompt), the full context.
+    assert log == [("warmup", 40, ("swift",)), ("generate", 36, 4, "ar")]
+
+
+def test_the_registry_has_the_engines_methods_and_hf_assisted_needs_a_draft():
+    from skipspec.bench.methods import METHODS, MethodContext
+
+    assert {"ar", "hybrid", "swift", "ngram", "recycle", "hf", "hf-pld", "hf-assisted"} <= set(METHODS)
+    assert METHODS["hf-assisted"].needs_draft and not METHODS["hf"].needs_draft
+    with pytest.raises(ConfigError, match="--draft-model"):
+        METHODS["hf-assisted"].factory(MethodContext(model=None, tokenizer=None, stop_ids=()))

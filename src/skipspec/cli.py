@@ -133,7 +133,15 @@ def bench(
         "-s",
         help="Comma-separated: spec-bench, humaneval, a Spec-Bench-format .jsonl file, or a text file (one prompt a line).",
     ),
-    methods: str = typer.Option("ar,swift,hf,hf-pld", "--methods", help="Comma-separated method names."),
+    methods: str = typer.Option(
+        "ar,hybrid,swift,hf,hf-pld",
+        "--methods",
+        help="Comma-separated method names, e.g. ar, hybrid, swift, ngram, recycle, hf, hf-pld, hf-assisted "
+        "(needs --draft-model); an unknown name lists them all.",
+    ),
+    draft_model: str | None = typer.Option(
+        None, "--draft-model", help="Draft model for hf-assisted (same tokenizer as --model), loaded like it."
+    ),
     limit: int | None = typer.Option(None, "--limit", help="Prompts per category (default: all)."),
     categories: str | None = typer.Option(None, "--categories", help="Comma-separated: only these categories."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
@@ -159,15 +167,16 @@ def bench(
             categories=_names(categories) if categories else None,
             settings=GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
             repeats=repeats, out=out, device=device, dtype=dtype, threads=threads, plots=plots,
-            progress=progress, command=shlex.join(["skipspec", *sys.argv[1:]]),
+            progress=progress, draft_model=draft_model, command=shlex.join(["skipspec", *sys.argv[1:]]),
         )  # fmt: skip
         result = run_bench(config, METHODS)
     except SkipSpecError as e:
         _fail(e)
     for name, by_cat in result.summary.items():
         s = by_cat["overall"]
-        vs_ar = f"{s.speedup_vs_ar:.2f}x vs ar" if s.speedup_vs_ar is not None else ""
-        err.print(f"[bold]{name}[/]: {s.tokens_per_s:.2f} tokens/s {vs_ar}")
+        vs_ar = f", {s.speedup_vs_ar:.2f}x vs ar" if s.speedup_vs_ar is not None else ""
+        ttft = f", TTFT p50 {s.ttft_p50 * 1000:.0f} ms" if s.ttft_p50 is not None else ""
+        err.print(f"[bold]{name}[/]: {s.tokens_per_s:.2f} tokens/s{vs_ar}{ttft}")
     err.print(f"wrote {out}/results.json and {out}/report.md")
 
 

@@ -4,14 +4,15 @@
     run_bench(BenchConfig(model="smollm2-135m-instruct", suites=("spec-bench",), limit=1))
 
 Modules: suites (prompts), methods (name -> factory registry), runner (warm-up, interleaved timed
-runs), metrics (pure arithmetic), report / plots (results.json, report.md, PNGs).
+runs), metrics (pure arithmetic: speed, acceptance, latency percentiles), report / plots
+(results.json, report.md, PNGs).
 """
 
 from .methods import METHODS, MethodContext, MethodSpec
 from .metrics import Summary, summarize
-from .records import BenchConfig, GenSettings, Outcome, PromptRecord
+from .records import BenchConfig, GenSettings, Outcome, PromptRecord, WarmUp
 from .result import BenchResult
-from .runner import measure, run_bench
+from .runner import Measurement, measure, run_bench
 from .suites import Prompt, load_suites
 
 __all__ = [
@@ -19,12 +20,14 @@ __all__ = [
     "BenchConfig",
     "BenchResult",
     "GenSettings",
+    "Measurement",
     "MethodContext",
     "MethodSpec",
     "Outcome",
     "Prompt",
     "PromptRecord",
     "Summary",
+    "WarmUp",
     "load_suites",
     "measure",
     "run_bench",

@@ -4,10 +4,17 @@ Every method is built once per run from the same model object, tokenizer and sto
 asked to generate for each prompt with the same `GenSettings`. To add one (an engine preset, say),
 write a factory `(MethodContext) -> Method` and add a `MethodSpec` to `_BUILTIN` below; callers
 of `skipspec.bench.run_bench` may also pass their own mapping.
+
+A method reports when its tokens reached the caller (`Outcome.arrivals`): the engine's through
+`SwiftDecoder.stream`, transformers' through a streamer passed to `generate`. Observing costs a
+clock read per chunk; transformers copies each step's tokens to the host for a streamer, which its
+stopping check does anyway.
 """
 
 from __future__ import annotations
 
+import inspect
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -22,38 +29,53 @@ from .records import GenSettings, Outcome
 #: Engine stats copied into a record (the rest are recomputed by the benchmark or not needed).
 ENGINE_STAT_KEYS = (
     "verify_steps", "mean_accepted", "accepted_tokens", "drafted_tokens", "accepted_per_step",
-    "draft_time", "verify_time", "optimize_time", "skip_attn", "skip_mlp",
+    "draft_time", "verify_time", "optimize_time", "skip_attn", "skip_mlp", "mean_tree_nodes", "host_share",
+    "drafted_by_source", "accepted_by_source", "graph_captures", "capture_time",
 )  # fmt: skip
 
 #: transformers' prompt lookup: how many tokens to copy from the context per step.
 PLD_NUM_TOKENS = 10
 
+#: New tokens of the generation that readies a decoder without a `warmup` (prompt: the rest of the context).
+PREPARE_TOKENS = 4
+
 
 @dataclass(frozen=True)
 class MethodContext:
-    """What every method is built from: one model object shared by all methods of a run."""
+    """What every method is built from: one model object shared by all methods of a run.
+
+    draft: the draft model of `BenchConfig.draft_model` (None when none was asked for).
+    """
 
     model: torch.nn.Module
     tokenizer: Any
     stop_ids: tuple[int, ...]
+    draft: torch.nn.Module | None = None
 
 
 class Method(Protocol):
+    """Generates for one prompt. It may also have `prepare(max_context: int)`, called once before
+    timing so that no request of the run pays a one-off cost (cache allocation, graph capture)."""
+
     def generate(self, ids: Sequence[int], settings: GenSettings) -> Outcome: ...
 
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """needs_draft: the factory uses `MethodContext.draft`, so the run must load a draft model."""
+
     name: str
     description: str
     factory: Callable[[MethodContext], Method]
+    needs_draft: bool = False
 
 
 class EngineMethod:
-    """This engine: `SwiftDecoder.generate` with method "swift" or "ar".
+    """This engine: `SwiftDecoder.stream` with one of its methods ("ar", "swift", "hybrid", ...).
 
-    The decoder lives as long as the run, so a skip set chosen on one prompt carries over to the
-    next, as it does for a long-lived decoder in real use.
+    The decoder lives as long as the run, so a skip set chosen on one prompt (and the drafters'
+    learnt statistics) carry over to the next, as they do for a long-lived decoder in real use.
+    `graph_captures` and `capture_time` are reported per request (the decoder's own are totals).
     """
 
     def __init__(self, ctx: MethodContext, config: SwiftConfig, mode: str) -> None:
@@ -62,13 +84,56 @@ class EngineMethod:
         self.decoder = SwiftDecoder(ctx.model, config, stop_token_ids=ctx.stop_ids)
         self.mode = mode
 
+    def prepare(self, max_context: int) -> None:
+        """Allocate the cache and capture the graphs for contexts up to `max_context` tokens."""
+        warmup = getattr(self.decoder, "warmup", None)
+        if warmup is not None:
+            # Only this method's one-off costs, where the decoder can be told the method (so the
+            # cold start reported per method is its own).
+            told = {"methods": (self.mode,)} if "methods" in inspect.signature(warmup).parameters else {}
+            warmup(max_context=max_context, **told)
+            return
+        # A request of that length sizes the cache the same way. Plain decoding, so no drafter
+        # learns from this made-up prompt.
+        new = min(PREPARE_TOKENS, max_context - 1)
+        self.decoder.generate([0] * (max_context - new), new, method="ar")
+
     def generate(self, ids: Sequence[int], settings: GenSettings) -> Outcome:
-        res = self.decoder.generate(
+        executor = self.decoder.executor
+        captures, capture_time = getattr(executor, "captures", 0), getattr(executor, "capture_time", 0.0)
+        start = time.perf_counter()
+        stream = self.decoder.stream(
             list(ids), settings.max_new_tokens, method=self.mode,
             do_sample=settings.do_sample, temperature=settings.temperature or 1.0, seed=settings.seed,
         )  # fmt: skip
+        arrivals, seen = [], 0
+        for _ in stream:
+            if len(stream.tokens) > seen:  # the first token of a chunk: the whole chunk is in `tokens`
+                arrivals.append((time.perf_counter() - start, len(stream.tokens) - seen))
+                seen = len(stream.tokens)
+        res = stream.result
         stats = {k: res.stats[k] for k in ENGINE_STAT_KEYS if k in res.stats}
-        return Outcome(tuple(res.tokens), stats)
+        stats["graph_captures"] = stats.get("graph_captures", captures) - captures
+        stats["capture_time"] = stats.get("capture_time", capture_time) - capture_time
+        return Outcome(tuple(res.tokens), stats, tuple(arrivals))
+
+
+class _Arrivals:
+    """A transformers streamer (`put` / `end`) that notes when each chunk of new tokens arrives."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.chunks: list[tuple[float, int]] = []
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # `generate` puts the prompt first
+            self._prompt_seen = True
+            return
+        self.chunks.append((time.perf_counter() - self.start, int(value.numel())))
+
+    def end(self) -> None:
+        pass
 
 
 class HFMethod:
@@ -76,15 +141,20 @@ class HFMethod:
 
     An explicit GenerationConfig (top_k=0, top_p=1, no repetition penalty) so the model's saved
     generation defaults cannot change the decoding rule; an explicit all-ones attention mask; the
-    same stop ids. Forwards are counted with a hook, so prompt lookup reports tokens per step.
+    same stop ids. Forwards of the target are counted with a hook, so prompt lookup and assisted
+    generation report tokens per step. `assistant`: a draft model for assisted generation.
     """
 
-    def __init__(self, ctx: MethodContext, **extra: Any) -> None:
+    def __init__(self, ctx: MethodContext, assistant: torch.nn.Module | None = None, **extra: Any) -> None:
         self.model = ctx.model
         self.stop_ids = list(ctx.stop_ids)
         pad = getattr(ctx.tokenizer, "pad_token_id", None)
         self.pad_id = pad if pad is not None else (self.stop_ids[0] if self.stop_ids else 0)
+        self.assistant = assistant
         self.extra = extra
+        # transformers' assisted loop (prompt lookup, a draft model) has no separate prefill: its
+        # first forward already verifies candidates.
+        self.assisted = assistant is not None or "prompt_lookup_num_tokens" in extra
 
     def _config(self, settings: GenSettings):
         from transformers import GenerationConfig
@@ -105,21 +175,42 @@ class HFMethod:
         input_ids = torch.tensor([list(ids)], device=device)
         forwards = [0]
         hook = self.model.register_forward_pre_hook(lambda *_: forwards.__setitem__(0, forwards[0] + 1))
+        assistant = {} if self.assistant is None else {"assistant_model": self.assistant}
         try:
             if settings.do_sample:
                 torch.manual_seed(settings.seed)
+            streamer = _Arrivals()
             with torch.no_grad():
                 out = self.model.generate(
-                    input_ids, attention_mask=torch.ones_like(input_ids), generation_config=self._config(settings)
-                )
+                    input_ids, attention_mask=torch.ones_like(input_ids), generation_config=self._config(settings),
+                    streamer=streamer, **assistant,
+                )  # fmt: skip
         finally:
             hook.remove()
         tokens = tuple(int(t) for t in out[0, input_ids.shape[1] :].tolist())
-        steps = forwards[0] - 1  # the first forward is the prefill, which yields the first token
+        # Plain decoding: the first forward is the prefill, which yields the first token.
+        steps = forwards[0] if self.assisted else forwards[0] - 1
         stats: dict = {"verify_steps": steps}
         if steps > 0:
-            stats["mean_accepted"] = (len(tokens) - 1) / steps
-        return Outcome(tokens, stats)
+            stats["mean_accepted"] = (len(tokens) if self.assisted else len(tokens) - 1) / steps
+        return Outcome(tokens, stats, tuple(streamer.chunks))
+
+
+def _assisted(ctx: MethodContext) -> HFMethod:
+    if ctx.draft is None:
+        raise ConfigError("hf-assisted needs a draft model: pass --draft-model (BenchConfig.draft_model)")
+    return HFMethod(ctx, assistant=ctx.draft)
+
+
+def check_draft(model: torch.nn.Module, draft: torch.nn.Module, draft_ref: str) -> None:
+    """A draft must propose the target's tokens: the same vocabulary size, as transformers checks
+    (a draft with another tokenizer needs its universal assisted generation, not benchmarked here)."""
+    sizes = [m.config.get_text_config().vocab_size for m in (model, draft)]
+    if sizes[0] != sizes[1]:
+        raise ConfigError(
+            f"draft model {draft_ref!r} has a vocabulary of {sizes[1]} tokens, the target {sizes[0]}: "
+            "assisted generation needs a draft that shares the target's tokenizer"
+        )
 
 
 def _engine(config: SwiftConfig, mode: str) -> Callable[[MethodContext], Method]:
@@ -132,6 +223,13 @@ _BUILTIN: tuple[MethodSpec, ...] = (
     MethodSpec(
         "swift", "this engine, SWIFT with the default SwiftConfig", lambda ctx: EngineMethod(ctx, SwiftConfig(), "swift")
     ),
+    MethodSpec(
+        "hybrid",
+        "this engine, n-gram, recycling and layer-skip drafts in one tree (the engine's default method)",
+        lambda ctx: EngineMethod(ctx, SwiftConfig(), "hybrid"),
+    ),
+    MethodSpec("ngram", "this engine, prompt lookup (n-gram) drafts", lambda ctx: EngineMethod(ctx, SwiftConfig(), "ngram")),
+    MethodSpec("recycle", "this engine, token recycling drafts", lambda ctx: EngineMethod(ctx, SwiftConfig(), "recycle")),
     MethodSpec(
         "swift-start",
         "this engine, SWIFT with the starting skip set (every other inner layer), no optimization",
@@ -153,6 +251,12 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         "hf-pld",
         f"transformers prompt lookup decoding (prompt_lookup_num_tokens={PLD_NUM_TOKENS})",
         lambda ctx: HFMethod(ctx, prompt_lookup_num_tokens=PLD_NUM_TOKENS),
+    ),
+    MethodSpec(
+        "hf-assisted",
+        "transformers assisted generation with the draft model of --draft-model (transformers' default schedule)",
+        _assisted,
+        needs_draft=True,
     ),
 )
 

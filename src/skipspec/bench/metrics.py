@@ -6,6 +6,12 @@ Conventions (as Spec-Bench's own speed script):
 - speedup = that rate divided by the baseline method's rate on the same prompts;
 - mean accepted (tau) = tokens per verify step, bonus token included, weighted by steps;
 - acceptance rate = accepted draft tokens / drafted tokens.
+
+Latency (per request, from when each chunk of new tokens reached the caller):
+- time to first token (TTFT) = arrival of the first chunk - start of the call (prefill included);
+- inter-token latency (ITL) = per token after the first: the gap since the previous chunk for the
+  first token of a chunk, 0 for the other tokens of a multi-token chunk (they arrive together);
+- p50 / p99 pool every request's (and repeat's) values of a method, linearly interpolated.
 """
 
 from __future__ import annotations
@@ -32,6 +38,15 @@ class Summary:
     mean_accepted: float | None
     acceptance_rate: float | None
     identical_to_ar: float | None
+    mean_tree_nodes: float | None = None
+    host_share: float | None = None
+    drafted_by_source: Mapping[str, int] | None = None
+    accepted_by_source: Mapping[str, int] | None = None
+    graph_captures: int | None = None  # captured during the timed runs
+    ttft_p50: float | None = None
+    ttft_p99: float | None = None
+    itl_p50: float | None = None
+    itl_p99: float | None = None
 
 
 def tokens_per_s(records: Iterable[PromptRecord]) -> float:
@@ -58,6 +73,85 @@ def acceptance_rate(records: Iterable[PromptRecord]) -> float | None:
     counted = [r for r in records if r.drafted_tokens is not None and r.accepted_tokens is not None]
     drafted = sum(r.drafted_tokens for r in counted)
     return sum(r.accepted_tokens for r in counted) / drafted if drafted else None
+
+
+def mean_tree_nodes(records: Iterable[PromptRecord]) -> float | None:
+    """Draft tree nodes per verify step, weighted by steps (None when no record counts nodes)."""
+    counted = [r for r in records if r.verify_steps and r.mean_tree_nodes is not None]
+    steps = sum(r.verify_steps for r in counted)
+    return sum(r.mean_tree_nodes * r.verify_steps for r in counted) / steps if steps else None
+
+
+def host_share(records: Iterable[PromptRecord]) -> float | None:
+    """Host drafting time over drafting + verifying time, summed over the records that report it."""
+    counted = [r for r in records if r.host_share is not None and r.draft_time is not None and r.verify_time is not None]
+    total = sum(r.draft_time + r.verify_time for r in counted)
+    return sum(r.draft_time for r in counted) / total if total > 0 else None
+
+
+def by_source(records: Iterable[PromptRecord], field: str) -> dict[str, int] | None:
+    """`drafted_by_source` or `accepted_by_source` summed over records (None when none drafted).
+
+    >>> r = lambda d: PromptRecord("p", "c", "m", 1, 1, 1.0, (1.0,), (), drafted_by_source=d)
+    >>> by_source([r({"ngram": 3}), r({"ngram": 1, "recycle": 2})], "drafted_by_source")
+    {'ngram': 4, 'recycle': 2}
+    """
+    total: Counter = Counter()
+    for r in records:
+        total.update(getattr(r, field))
+    return dict(total) if total else None
+
+
+def graph_captures(records: Iterable[PromptRecord]) -> int | None:
+    counts = [r.graph_captures for r in records if r.graph_captures is not None]
+    return sum(counts) if counts else None
+
+
+def token_latencies(arrivals: Sequence[tuple[float, int]], new_tokens: int) -> tuple[float | None, list[float]]:
+    """(TTFT, one inter-token gap per token after the first) from chunk arrivals.
+
+    `arrivals` are (seconds since the call started, tokens in the chunk). A chunk's gap since the
+    previous chunk goes to its first token; its other tokens arrived with it and get 0. Tokens a
+    method streamed beyond its `new_tokens` (cut at a stop token afterwards) are dropped.
+
+    >>> token_latencies([(0.5, 1), (0.75, 3), (1.0, 1)], 5)
+    (0.5, [0.25, 0.0, 0.0, 0.25])
+    >>> token_latencies([], 0)
+    (None, [])
+    """
+    if not arrivals:
+        return None, []
+    gaps: list[float] = [0.0] * (arrivals[0][1] - 1)
+    for (before, _), (t, n) in zip(arrivals, arrivals[1:]):
+        gaps += [t - before] + [0.0] * (n - 1)
+    return arrivals[0][0], gaps[: max(new_tokens - 1, 0)]
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100), linearly interpolated between order statistics (numpy's
+    default); None for no values.
+
+    >>> percentile([1.0, 2.0, 3.0, 4.0], 50), percentile(range(101), 99), percentile([], 50)
+    (2.5, 99.0, None)
+    """
+    if not values:
+        return None
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def latency_percentiles(records: Iterable[PromptRecord]) -> dict[str, float | None]:
+    """TTFT and ITL p50 / p99 over every request and repeat of `records` (seconds)."""
+    records = list(records)
+    ttft = [t for r in records for t in r.ttft_s]
+    itl = [g for r in records for g in r.itl_s]
+    return {
+        "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
+        "itl_p50": percentile(itl, 50), "itl_p99": percentile(itl, 99),
+    }  # fmt: skip
 
 
 def identical_fraction(records: Iterable[PromptRecord]) -> float | None:
@@ -109,6 +203,12 @@ def summarize(records: Sequence[PromptRecord]) -> dict[str, dict[str, Summary]]:
                 mean_accepted=mean_accepted(rs),
                 acceptance_rate=acceptance_rate(rs),
                 identical_to_ar=identical_fraction(rs),
+                mean_tree_nodes=mean_tree_nodes(rs),
+                host_share=host_share(rs),
+                drafted_by_source=by_source(rs, "drafted_by_source"),
+                accepted_by_source=by_source(rs, "accepted_by_source"),
+                graph_captures=graph_captures(rs),
+                **latency_percentiles(rs),
             )
             for c, rs in cats.items()
         }

@@ -9,6 +9,9 @@ from ..errors import ConfigError
 #: The methods every run should include when it can: speedups are reported against them.
 BASELINES = ("ar", "hf")
 
+#: What `skipspec bench` runs unless told otherwise: the engine's default method and SWIFT against both baselines.
+DEFAULT_METHODS = ("ar", "hybrid", "swift", "hf", "hf-pld")
+
 
 def _check(cond: bool, msg: str) -> None:
     if not cond:
@@ -42,13 +45,16 @@ class BenchConfig:
     categories: only these prompt categories (None: all).
     repeats: timed runs per (prompt, method); the median time is kept.
     warmup_tokens: length of the one untimed generation per method before timing starts; short,
-    because it only has to pay first-call costs (allocator, kernels, lazy imports).
+    because it only has to pay first-call costs (allocator, kernels, lazy imports). Before it,
+    a method with `prepare` readies itself for the run's longest context (cache, CUDA graphs).
+    draft_model: the draft for `hf-assisted`, loaded (like `model`, on its device and in its dtype) only
+    when a chosen method needs one.
     command: the exact command line, recorded with the results.
     """
 
     model: str
     suites: tuple[str, ...]
-    methods: tuple[str, ...] = ("ar", "swift", "hf", "hf-pld")
+    methods: tuple[str, ...] = DEFAULT_METHODS
     limit: int | None = None
     categories: tuple[str, ...] | None = None
     settings: GenSettings = field(default_factory=GenSettings)
@@ -60,6 +66,7 @@ class BenchConfig:
     warmup_tokens: int = 16
     progress: bool = True
     plots: bool = True
+    draft_model: str | None = None
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -81,14 +88,35 @@ class BenchConfig:
 
 @dataclass(frozen=True)
 class Outcome:
-    """One generation by one method: new token ids and the method's own statistics.
+    """One generation by one method: new token ids, the method's own statistics, and when the
+    tokens arrived.
 
     stats uses the engine's keys; a method that cannot know one (e.g. `drafted_tokens` for
-    transformers' prompt lookup) leaves it out.
+    transformers' prompt lookup) leaves it out. arrivals: one (seconds since the call started,
+    tokens in the chunk) per chunk of new tokens handed out, in order; empty when not observed.
     """
 
     tokens: tuple[int, ...]
     stats: dict
+    arrivals: tuple[tuple[float, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """What a method paid before timing started (its cold start), each part None when not run.
+
+    prepare_s: `method.prepare(max_context)` (cache and graphs at the run's longest context).
+    generate_s: the short untimed generation. graph_captures: graphs captured during it.
+    """
+
+    prepare_s: float | None = None
+    generate_s: float | None = None
+    graph_captures: int | None = None
+
+    @property
+    def total_s(self) -> float | None:
+        parts = [t for t in (self.prepare_s, self.generate_s) if t is not None]
+        return sum(parts) if parts else None
 
 
 @dataclass(frozen=True)
@@ -99,6 +127,13 @@ class PromptRecord:
     verify_steps / mean_accepted: forwards after the prefill and tokens per such forward
     (Spec-Bench's tau, bonus token included); None when the method cannot count them.
     accepted_tokens / drafted_tokens: draft tokens accepted / proposed; None when unknown.
+    mean_tree_nodes: draft tree nodes verified per verify step; host_share: host drafting time over
+    drafting + verifying time; drafted_by_source / accepted_by_source: draft tokens per drafter
+    (engine methods only).
+    graph_captures: graphs captured during the timed repeats, all of them (0 once warmed up).
+    ttft_s: time to the first new token, one per repeat. itl_s: the gap before every later token,
+    all repeats in a row; a chunk of several tokens arriving at once counts its gap for its first
+    token and 0 for the others (see `metrics.token_latencies`).
     identical_to_ar: output tokens equal `ar`'s on this prompt (None without an `ar` run).
     """
 
@@ -120,6 +155,13 @@ class PromptRecord:
     optimize_time: float | None = None
     skip_attn: tuple[int, ...] = ()
     skip_mlp: tuple[int, ...] = ()
+    mean_tree_nodes: float | None = None
+    host_share: float | None = None
+    drafted_by_source: dict[str, int] = field(default_factory=dict)
+    accepted_by_source: dict[str, int] = field(default_factory=dict)
+    graph_captures: int | None = None
+    ttft_s: tuple[float, ...] = ()
+    itl_s: tuple[float, ...] = ()
     identical_to_ar: bool | None = None
 
     @property

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .metrics import OVERALL, Summary
+from .records import WarmUp
 from .result import BenchResult
 
 RESULTS_JSON = "results.json"
@@ -36,6 +37,7 @@ def results_dict(result: BenchResult) -> dict:
         "environment": result.environment,
         "config": result.config.to_dict(),
         "summary": {m: {c: asdict(s) for c, s in cats.items()} for m, cats in result.summary.items()},
+        "warmups": {m: {**asdict(w), "total_s": w.total_s} for m, w in result.warmups.items()},
         "records": [r.to_dict() for r in result.records],
     }
 
@@ -67,6 +69,56 @@ def overall_table(summary: Mapping[str, Mapping[str, Summary]]) -> str:
     return "\n".join(lines)
 
 
+def _ms(seconds: float | None) -> str:
+    return _fmt(None if seconds is None else seconds * 1000, ".1f")
+
+
+def _sources(s: Summary) -> str:
+    """'ngram 12/40, recycle 3/20': accepted / drafted tokens per drafter."""
+    drafted, accepted = s.drafted_by_source or {}, s.accepted_by_source or {}
+    return ", ".join(f"{k} {accepted.get(k, 0)}/{n}" for k, n in drafted.items()) or "–"
+
+
+def drafting_table(summary: Mapping[str, Mapping[str, Summary]]) -> str:
+    """Per method over all prompts: speed and what its drafting did."""
+    head = (
+        "| method | tokens/s | speedup vs ar | mean accepted | mean tree nodes | host share | accepted / drafted by source |"
+    )
+    lines = [head, "|---|" + "---:|" * 5 + "---|"]
+    for method, by_cat in summary.items():
+        s = by_cat[OVERALL]
+        lines.append(
+            f"| {method} | {s.tokens_per_s:.2f} | {_fmt(s.speedup_vs_ar, '.2f', 'x')} | {_fmt(s.mean_accepted)} | "
+            f"{_fmt(s.mean_tree_nodes, '.1f')} | {_pct(s.host_share)} | {_sources(s)} |"
+        )
+    return "\n".join(lines)
+
+
+def latency_table(summary: Mapping[str, Mapping[str, Summary]]) -> str:
+    """Per method over all prompts and repeats: TTFT and ITL percentiles in milliseconds."""
+    lines = ["| method | TTFT p50 (ms) | TTFT p99 (ms) | ITL p50 (ms) | ITL p99 (ms) |", "|---|" + "---:|" * 4]
+    for method, by_cat in summary.items():
+        s = by_cat[OVERALL]
+        lines.append(f"| {method} | {_ms(s.ttft_p50)} | {_ms(s.ttft_p99)} | {_ms(s.itl_p50)} | {_ms(s.itl_p99)} |")
+    return "\n".join(lines)
+
+
+def cold_start_table(summary: Mapping[str, Mapping[str, Summary]], warmups: Mapping[str, WarmUp]) -> str:
+    """Per method: what warming up cost, and graphs captured after it (0 = the timing saw steady speed)."""
+    head = (
+        "| method | prepare (s) | warm-up generation (s) | warm-up total (s) | graph captures in warm-up "
+        "| graph captures during timing |"
+    )
+    lines = [head, "|---|" + "---:|" * 5]
+    for method, by_cat in summary.items():
+        w = warmups.get(method, WarmUp())
+        lines.append(
+            f"| {method} | {_fmt(w.prepare_s)} | {_fmt(w.generate_s)} | {_fmt(w.total_s)} | "
+            f"{_fmt(w.graph_captures, 'd')} | {_fmt(by_cat[OVERALL].graph_captures, 'd')} |"
+        )
+    return "\n".join(lines)
+
+
 def markdown_report(result: BenchResult, plots: Sequence[str] = ()) -> str:
     env, cfg, summary = result.environment, result.config, result.summary
     settings = cfg.settings
@@ -82,14 +134,40 @@ def markdown_report(result: BenchResult, plots: Sequence[str] = ()) -> str:
         + (f" (first {cfg.limit} per category)" if cfg.limit else "")
         + (f"; categories {', '.join(cfg.categories)}" if cfg.categories else ""),
         f"- {decoding}, max {settings.max_new_tokens} new tokens, seed {settings.seed}, "
-        f"{cfg.repeats} timed repeat(s) per prompt (median), one warm-up per method, methods interleaved per prompt",
+        f"{cfg.repeats} timed repeat(s) per prompt (median), methods interleaved per prompt; before timing, each "
+        f"method readies itself for the longest context ({env.get('max_context', '?')} tokens) where it can, then "
+        f"runs one short warm-up generation ({cfg.warmup_tokens} tokens)",
         f"- torch {env['torch']}, transformers {env['transformers']}, skipspec {env['skipspec']}; "
         f"{env['date']}; load average {env.get('load_average_start')} -> {env.get('load_average_end')}",
+        *([f"- draft model (hf-assisted): `{env['draft_model']}`"] if env.get("draft_model") else []),
         f"- command: `{env['command']}`",
         "",
         "## Overall",
         "",
         overall_table(summary),
+        "",
+        "## Drafting per method",
+        "",
+        "Mean tree nodes: draft nodes verified per step. Host share: host time drafting over drafting + "
+        "verifying. Accepted / drafted by source: draft tokens per drafter, over the first repeat of each prompt.",
+        "",
+        drafting_table(summary),
+        "",
+        "## Latency per method",
+        "",
+        "Time to first token (TTFT): from the call to the first new token, prefill included. Inter-token latency "
+        "(ITL): for every later token, the wait since the previous chunk of tokens reached the caller; a speculative "
+        "step hands out several tokens at once, so its first token carries the step's gap and the others count 0 "
+        "(its p50 can be 0 when most tokens come in multi-token chunks). Percentiles over every prompt and repeat.",
+        "",
+        latency_table(summary),
+        "",
+        "## Cold start and steady state",
+        "",
+        "Prepare: cache and CUDA graphs sized for the longest context, when the method can. Timed runs should "
+        "capture no graphs: captures during timing mean some requests paid a one-off cost.",
+        "",
+        cold_start_table(summary, result.warmups),
         "",
         "## Speedup vs ar (this engine, plain decoding) per category",
         "",
