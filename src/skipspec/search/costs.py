@@ -117,6 +117,23 @@ class CostModel:
 Timer = Callable[[int, int, SkipSet], float]
 
 
+def increasing(values: Sequence[float]) -> list[float]:
+    """The closest non-decreasing sequence in least squares (pool adjacent violators).
+
+    >>> increasing([0.0, 2.0, 1.0, 3.0, 10.0, 4.0])
+    [0.0, 1.5, 1.5, 3.0, 7.0, 7.0]
+    """
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([v, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            mean, count = blocks.pop()
+            prev = blocks[-1]
+            prev[0] = (prev[0] * prev[1] + mean * count) / (prev[1] + count)
+            prev[1] += count
+    return [mean for mean, count in blocks for _ in range(int(count))]
+
+
 def forward_timer(adapter: ModelAdapter, capacity: int) -> Timer:
     """Seconds of one `adapter.forward` of n tokens after `context` cached slots (a private cache)."""
     cache = adapter.new_cache(capacity)
@@ -196,7 +213,10 @@ def measure_costs(
         skipped = line(f"attn:{t}")
         attn_of_type[t] = per_layer(Line(plain.a - skipped.a, plain.b - skipped.b), count)
     mlp = per_layer(Line(plain(lo) - cost("mlp", 1, lo), 0.0), n - 2)
-    extra = [(1, 0.0)] + [(q, cost("plain", q, lo) - cost("plain", 1, lo)) for q in sizes]
+    extra = [(1, 0.0)] + [(q, cost("plain", q, lo) - cost("plain", 1, lo)) for q in sorted(sizes)]
+    # A verify of more nodes never costs less than one of fewer: a dip or a spike is noise (a burst
+    # of load on one repetition), and a curve with dips would make trees of the dip's size look free.
+    extra = list(zip([q for q, _ in extra], increasing([max(e, 0.0) for _, e in extra])))
     return CostModel(
         n,
         plain,
