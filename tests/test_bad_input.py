@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from tiny_models import tiny_model
@@ -100,6 +102,21 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"x")
     with pytest.raises(ModelNotFoundError, match="not a .gguf"):
         skipspec.load(str(bogus))
+    for ref in ("gpt-5", "no-such.gguf", "a/b/c", "owner/"):  # not a path, an offline name or a hub id
+        with pytest.raises(ModelNotFoundError, match="skipspec models list"):
+            skipspec.load(ref)
+
+
+def test_an_unknown_hub_id_fails_within_seconds_pointing_to_the_offline_list():
+    """One lookup with a short timeout, no retries (transformers alone retries for ~25 s)."""
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="skipspec models list"):
+        skipspec.load("skipspec-tests/no-such-model-3f9a1c")
+    assert time.monotonic() - start < 10
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["generate", "--model", "skipspec-tests/no-such-model-3f9a1c", "--prompt", "hi"])
+    assert result.exit_code == 2 and "skipspec models list" in result.output, result.output
+    assert time.monotonic() - start < 10
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
