@@ -235,14 +235,17 @@ def _public(stats: dict) -> dict:
 
 
 def _summary(s: dict) -> str:
-    skipped = (
-        f"skipped attn {s['skip_attn']} mlp {s['skip_mlp']}" if s.get("skip_attn") or s.get("skip_mlp") else "no layer skipped"
+    head = f"[bold]{s['method']}[/]: {s['new_tokens']} tokens in {s['total_time']:.2f} s = [bold]{s['tokens_per_s']:.1f} tokens/s[/]"
+    if s["method"] == "ar":
+        return head + " (plain decoding)"
+    drafted = s.get("drafted_tokens", 0)
+    speculation = (
+        f"mean accepted {s['mean_accepted']:.2f} per step, acceptance {s['acceptance_rate']:.0%} of {drafted} drafted tokens"
+        if drafted
+        else "no tokens drafted"
     )
-    return (
-        f"[bold]{s['method']}[/]: {s['new_tokens']} tokens in {s['total_time']:.2f} s = "
-        f"[bold]{s['tokens_per_s']:.1f} tokens/s[/]; mean accepted {s['mean_accepted']:.2f} per step, "
-        f"acceptance {s['acceptance_rate']:.0%}, {s['verify_steps']} verify steps, {skipped}"
-    )
+    skipped = f"skipped attn {s['skip_attn']} mlp {s['skip_mlp']}" if s.get("skip_attn") or s.get("skip_mlp") else "no layer skipped"
+    return f"{head}; {speculation}, {s['verify_steps']} verify steps, {skipped}"
 
 
 @app.command()
