@@ -152,3 +152,44 @@ def test_paper_search_without_its_optional_package_fails_at_construction(monkeyp
     with pytest.raises(ConfigError, match="bayesian-optimization"):
         SwiftDecoder(model, SwiftConfig(search="paper"))
     SwiftDecoder(model, SwiftConfig(search=SearchConfig(objective="paper", bayes_interval=0)))  # random proposals only
+
+
+@pytest.mark.parametrize(
+    "answer, cached, match",
+    [
+        (200, False, None),
+        (404, False, "the hub has no model 'owner/name' .*skipspec models list"),
+        (401, False, "no public model .*needs a token"),
+        (503, False, r"the hub did not answer \(HTTP 503\)"),
+        (OSError("Name or service not known"), False, "did not answer .*Name or service not known"),
+        (OSError("Name or service not known"), True, None),
+    ],
+)
+def test_a_hub_id_is_looked_up_once_with_a_short_timeout(monkeypatch, answer, cached, match):
+    import types
+
+    import huggingface_hub
+
+    from skipspec import loading
+
+    calls = []
+
+    class Session:
+        def head(self, url, headers, timeout):
+            calls.append((url, timeout))
+            if isinstance(answer, Exception):
+                raise answer
+            return types.SimpleNamespace(status_code=answer)
+
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_session", Session)
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/hub/config.json" if cached else None)
+    if match is None:
+        source = loading.locate("owner/name")
+        assert (source.kind, source.path, source.local_only) == ("hub", "owner/name", cached)
+    else:
+        with pytest.raises(ModelNotFoundError, match=match):
+            loading.locate("owner/name")
+    assert len(calls) == 1 and calls[0][0].endswith("owner/name/resolve/main/config.json")
+    assert calls[0][1] == loading.HUB_TIMEOUT

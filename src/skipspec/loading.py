@@ -119,8 +119,8 @@ def _locate_on_hub(repo_id: str) -> ModelSource:
                 return ModelSource(repo_id, "hub", repo_id)
             if response.status_code in (401, 403):
                 raise ModelNotFoundError(
-                    f"the hub refuses {repo_id!r} (HTTP {response.status_code}): a gated or private model needs "
-                    f"a token (`hf auth login` or HF_TOKEN); {LIST_HINT}"
+                    f"the hub has no public model {repo_id!r} (HTTP {response.status_code}: it does not exist, or it "
+                    f"is gated or private and needs a token: `hf auth login` or HF_TOKEN); {LIST_HINT}"
                 )
             if response.status_code == 404:
                 raise ModelNotFoundError(f"the hub has no model {repo_id!r} (HTTP 404); {LIST_HINT}")
