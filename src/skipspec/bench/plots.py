@@ -47,10 +47,27 @@ def plot_speedup(result: BenchResult, path: Path) -> Path:
     return path
 
 
+def _accepted_histograms(result: BenchResult) -> dict[str, dict[int, float]]:
+    by_method = {m: cats[OVERALL] for m, cats in group(result.records).items()}
+    return {m: accepted_histogram(rs) for m, rs in by_method.items() if any(r.drafted_tokens for r in rs)}
+
+
+def planned_plots(result: BenchResult) -> dict[str, str | None]:
+    """Each plot's file name -> None when `write_plots` writes it, else one line saying why not."""
+    if not result.config.plots:
+        return {SPEEDUP_PNG: "plots are off (--no-plots)", ACCEPTED_PNG: "plots are off (--no-plots)"}
+    methods = ", ".join(result.summary)
+    return {
+        SPEEDUP_PNG: None,
+        ACCEPTED_PNG: None
+        if _accepted_histograms(result)
+        else f"no method of this run drafts tokens ({methods}), so there is no acceptance to plot",
+    }
+
+
 def plot_accepted(result: BenchResult, path: Path) -> Path | None:
     """Share of verify steps accepting k draft tokens, per method that drafts (None if none does)."""
-    by_method = {m: cats[OVERALL] for m, cats in group(result.records).items()}
-    hists = {m: accepted_histogram(rs) for m, rs in by_method.items() if any(r.drafted_tokens for r in rs)}
+    hists = _accepted_histograms(result)
     if not hists:
         return None
     plt = _pyplot()

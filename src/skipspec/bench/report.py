@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .metrics import OVERALL, Summary
+from .plots import planned_plots, write_plots
 from .records import WarmUp
 from .result import BenchResult
 
@@ -119,7 +120,8 @@ def cold_start_table(summary: Mapping[str, Mapping[str, Summary]], warmups: Mapp
     return "\n".join(lines)
 
 
-def markdown_report(result: BenchResult, plots: Sequence[str] = ()) -> str:
+def markdown_report(result: BenchResult, plots: Sequence[str] = (), notes: Sequence[str] = ()) -> str:
+    """The report; `notes`: one line per plot not drawn, saying why."""
     env, cfg, summary = result.environment, result.config, result.summary
     settings = cfg.settings
     decoding = "greedy" if not settings.do_sample else f"sampling, temperature {settings.temperature}"
@@ -191,6 +193,7 @@ def markdown_report(result: BenchResult, plots: Sequence[str] = ()) -> str:
         "",
     ]
     parts += [f"![{Path(p).stem}]({Path(p).name})\n" for p in plots]
+    parts += [f"- {note}" for note in notes]
     return "\n".join(parts)
 
 
@@ -199,11 +202,8 @@ def write_outputs(result: BenchResult, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = [out / RESULTS_JSON]
     written[0].write_text(json.dumps(results_dict(result), indent=1) + "\n", encoding="utf-8")
-    plots: list[Path] = []
-    if result.config.plots:
-        from .plots import write_plots
-
-        plots = write_plots(result, out)
+    plots = write_plots(result, out) if result.config.plots else []
+    notes = [f"no {name}: {why}" for name, why in planned_plots(result).items() if why is not None]
     report = out / REPORT_MD
-    report.write_text(markdown_report(result, [str(p) for p in plots]), encoding="utf-8")
+    report.write_text(markdown_report(result, [str(p) for p in plots], notes), encoding="utf-8")
     return written + [report] + plots

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib.metadata import version
 
 import torch
 
@@ -19,6 +20,9 @@ from .cache import KVCache
 from .skipset import SkipSet
 
 _SLIDING = "sliding_attention"
+# The attention modules' cache argument: `past_key_values` up to transformers 5.23, `cache` from 5.24
+# (where the old name warns, and from 5.40 fails). Read from package metadata: no import, no per-call cost.
+_CACHE_KW = "cache" if tuple(int(p) for p in version("transformers").split(".")[:2]) >= (5, 24) else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def attention_sublayer(
     if delta is not None:
         hidden = hidden + delta
     x = layer.input_layernorm(hidden)
-    x, _ = layer.self_attn(hidden_states=x, position_embeddings=rope, attention_mask=mask, past_key_values=cache)
+    x, _ = layer.self_attn(hidden_states=x, position_embeddings=rope, attention_mask=mask, **{_CACHE_KW: cache})
     if sandwich:
         x = layer.post_attention_layernorm(x)
     return hidden, x
