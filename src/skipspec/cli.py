@@ -20,12 +20,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from .bench.methods import METHODS as BENCH_METHODS
+from .engine.request import DEFAULT_METHOD, METHODS
 from .errors import ConfigError, SkipSpecError
 from .prompts import encode_prompt
-
-#: Decoding methods `generate --method` accepts (the engine's names) and the default one.
-METHODS = ("ar", "swift", "ngram", "recycle", "hybrid")
-DEFAULT_METHOD = "swift"
 
 # rich_markup_mode=None: click's plain help, which prints flags as flags (typer's rich help shows
 # every boolean flag, --help included, with a `<bool>` type); as wide as the terminal, up to 120.
