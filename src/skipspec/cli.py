@@ -239,8 +239,10 @@ def _summary(s: dict) -> str:
     if s["method"] == "ar":
         return head + " (plain decoding)"
     drafted = s.get("drafted_tokens", 0)
+    by_source = ", ".join(f"{k} {s['accepted_by_source'].get(k, 0)}/{n}" for k, n in s.get("drafted_by_source", {}).items())
     speculation = (
-        f"mean accepted {s['mean_accepted']:.2f} per step, acceptance {s['acceptance_rate']:.0%} of {drafted} drafted tokens"
+        f"mean accepted {s['mean_accepted']:.2f} per step, {s['accepted_tokens']} of {drafted} drafted tokens accepted"
+        + (f" ({by_source})" if by_source else "")
         if drafted
         else "no tokens drafted"
     )

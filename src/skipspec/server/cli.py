@@ -14,8 +14,8 @@ import typer
 def serve(
     model: str = typer.Option(..., "--model", "-m", help="Local folder, .gguf file, offline model name or hub id."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: all)."),
-    port: int = typer.Option(8000, "--port"),
-    device: str | None = typer.Option(None, "--device"),
+    port: int = typer.Option(8000, "--port", help="TCP port to listen on."),
+    device: str | None = typer.Option(None, "--device", help="cpu | cuda | cuda:N (default: cuda when there is one)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16"),
     method: str | None = typer.Option(None, "--method", help="Decoding method passed to the decoder (default: its own)."),
     max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests that may wait; more are answered 429."),
@@ -26,7 +26,7 @@ def serve(
         None, "--max-context", min=2, help="Longest prompt + completion served (default: the model's context)."
     ),
     served_name: str | None = typer.Option(None, "--served-model-name", help="Model id in the API (default: --model)."),
-    log_level: str = typer.Option("info", "--log-level"),
+    log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming, /metrics)."""
     import logging
@@ -37,6 +37,14 @@ def serve(
     from ..errors import SkipSpecError
 
     err = Console(stderr=True)
+    from ..engine.request import METHODS
+
+    if method is not None and method not in METHODS:  # checked before the model loads
+        err.print(f"[bold red]error:[/] --method must be one of {', '.join(METHODS)}, got {method!r}")
+        raise typer.Exit(2)
+    if log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
+        err.print(f"[bold red]error:[/] --log-level must be debug, info, warning or error, got {log_level!r}")
+        raise typer.Exit(2)
     try:
         import uvicorn
 
@@ -61,10 +69,10 @@ def serve_load(
     url: str = typer.Option("http://127.0.0.1:8000", "--url", help="The server's base URL (without /v1)."),
     clients: int = typer.Option(4, "--clients", "-c", min=1, help="Concurrent clients."),
     requests: int = typer.Option(32, "--requests", "-r", min=1, help="Requests in all."),
-    max_tokens: int = typer.Option(64, "--max-tokens", "-n", min=1),
+    max_tokens: int = typer.Option(64, "--max-tokens", "-n", min=1, help="Tokens each request asks for."),
     prompt: str = typer.Option("Write a short story about the sea.", "--prompt", help="Each request's user message."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t"),
-    api_key: str | None = typer.Option(None, "--api-key", envvar="SKIPSPEC_API_KEY"),
+    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy."),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="SKIPSPEC_API_KEY", help="Bearer key the server requires."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
 ) -> None:
     """Load a running server with streaming chat requests; report throughput and latency percentiles."""
