@@ -204,6 +204,7 @@ class SwiftDecoder:
         skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
         steps = len(sampling) * (len(getattr(self.executor, "tree_buckets", ())) + (skip is not None))
         steps += len(getattr(self.executor, "score_buckets", ())) if scratch else 0
+        steps += max_context // 64 if self.mode != "eager" else 0
         with _progress(progress, steps, "warm-up") as tick:
             self.executor.warmup(max_context, scratch, tuple(sampling), (skip,) if skip else (), tick)
         return time.perf_counter() - start
@@ -306,9 +307,22 @@ class SwiftDecoder:
     ) -> list[Proposal]:
         """Each proposal cut to the nodes worth verifying this step (`drafting.hybrid`)."""
         parents = [_host_parents(p.tree) for p in proposals]
-        padded = self.executor.verify_size
-        keep = allocator.plan([p.tree for p in proposals], parents, lambda n: costs.verify_cost(padded(n), context))
+        keep = allocator.plan([p.tree for p in proposals], parents, self._verify_costs(costs, context))
         return [Proposal(p.drafter, _prefix(p.tree, k)) for p, k in zip(proposals, keep)]
+
+    def _verify_costs(self, costs: CostModel, context: int):
+        """Seconds of a verify of n drafted nodes, looked up per forward size (trees are padded to
+        buckets on the fast path) and per 64 tokens of context: the allocator asks for every n."""
+        table: dict[int, float] = {}
+        padded, rounded = self.executor.verify_size, context // 64 * 64 + 32
+
+        def cost(n: int) -> float:
+            size = padded(n)
+            if size not in table:
+                table[size] = costs.verify_cost(size, rounded)
+            return table[size]
+
+        return cost
 
     def _emit(self, tokens: list[int], new: list[int], req: Request) -> tuple[list[int], bool]:
         """Append `new` to the output, cut at a stop token or at the budget; returns (the tokens

@@ -122,11 +122,13 @@ class ModelAdapter:
         return {t: shared for t in set(self.layer_types)}
 
     @torch.inference_mode()
-    def forward(self, frame: Frame, cache: KVCache, skip: SkipSet, *, last_only: bool = False) -> torch.Tensor:
-        """Logits `(Q, vocab)` (or `(1, vocab)` with `last_only`), in float32."""
+    def forward(
+        self, frame: Frame, cache: KVCache, skip: SkipSet, *, last_only: bool = False, row: int = -1
+    ) -> torch.Tensor:
+        """Logits `(Q, vocab)` (or `(1, vocab)` of query `row` with `last_only`), in float32."""
         cache.prepare(frame.write_start, frame.input_ids.shape[1], frame.allowed.shape[1])
         masks = self._masks(frame.allowed, frame.positions, frame.key_positions, self.additive_mask)
-        return self._layers(frame.input_ids, frame.positions, masks, cache, skip, None, last_only)
+        return self._layers(frame.input_ids, frame.positions, masks, cache, skip, None, last_only, row=row)
 
     def forward_static(
         self,
@@ -171,6 +173,7 @@ class ModelAdapter:
         last_only: bool,
         sublayers: Sublayers | None = None,
         sizes: tuple[torch.Tensor, torch.Tensor] | None = None,
+        row: int = -1,
     ) -> torch.Tensor:
         run = sublayers or PLAIN_SUBLAYERS
 
@@ -203,8 +206,9 @@ class ModelAdapter:
             if i not in skip.mlp:
                 hidden, delta = run.mlp(layer, hidden, delta, sandwich)
         if last_only:
-            hidden = hidden[:, -1:]
-            delta = None if delta is None else delta[:, -1:]
+            keep = slice(row, row + 1 if row != -1 else None)
+            hidden = hidden[:, keep]
+            delta = None if delta is None else delta[:, keep]
         return run.final(self.base.norm, self.model.lm_head, hidden, delta, self.softcap)
 
 

@@ -29,6 +29,8 @@ from .transfer import Uploader
 from .weights import pack_weights
 
 _SHRINK_BELOW = 4
+#: Prompts are run in multiples of this many tokens (see `StaticExecutor.prefill`).
+PREFILL_STEP = 64
 
 
 def sampling_key(params: SamplingParams) -> tuple:
@@ -248,6 +250,9 @@ class StaticExecutor:
             for skip in skips:
                 self.draft_forward(skip, p, start=True)
                 tick("draft")
+        for length in range(PREFILL_STEP, min(round_up(max_context, PREFILL_STEP), self.cache.capacity) + 1, PREFILL_STEP):
+            self.prefill([0] * length, 0, scratch, params[0], 0)
+            tick(f"prefill {length}")
         if scratch:
             for bucket in self.score_buckets:
                 n, device = min(bucket, self.cache.capacity // 2), self.adapter.device
@@ -274,21 +279,29 @@ class StaticExecutor:
 
     @torch.inference_mode()
     def prefill(self, prompt, max_new_tokens: int, scratch: int, sampling: SamplingParams, seed: int) -> int:
-        """Reserve the cache, then an eager forward over the prompt into it (its length varies: not
-        captured); the first token."""
+        """Reserve the cache, then an eager forward over the prompt into it; the first token.
+
+        The prompt is padded to a multiple of `PREFILL_STEP` tokens (padding comes after it, so no
+        prompt token sees it, and its KV lands past the committed slots): a GPU library builds a
+        plan per new shape (cuDNN's attention, cuBLAS), tens of milliseconds that a request of a
+        new length would otherwise pay; with few shapes, `warmup` pays them all.
+        """
         a, n = self.adapter, len(prompt)
         self.reserve(n, max_new_tokens, scratch, sampling.do_sample)
         device = a.device
         inp = self.inputs
         inp.seed.fill_(seed)
+        padded = min(round_up(n, PREFILL_STEP), self.cache.capacity)
+        ids = torch.zeros(1, padded, dtype=torch.long)
+        ids[0, :n] = torch.tensor(list(prompt))
         frame = Frame(
-            input_ids=torch.tensor([list(prompt)], device=device),
-            positions=torch.arange(n, device=device),
+            input_ids=ids.to(device),
+            positions=torch.arange(padded, device=device),
             write_start=0,
-            allowed=torch.ones(n, n, dtype=torch.bool, device=device).tril(),
-            key_positions=torch.arange(n, device=device),
+            allowed=torch.ones(padded, padded, dtype=torch.bool, device=device).tril(),
+            key_positions=torch.arange(padded, device=device),
         )
-        logits = a.forward(frame, self.cache, NO_SKIP, last_only=True)
+        logits = a.forward(frame, self.cache, NO_SKIP, last_only=True, row=n - 1)
         inp.root.copy_(target_tokens(logits, sampling, inp.seed, inp.cols[n : n + 1]).view(1))
         self.committed = n
         return int(inp.root.item())  # the prefill's one host sync
