@@ -99,7 +99,7 @@ def test_greedy_swift_matches_plain_decoding_and_transformers(family, optimize):
         prompt = torch.tensor([[rng.randrange(97) for _ in range(rng.randint(1, 40))]])
         max_new = rng.randint(1, 40)
         dec = SwiftDecoder(model, cfg, stop_token_ids=stop, policy=_fixed_cost_search(model, cfg))
-        swift = dec.generate(prompt, max_new)
+        swift = dec.generate(prompt, max_new, method="swift")
         plain = dec.generate(prompt, max_new, method="ar")
         hf = _hf_greedy(model, prompt, max_new, stop)
         context = f"{family} case {case}: {cfg}, stop={stop}, prompt={prompt.tolist()}"
@@ -115,12 +115,37 @@ def test_greedy_swift_matches_plain_decoding_and_transformers(family, optimize):
         assert searched >= CASES_PER_FAMILY // 3, searched
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_greedy_hybrid_and_text_drafters_match_plain_decoding_and_transformers(family):
+    """n-gram lookup, token recycling and both with layer skipping, on prompts that repeat themselves
+    (so lookups hit); costs are fixed and flat, as on a GPU, so trees are wide."""
+    model = tiny_model(family)
+    num_layers = model.config.num_hidden_layers
+    rng = random.Random(f"hybrid-{family}")
+    accepted = steps = 0
+    dec = None
+    for case in range(8):
+        if case % 4 == 0:  # a decoder lives for a few requests: recycling's table carries over
+            dec = SwiftDecoder(model, _random_config(rng, num_layers), stop_token_ids=[])
+            dec._costs = flat_costs(num_layers, per_node=0.001)
+        unit = [rng.randrange(97) for _ in range(rng.randint(2, 8))]
+        prompt = torch.tensor([(unit * 8)[: rng.randint(4, 50)]])
+        max_new = rng.randint(1, 40)
+        hf = _hf_greedy(model, prompt, max_new, [])
+        for method in ("hybrid", "ngram", "recycle"):
+            res = dec.generate(prompt, max_new, method=method)
+            assert res.tokens == hf, f"{family} case {case} {method}: prompt={prompt.tolist()}"
+            accepted += res.stats["accepted_tokens"]
+            steps += res.stats["verify_steps"]
+    assert accepted > steps // 3, "drafts were hardly ever accepted: the test checks little"
+
+
 def test_empty_skip_set_accepts_every_draft():
     """With nothing skipped the draft *is* the full model, so greedy accepts every drafted token."""
     model = tiny_model("llama")
     cfg = SwiftConfig(skip_attn=[], skip_mlp=[], confidence_threshold=0.0, max_draft_tokens=6, optimize=False)
     dec = SwiftDecoder(model, cfg, stop_token_ids=[])
-    res = dec.generate(list(range(1, 9)), 50)
+    res = dec.generate(list(range(1, 9)), 50, method="swift")
     assert res.stats["acceptance_rate"] == 1.0
     assert res.stats["mean_accepted"] > 6.0
     assert len(res.tokens) == 50

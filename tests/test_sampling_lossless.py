@@ -97,7 +97,7 @@ def chi_square_pvalue(samples: Counter, dist: dict, n: int) -> float:
 SEARCH = SearchConfig(objective="paper", context_window=1, stop_score=math.inf, proposals_per_step=2, persist=False)
 
 
-def draw(model, n, seed, search: SearchConfig | None = None, **sampling) -> Counter:
+def draw(model, n, seed, search: SearchConfig | None = None, method: str = "swift", **sampling) -> Counter:
     # topk=2 of 5 keeps some tokens out of every depth's candidates, so rejections (and with them
     # the bonus draw after a rejection) happen often; threshold 0 drafts deep trees.
     cfg = SwiftConfig(skip_attn=[2], skip_mlp=[1], confidence_threshold=0.0, max_draft_tokens=3, topk=2,
@@ -105,7 +105,7 @@ def draw(model, n, seed, search: SearchConfig | None = None, **sampling) -> Coun
     dec = SwiftDecoder(model, cfg, stop_token_ids=[])
     counts = Counter()
     for i in range(n):
-        res = dec.generate(PROMPT, LENGTH, do_sample=True, seed=seed * 100003 + i, **sampling)
+        res = dec.generate(PROMPT, LENGTH, do_sample=True, seed=seed * 100003 + i, method=method, **sampling)
         counts[tuple(res.tokens)] += 1
     if search is not None:
         stats = dec.policy.stats()
@@ -126,6 +126,13 @@ def test_swift_sampling_matches_target_distribution(model, setting):
     dist = exact_distribution(model, **setting)
     assert abs(sum(dist.values()) - 1) < 1e-6
     counts = draw(model, SAMPLES, seed=1, **setting)
+    assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA
+
+
+def test_hybrid_sampling_matches_target_distribution(model):
+    setting = SETTINGS[1]
+    dist = exact_distribution(model, **setting)
+    counts = draw(model, SAMPLES, seed=4, method="hybrid", **setting)
     assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA
 
 

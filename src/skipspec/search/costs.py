@@ -173,7 +173,10 @@ def measure_costs(
     """
     n = adapter.num_layers
     inner = range(1, n - 1)
-    limit = (adapter.max_positions or 1 << 30) - max(sizes) - 1
+    # Tree sizes that fit beside the longer context in the model's positions (tiny test models have 64).
+    positions = adapter.max_positions or 1 << 30
+    sizes = [q for q in sizes if q <= positions // 4] or [min(sizes)]
+    limit = positions - max(sizes) - 1
     lo, hi = (min(c, limit) for c in contexts)
     lo = min(lo, hi // 2)
     time_it = timer or forward_timer(adapter, hi + max(sizes))
