@@ -113,11 +113,11 @@ def test_a_group_member_called_on_its_own_runs_its_own_projection():
 def test_eager_tree_attention_uses_a_config_copy_and_leaves_the_model_alone():
     model = tiny_model("llama")
     dec = SwiftDecoder(model, small_skip_config(random.Random(0), 6), stop_token_ids=[], runtime=PACKED)
-    one, wide = dec.fast._stand_ins
+    one, wide = dec.executor._stand_ins
     assert model.config._attn_implementation == "sdpa"
     assert all(layer.self_attn.config._attn_implementation == "sdpa" for layer in one)
     assert all(layer.self_attn.config._attn_implementation == "eager" for layer in wide)
-    assert dec.fast.tag == "static+grouped+colmajor+eager-tree-attn"
+    assert dec.executor.tag == "static+grouped+colmajor+eager-tree-attn"
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3"])
@@ -175,7 +175,7 @@ def test_running_out_of_memory_while_packing_leaves_every_value_and_the_output_a
     monkeypatch.setattr(torch, "cat", real_cat)
     for name, p in model.named_parameters():
         assert torch.equal(p, values[name]), name
-    one, _ = fast.fast._stand_ins
+    one, _ = fast.executor._stand_ins
     assert isinstance(one[0].self_attn.q_proj, GroupedProjection) and isinstance(one[0].mlp.gate_proj, GroupedProjection)
     assert one[1] is model.model.layers[1], "a layer packing did not reach runs as it is"
     assert fast.generate(prompt, 24).tokens == expected.tokens
