@@ -83,7 +83,7 @@ def test_static_cache_holds_plain_decodings_kv_after_every_step(family):
     dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=STATIC)
     snapshots = record_committed_cache(dec)
     prompt = list(range(3, 20))
-    tokens = prompt + dec.generate(prompt, 30).tokens
+    tokens = prompt + dec.generate(prompt, 30, method="swift").tokens
     assert any(b[0] - a[0] > 2 for a, b in zip(snapshots, snapshots[1:])), "no multi-token step"
     for committed, kv in snapshots:
         torch.testing.assert_close(kv, _plain_kv(dec, tokens[:committed]), atol=2e-5, rtol=1e-4)
@@ -179,7 +179,7 @@ def test_draft_steps_are_kept_per_skip_set_least_recently_used_first():
     )
     for skip in sets:
         dec.policy.skip = skip
-        dec.generate(list(range(3, 13)), 8)
+        dec.generate(list(range(3, 13)), 8, method="swift")
     keys = [key[0] for key in dec.executor._drafts.keys()]
     assert keys == sets[1:] and dec.executor._drafts.evictions == 1
 

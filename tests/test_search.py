@@ -56,7 +56,7 @@ def run_until_settled(dec, requests=12, new_tokens=60):
     """Generate until the search stops looking (checking every output against plain decoding)."""
     for i in range(requests):
         prompt = PROMPTS[i % len(PROMPTS)]
-        res = dec.generate(prompt, new_tokens)
+        res = dec.generate(prompt, new_tokens, method="swift")
         assert res.tokens == dec.generate(prompt, new_tokens, method="ar").tokens
         if not dec.policy.search.active:
             return res
@@ -76,7 +76,7 @@ def test_search_finds_the_sublayers_that_are_identities(objective):
         assert dec.policy.search.best_score == 1.0
         assert "matchness" in dec.policy.search.stop_reason
     # Skipping exact identities drafts exactly what the full model says: every draft is accepted.
-    res = dec.generate(PROMPTS[0], 40)
+    res = dec.generate(PROMPTS[0], 40, method="swift")
     assert res.stats["acceptance_rate"] == 1.0 and res.stats["drafted_tokens"] > 0
 
 
@@ -85,7 +85,7 @@ def test_speed_search_decodes_plainly_when_every_skip_hurts():
     run_until_settled(dec)
     assert dec.policy.stats()["proposals"] > 0
     assert dec.policy.skip_set() is None
-    after = dec.generate(PROMPTS[1], 30)
+    after = dec.generate(PROMPTS[1], 30, method="swift")
     assert after.stats["drafted_tokens"] == 0 and after.stats["skip_attn"] == [] and after.stats["skip_mlp"] == []
 
 
@@ -112,7 +112,7 @@ def test_steps_the_search_only_counts_run_back_to_back_on_the_fast_path(monkeypa
         runs.append((limit, policy.budget.forwards - forwards))
 
     monkeypatch.setattr(StaticExecutor, "plain_steps", recording)
-    res = dec.generate(PROMPTS[1], 60)
+    res = dec.generate(PROMPTS[1], 60, method="swift")
     assert res.tokens == expected and res.stats["drafted_tokens"] == 0
     assert runs and runs[0][0] == idle - 1, runs
     assert all(scored == 0 for _, scored in runs), "a step the search only counts ran a scoring forward"
@@ -140,7 +140,7 @@ def test_steps_a_round_cannot_pay_for_run_back_to_back_on_the_fast_path(monkeypa
 
     monkeypatch.setattr(StaticExecutor, "plain_steps", recording)
     for prompt in PROMPTS[:3]:
-        res = dec.generate(prompt, 100)
+        res = dec.generate(prompt, 100, method="swift")
         assert res.tokens == dec.generate(prompt, 100, method="ar").tokens
     in_round = [(limit, scored) for limit, scored, active in runs if active]
     assert in_round and max(limit for limit, _ in in_round) >= 5, runs
@@ -178,7 +178,7 @@ def test_one_off_set_up_inside_a_scoring_call_is_not_charged_to_the_time_budget(
 
     policy = SearchPolicy(adapter, cfg, SkipSet.starting(6), backend=FirstCallCaptures())
     dec = SwiftDecoder(model, cfg, stop_token_ids=[], policy=policy)
-    res = dec.generate(PROMPTS[0], 60)
+    res = dec.generate(PROMPTS[0], 60, method="swift")
     assert res.tokens == dec.generate(PROMPTS[0], 60, method="ar").tokens
     assert policy.budget.forwards >= 5, f"the search stalled after its first scoring call: {policy.stats()}"
     assert policy.budget.spent < 0.3 <= policy.total_time
@@ -192,7 +192,7 @@ def test_the_influence_probe_runs_in_the_scoring_graph_on_the_fast_path(monkeypa
     monkeypatch.setattr(online, "influence", lambda *a: pytest.fail("the probe ran eagerly on the fast path"))
     cfg = SwiftConfig(search=SearchConfig(context_window=8, step_budget=math.inf, persist=False))
     dec = SwiftDecoder(tiny_model("llama"), cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="static"))
-    res = dec.generate(PROMPTS[0], 40)
+    res = dec.generate(PROMPTS[0], 40, method="swift")
     assert res.tokens == dec.generate(PROMPTS[0], 40, method="ar").tokens
     assert any(measure for _, measure in dec.executor._scores.keys()), "no measuring scoring forward ran"
     assert dec.policy.budget.forwards > 1
@@ -202,7 +202,7 @@ def test_a_set_that_loses_in_use_is_dropped_before_the_search_scores_it():
     """Realized rate: a named bad set is used as asked, then dropped once it is measured slower than plain."""
     inner = [1, 2, 3, 4]
     dec = search_decoder(identity_model(), "speed", skip=(inner, inner), context_window=64)
-    res = dec.generate(PROMPTS[0], 50)
+    res = dec.generate(PROMPTS[0], 50, method="swift")
     assert res.stats["drafted_tokens"] > 0  # it was used
     assert dec.policy.skip_set() is None and dec.policy.fallbacks == 1
     assert dec.policy.stats()["proposals"] == 0  # no scoring forward: the context never filled
@@ -217,15 +217,15 @@ def test_search_time_stays_within_its_budget():
     settings = dict(costs=False, context_window=8, proposals_per_step=2, stop_score=math.inf, bayes_interval=0)
     dec = search_decoder(model, "paper", step_budget=budget, **settings)
     for prompt in PROMPTS:
-        dec.generate(prompt, 80)
+        dec.generate(prompt, 80, method="swift")
     p = dec.policy
     assert p.budget.forwards > 0
     b = p.budget
     assert b.spent <= b.granted + b.longest, (b.spent, b.granted, b.longest)
     free = search_decoder(model, "paper", **settings)
     for prompt in PROMPTS:
-        free.generate(prompt, 80)
-    assert free.policy.budget.forwards > 5 * p.forwards
+        free.generate(prompt, 80, method="swift")
+    assert free.policy.budget.forwards > 5 * p.budget.forwards
 
 
 # -- saved sets -----------------------------------------------------------------------------------
@@ -244,7 +244,7 @@ def test_saved_set_round_trip(store):
     assert entry["set"] == {"attn": [2, 4], "mlp": [3]} and entry["done"] is True
     # A later decoder (or process) starts from the saved set and does not search again.
     again = search_decoder(model, "paper", store=store)
-    res = again.generate(PROMPTS[2], 40)
+    res = again.generate(PROMPTS[2], 40, method="swift")
     assert again.policy.skip_set() == ZEROED and res.stats["acceptance_rate"] == 1.0
     assert again.policy.stats()["proposals"] == 0
 
@@ -269,7 +269,7 @@ def test_a_saved_set_for_another_shape_is_ignored_with_a_warning(store):
     store.path.write_text(json.dumps(doc))
     dec = search_decoder(model, "paper", store=store)
     with pytest.warns(RuntimeWarning, match="40 layers"):
-        dec.generate(PROMPTS[0], 10)
+        dec.generate(PROMPTS[0], 10, method="swift")
     assert dec.policy.skip_set() == SkipSet.starting(6)
 
 
@@ -278,24 +278,24 @@ def test_two_models_keep_separate_sets(store):
     b = identity_model(zero_attn=[1], zero_mlp=[2, 4], seed=2)
     dec_a, dec_b = search_decoder(a, "paper", store=store), search_decoder(b, "paper", store=store)
     for _ in range(3):  # interleaved, as two decoders serving in one process
-        dec_a.generate(PROMPTS[0], 60)
-        dec_b.generate(PROMPTS[1], 60)
+        dec_a.generate(PROMPTS[0], 60, method="swift")
+        dec_b.generate(PROMPTS[1], 60, method="swift")
     run_until_settled(dec_a)
     run_until_settled(dec_b)
     assert dec_a.policy.skip_set() == ZEROED
     assert dec_b.policy.skip_set() == SkipSet.of([1], [2, 4])
     assert len(json.loads(store.path.read_text())["sets"]) == 2
-    assert search_decoder(a, "paper", store=store).generate(PROMPTS[3], 5).stats["skip_attn"] == [2, 4]
-    assert search_decoder(b, "paper", store=store).generate(PROMPTS[3], 5).stats["skip_attn"] == [1]
+    assert search_decoder(a, "paper", store=store).generate(PROMPTS[3], 5, method="swift").stats["skip_attn"] == [2, 4]
+    assert search_decoder(b, "paper", store=store).generate(PROMPTS[3], 5, method="swift").stats["skip_attn"] == [1]
 
 
 def test_measured_costs_are_saved_and_reused(store):
     model = tiny_model("qwen2")
     first = search_decoder(model, "speed", costs=False, store=store)
-    first.generate(PROMPTS[0], 4)
+    first.generate(PROMPTS[0], 4, method="swift")
     assert first.policy.calibration_time > 0
     second = search_decoder(model, "speed", costs=False, store=store)
-    second.generate(PROMPTS[0], 4)
+    second.generate(PROMPTS[0], 4, method="swift")
     assert second.policy.calibration_time == 0 and second.policy.costs == first.policy.costs
 
 
@@ -319,7 +319,7 @@ def test_fast_path_costs_are_measured_on_its_own_steps_and_kept_apart(store, mon
     assert [k.split("|")[3] for k in costs] == ["static"]
     calls.clear()
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="eager"))
-    eager.generate(prompt, 4)
+    eager.generate(prompt, 4, method="swift")
     assert not calls and eager.policy.calibration_time > 0  # its own costs, measured eagerly
     assert sorted(k.split("|")[3] for k in json.loads(store.path.read_text())["costs"]) == ["eager", "static"]
 
