@@ -48,6 +48,9 @@ def keyed_uniform(seed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     return bits.double() * 2.0**-53
 
 
+# Left out of compiled step functions: TorchInductor's code generation fails on a float64 scan
+# across a real vocabulary (49k entries; a split scan), and PyTorch's own scan captures fine.
+@torch.compiler.disable
 def inverse_cdf(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """(N,) token drawn from each row of `probs` (N, vocab) by its uniform: the first token whose
     cumulative probability exceeds u (times the row's total, so rounding in the softmax cannot
