@@ -23,7 +23,13 @@ def populated(tmp_path, monkeypatch):
     converted = gguf_cache.cache_dir() / "tiny-float32-0123456789abcdef"
     converted.mkdir(parents=True)
     (converted / "model.safetensors").write_bytes(b"w" * 5000)
-    record = {"source": "/models/tiny.gguf", "dtype": "float32", "transformers": "5.24.0", "torch": "2.13.0", "gguf": "0.19.0"}
+    record = {
+        "source": "/models/tiny.gguf",
+        "dtype": "float32",
+        "transformers": "5.24.0",
+        "torch": "2.13.0",
+        "gguf": "0.19.0",
+    }
     (converted / gguf_cache.RECORD).write_text(json.dumps(record))
     default_path().write_text(json.dumps({"format": "skipspec-layer-sets", "version": 1, "sets": {"a": {}}, "costs": {}}))
     model = offline_models.get("smollm2-135m-instruct")

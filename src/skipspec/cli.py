@@ -139,7 +139,9 @@ def generate(
         DEFAULT_METHOD, "--method", help=f"{', '.join(METHODS)} (ar: plain decoding in the same engine)."
     ),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 = greedy; > 0 samples at this temperature."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling: keep the smallest set of tokens with this mass, in (0, 1]."),
+    top_p: float = typer.Option(
+        1.0, "--top-p", help="Nucleus sampling: keep the smallest set of tokens with this mass, in (0, 1]."
+    ),
     top_k: int = typer.Option(0, "--top-k", help="Sample among the k most likely tokens (0 = all)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed for sampling (default: a fresh one)."),
     skip_attn: str | None = typer.Option(
@@ -235,7 +237,8 @@ def _public(stats: dict) -> dict:
 
 
 def _summary(s: dict) -> str:
-    head = f"[bold]{s['method']}[/]: {s['new_tokens']} tokens in {s['total_time']:.2f} s = [bold]{s['tokens_per_s']:.1f} tokens/s[/]"
+    speed = f"[bold]{s['tokens_per_s']:.1f} tokens/s[/]"
+    head = f"[bold]{s['method']}[/]: {s['new_tokens']} tokens in {s['total_time']:.2f} s = {speed}"
     if s["method"] == "ar":
         return head + " (plain decoding)"
     drafted = s.get("drafted_tokens", 0)
@@ -244,7 +247,11 @@ def _summary(s: dict) -> str:
         if drafted
         else "no tokens drafted"
     )
-    skipped = f"skipped attn {s['skip_attn']} mlp {s['skip_mlp']}" if s.get("skip_attn") or s.get("skip_mlp") else "no layer skipped"
+    skipped = (
+        f"skipped attn {s['skip_attn']} mlp {s['skip_mlp']}"
+        if s.get("skip_attn") or s.get("skip_mlp")
+        else "no layer skipped"
+    )
     return f"{head}; {speculation}, {s['verify_steps']} verify steps, {skipped}"
 
 
@@ -389,12 +396,15 @@ def cache_list() -> None:
     print(f"total {caches.human(own)} in {cache_root()} (`skipspec cache clear` removes it)")
 
 
+_KINDS = typer.Argument(
+    None,
+    metavar="KIND",
+    help="converted, layer-sets, models, kernels (default: all but kernels, which other programs share).",
+)
+
+
 @cache_app.command("clear")
-def cache_clear(
-    kinds: list[str] | None = typer.Argument(
-        None, metavar="KIND", help="converted, layer-sets, models and/or kernels (default: all but kernels, which other programs share)."
-    ),
-) -> None:
+def cache_clear(kinds: list[str] | None = _KINDS) -> None:
     """Remove cached files: converted models, saved layer sets and costs, offline models; kernels when named."""
     from . import caches
 

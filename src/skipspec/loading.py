@@ -185,7 +185,9 @@ def _from_gguf(source: ModelSource, torch_dtype: torch.dtype):
     try:
         folder = gguf_cache.save(model, tokenizer, gguf, torch_dtype)
     except OSError as err:
-        warnings.warn(f"could not cache the conversion of {gguf.name} ({err}); the next load converts it again", stacklevel=3)
+        warnings.warn(
+            f"could not cache the conversion of {gguf.name} ({err}); the next load converts it again", stacklevel=3
+        )
         return model, tokenizer
     del model
     return _from_pretrained(source, str(folder), {}, torch_dtype)
