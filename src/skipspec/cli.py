@@ -347,7 +347,10 @@ def tune(
         cfg = tuning_config(SwiftConfig(), objective, task)
         if cfg.search.objective == "paper":
             _require("bayes_opt", "--objective paper (SWIFT's Bayesian search)")
-        texts = read_prompts(Path(prompts))
+        try:
+            texts = read_prompts(Path(prompts))
+        except OSError as e:
+            raise ConfigError(f"--prompts: cannot read {prompts} ({e.strerror or e})") from None
         source = locate(model)
         mdl, tok = load(source, device=device, dtype=dtype)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl))
