@@ -143,6 +143,19 @@ def test_bench_checks_its_arguments_before_running(folder, no_loading, tmp_path)
     assert res.exit_code == 2 and "skipspec models list" in res.output
 
 
+def test_tune_checks_its_arguments_before_loading(folder, no_loading, tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("w5 w6\n")
+    for args, message in [
+        (["--prompts", str(tmp_path / "missing.txt")], "--prompts: cannot read"),
+        (["--prompts", str(prompts), "--objective", "fast"], "--objective must be one of"),
+        (["--prompts", str(prompts), "--passes", "0"], "--passes must be >= 1"),
+        (["--prompts", str(prompts), "-n", "0"], "--max-new-tokens must be >= 1"),
+    ]:
+        res = run("tune", "--model", folder, *args)
+        assert res.exit_code == 2 and message in res.output, (args, res.output)
+
+
 def test_bench_says_which_plots_it_wrote_and_why_not_the_others(folder, tmp_path, monkeypatch):
     monkeypatch.setenv("SKIPSPEC_CACHE", str(tmp_path / "cache"))
     suite = tmp_path / "p.txt"

@@ -352,7 +352,10 @@ def tune(
         cfg = tuning_config(SwiftConfig(), objective, task)
         if cfg.search.objective == "paper":
             _require("bayes_opt", "--objective paper (SWIFT's Bayesian search)")
-        texts = read_prompts(Path(prompts))
+        try:
+            texts = read_prompts(Path(prompts))
+        except OSError as e:
+            raise ConfigError(f"--prompts: cannot read {prompts} ({e.strerror or e})") from None
         source = locate(model)
         mdl, tok = load(source, device=device, dtype=dtype)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl))
@@ -401,14 +404,15 @@ def cache_list() -> None:
     print(f"total {caches.human(own)} in {cache_root()} (`skipspec cache clear` removes it)")
 
 
+_KINDS = typer.Argument(
+    None,
+    metavar="KIND",
+    help="converted, layer-sets, models, kernels (default: all but kernels, which other programs share).",
+)
+
+
 @cache_app.command("clear")
-def cache_clear(
-    kinds: list[str] | None = typer.Argument(  # noqa: B008 (typer's way of declaring an argument)
-        None,
-        metavar="KIND",
-        help="converted, layer-sets, models and/or kernels (default: all but kernels, which other programs share).",
-    ),
-) -> None:
+def cache_clear(kinds: list[str] | None = _KINDS) -> None:
     """Remove cached files: converted models, saved layer sets and costs, offline models; kernels when named."""
     from . import caches
 
