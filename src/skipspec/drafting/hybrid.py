@@ -138,22 +138,55 @@ def choose_nodes(worths: Sequence[Sequence[float]], cost: Callable[[int], float]
     return taken
 
 
+class StepSeconds:
+    """Seconds of verify steps by forward size, as this decoder's steps really took them.
+
+    A cost model measured once (`search.costs`) gives the prior; each step's own wall time then
+    replaces it for its size (a moving average), since a machine's load, or a model of costs
+    measured under another load, can make the prior wrong by a factor, and a wrong ratio of a
+    wide verify to a plain step is what makes speculation slower than plain decoding.
+
+    >>> s = StepSeconds(decay=0.5)
+    >>> s.cost(4, prior=2.0), s.record(4, 3.0), s.cost(4, prior=2.0)
+    (2.0, None, 3.0)
+    """
+
+    def __init__(self, decay: float = 0.9) -> None:
+        self.decay = decay
+        self.seconds: dict[int, float] = {}
+
+    def record(self, size: int, seconds: float) -> None:
+        old = self.seconds.get(size)
+        self.seconds[size] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+
+    def cost(self, size: int, prior: float) -> float:
+        return self.seconds.get(size, prior)
+
+
 class NodeAllocator:
     """Per-step choice of the nodes a hybrid step verifies (see the module docstring).
 
-    costs(n): seconds of a verify step of n drafted nodes at the current context, on this device
-    and model (measured: `search.costs.CostModel.verify_cost`).
+    Every `PLAIN_EVERY`-th step is plain whatever the worth, so the plain step's own cost, the
+    yardstick of every choice, stays measured.
     """
+
+    PLAIN_EVERY = 32
 
     def __init__(self, names: Sequence[str], config: HybridConfig | None = None) -> None:
         self.config = config or HybridConfig()
         self.names = tuple(names)
         self.worth = [NodeWorth(self.config) for _ in self.names]
+        self.step_seconds = StepSeconds()
+        self._steps = 0
 
     def plan(
         self, trees: Sequence[DraftTree | None], parents: Sequence[Sequence[int]], cost: Callable[[int], float]
     ) -> list[int]:
-        """Nodes to keep of each source's tree (a prefix of it); parents: each tree's host parents."""
+        """Nodes to keep of each source's tree (a prefix of it); parents: each tree's host parents;
+        cost(n): seconds of a verify of n drafted nodes."""
+        self._steps += 1
+        if self._steps % self.PLAIN_EVERY == 0:
+            return [0] * len(trees)
         worths = [
             parent_capped(w.values(len(t)), p) if t is not None and len(t) else []
             for w, t, p in zip(self.worth, trees, parents)

@@ -289,6 +289,8 @@ class SwiftDecoder:
                 raise DrafterError(describe_fault(step.fault, owners, self.adapter.vocab_size))
             c.draft_time += t2 - t
             c.verify_time += time.perf_counter() - t2
+            if allocator is not None:
+                allocator.step_seconds.record(ex.verify_size(tree.size if tree else 0), time.perf_counter() - t2)
             c.draft_forwards += ex.draft_calls - calls
             calls = ex.draft_calls
             c.count_step(step, tree, owners)
@@ -307,19 +309,20 @@ class SwiftDecoder:
     ) -> list[Proposal]:
         """Each proposal cut to the nodes worth verifying this step (`drafting.hybrid`)."""
         parents = [_host_parents(p.tree) for p in proposals]
-        keep = allocator.plan([p.tree for p in proposals], parents, self._verify_costs(costs, context))
+        keep = allocator.plan([p.tree for p in proposals], parents, self._verify_costs(allocator, costs, context))
         return [Proposal(p.drafter, _prefix(p.tree, k)) for p, k in zip(proposals, keep)]
 
-    def _verify_costs(self, costs: CostModel, context: int):
-        """Seconds of a verify of n drafted nodes, looked up per forward size (trees are padded to
-        buckets on the fast path) and per 64 tokens of context: the allocator asks for every n."""
+    def _verify_costs(self, allocator: NodeAllocator, costs: CostModel, context: int):
+        """Seconds of a verify of n drafted nodes: the steps' own measured times per forward size
+        (trees are padded to buckets on the fast path), the cost model where a size has not run
+        yet; looked up once per size, since the allocator asks for every n."""
         table: dict[int, float] = {}
         padded, rounded = self.executor.verify_size, context // 64 * 64 + 32
 
         def cost(n: int) -> float:
             size = padded(n)
             if size not in table:
-                table[size] = costs.verify_cost(size, rounded)
+                table[size] = allocator.step_seconds.cost(size, costs.verify_cost(size, rounded))
             return table[size]
 
         return cost
