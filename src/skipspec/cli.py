@@ -187,6 +187,11 @@ def _generate(source, prompt, chat, max_new_tokens, method, cfg, sampling, devic
         runtime = RuntimeConfig(mode="auto" if graphs else "eager", fuse=None if fuse else False)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl), runtime=runtime)
         ids = encode_prompt(tok, prompt, chat)
+        # One-time costs (step-cost measurement, graph captures, compiles) before anything is timed.
+        methods = (method, "ar") if compare else (method,)
+        warm = dec.warmup(len(ids) + max_new_tokens, methods=methods, progress=not as_json)
+        if not as_json:
+            err.print(f"warm-up (once per process): {warm:.1f} s")
         baseline = dec.generate(ids, max_new_tokens, method="ar", **sampling) if compare else None
         stream = dec.stream(ids, max_new_tokens, method=method, **sampling)
     except SkipSpecError as e:

@@ -146,21 +146,35 @@ class StepSeconds:
     measured under another load, can make the prior wrong by a factor, and a wrong ratio of a
     wide verify to a plain step is what makes speculation slower than plain decoding.
 
+    The first step of a size is left out: it pays that shape's one-time costs (kernel plans,
+    allocations), often many times a step's.
+
     >>> s = StepSeconds(decay=0.5)
-    >>> s.cost(4, prior=2.0), s.record(4, 3.0), s.cost(4, prior=2.0)
+    >>> s.record(4, 30.0); s.cost(4, prior=2.0), s.record(4, 3.0), s.cost(4, prior=2.0)
     (2.0, None, 3.0)
     """
 
     def __init__(self, decay: float = 0.9) -> None:
         self.decay = decay
         self.seconds: dict[int, float] = {}
+        self._seen: set[int] = set()
 
     def record(self, size: int, seconds: float) -> None:
-        old = self.seconds.get(size)
-        self.seconds[size] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+        key = _bucket(size)
+        if key not in self._seen:
+            self._seen.add(key)
+            return
+        old = self.seconds.get(key)
+        self.seconds[key] = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
 
     def cost(self, size: int, prior: float) -> float:
-        return self.seconds.get(size, prior)
+        """Steps are kept per power-of-two size (eager steps come in every size; a bucket's
+        neighbours cost about the same)."""
+        return self.seconds.get(_bucket(size), prior)
+
+
+def _bucket(size: int) -> int:
+    return 1 << max(size - 1, 0).bit_length()
 
 
 class NodeAllocator:
