@@ -88,7 +88,7 @@ class SwiftDecoder:
         self.mode = self.runtime_config.resolved_mode(self.adapter.device)
         # Allocates nothing yet: the first request sizes its cache (and, on the fast path, captures graphs).
         self.executor: Executor = (
-            EagerExecutor(self.adapter, cfg.topk, cfg.verify_topk, cfg.max_tree_nodes + 1)
+            EagerExecutor(self.adapter, cfg.topk, cfg.verify_topk, cfg.max_tree_nodes + 1, self.runtime_config)
             if self.mode == "eager"
             else StaticExecutor(self.adapter, cfg, self.runtime_config, self.mode)
         )

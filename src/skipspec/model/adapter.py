@@ -72,6 +72,9 @@ class ModelAdapter:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_positions = getattr(config, "max_position_embeddings", None)
+        # How `forward` runs the sublayers when not told: None = the plain ones; an executor may set
+        # its own (the CPU's packed linears, `skipspec.runtime.cpu_linear`).
+        self.sublayers: Sublayers | None = None
 
     @staticmethod
     def _layer_types(config, n: int) -> tuple[str, ...]:
@@ -123,12 +126,23 @@ class ModelAdapter:
 
     @torch.inference_mode()
     def forward(
-        self, frame: Frame, cache: KVCache, skip: SkipSet, *, last_only: bool = False, row: int = -1
+        self,
+        frame: Frame,
+        cache: KVCache,
+        skip: SkipSet,
+        *,
+        last_only: bool = False,
+        row: int = -1,
+        sublayers: Sublayers | None = None,
     ) -> torch.Tensor:
-        """Logits `(Q, vocab)` (or `(1, vocab)` of query `row` with `last_only`), in float32."""
+        """Logits `(Q, vocab)` (or `(1, vocab)` of query `row` with `last_only`), in float32.
+
+        sublayers: how to run the sublayers (see `Sublayers`); None = `self.sublayers`.
+        """
         cache.prepare(frame.write_start, frame.input_ids.shape[1], frame.allowed.shape[1])
         masks = self._masks(frame.allowed, frame.positions, frame.key_positions, self.additive_mask)
-        return self._layers(frame.input_ids, frame.positions, masks, cache, skip, None, last_only, row=row)
+        run = sublayers or self.sublayers
+        return self._layers(frame.input_ids, frame.positions, masks, cache, skip, None, last_only, run, row=row)
 
     def forward_static(
         self,

@@ -30,6 +30,8 @@ from ..model.cache import KVCache
 from ..model.skipset import SkipSet
 from ..tree import doublings, tree_frame
 from ..verify import target_tokens, verify_tree
+from .config import RuntimeConfig
+from .cpu_linear import packed_sublayers
 from .steps import draft_tail
 
 NO_SKIP = SkipSet.empty()
@@ -174,8 +176,17 @@ class EagerExecutor:
     tag = "eager"
     capture_time = 0.0
 
-    def __init__(self, adapter: ModelAdapter, topk: int, verify_topk: int, max_tree: int) -> None:
+    def __init__(
+        self, adapter: ModelAdapter, topk: int, verify_topk: int, max_tree: int, runtime: RuntimeConfig | None = None
+    ) -> None:
         self.adapter = adapter
+        # On a CPU, the linears of multi-token forwards and the output head run packed weights
+        # (`runtime.cpu_linear`); set on the adapter so that every eager forward of this decoder
+        # (the search's scoring and step timing too) runs them.
+        runtime = runtime or RuntimeConfig()
+        packed = runtime.resolved_cpu_packed_linear("eager", adapter.device, adapter.dtype)
+        adapter.sublayers = packed_sublayers(adapter) if packed else None
+        self.tag = "eager+packed-linear" if packed else "eager"
         self.max_tree = max_tree  # nodes of the widest tree, root included
         self.topk = min(topk, adapter.vocab_size)
         self.verify_topk = min(verify_topk, adapter.vocab_size)
