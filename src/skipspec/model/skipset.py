@@ -72,3 +72,7 @@ class SkipSet:
 
     def __repr__(self) -> str:
         return f"SkipSet(attn={sorted(self.attn)}, mlp={sorted(self.mlp)})"
+
+
+#: The empty skip set: the full model.
+NO_SKIP = SkipSet.empty()

@@ -27,14 +27,12 @@ import torch
 from ..config import SamplingParams
 from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
-from ..model.skipset import SkipSet
+from ..model.skipset import NO_SKIP, SkipSet
 from ..tree import doublings, tree_frame
 from ..verify import target_tokens, verify_tree
 from .config import RuntimeConfig
 from .cpu_linear import packed_sublayers
 from .steps import draft_tail
-
-NO_SKIP = SkipSet.empty()
 
 #: Token ids, or parent indices, of some tree nodes: host ints or a 1-D device tensor.
 Part = Sequence[int] | torch.Tensor

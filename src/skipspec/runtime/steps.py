@@ -16,11 +16,9 @@ import torch
 from ..config import SamplingParams
 from ..model.adapter import ModelAdapter, Sublayers
 from ..model.cache import KVCache
-from ..model.skipset import SkipSet
+from ..model.skipset import NO_SKIP, SkipSet
 from ..tree import TreeFrame, doublings, tree_frame
 from ..verify import process_logits, verify_tree
-
-NO_SKIP = SkipSet.empty()
 
 
 @dataclass(frozen=True)
