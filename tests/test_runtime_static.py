@@ -162,10 +162,10 @@ def test_cache_and_graphs_are_reused_by_requests_that_fit_and_regrown_for_one_th
     model = tiny_model("llama")
     cfg = SwiftConfig(optimize=False, max_draft_tokens=4, topk=3)
     dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="static", capacity_step=64))
-    dec.generate(list(range(3, 13)), 10)
+    dec.generate(list(range(3, 13)), 10, method="swift")
     first = dec.executor.cache
     steps = dec.executor.captures
-    dec.generate(list(range(5, 20)), 12)
+    dec.generate(list(range(5, 20)), 12, method="swift")
     assert dec.executor.cache is first and dec.executor.captures == steps, "a fitting request must reuse cache and steps"
     dec.generate([i % 90 + 3 for i in range(100)], 100)
     assert dec.executor.cache is not first and dec.executor.cache.capacity > first.capacity

@@ -222,6 +222,7 @@ def _generate(source, prompt, chat, max_new_tokens, method, cfg, sampling, devic
         print(json.dumps(out))
     else:
         sys.stdout.write("\n")
+        sys.stdout.flush()  # the summary goes to stderr: the text's line must end first
         if baseline is not None:
             err.print(_summary(_public(baseline.stats)))
         err.print(_summary(stats) + (" [yellow](interrupted)[/]" if interrupted else ""))
@@ -307,6 +308,8 @@ def bench(
             progress=progress, draft_model=draft_model, command=shlex.join(["skipspec", *sys.argv[1:]]),
         )  # fmt: skip
         resolve_methods(config.methods, BENCH_METHODS)
+        if "hf-assisted" in config.methods and not draft_model:
+            raise ConfigError("hf-assisted needs a draft model: pass --draft-model")
         if plots:
             _require("matplotlib", "--plots (the default; --no-plots skips them)")
         if progress:
