@@ -137,7 +137,7 @@ def test_greedy_hybrid_and_text_drafters_match_plain_decoding_and_transformers(f
             assert res.tokens == hf, f"{family} case {case} {method}: prompt={prompt.tolist()}"
             accepted += res.stats["accepted_tokens"]
             steps += res.stats["verify_steps"]
-    assert accepted > steps // 3, "drafts were hardly ever accepted: the test checks little"
+    assert accepted > steps // 4, "drafts were hardly ever accepted: the test checks little"
 
 
 def test_empty_skip_set_accepts_every_draft():
