@@ -138,8 +138,8 @@ def assemble(proposals: Sequence[Proposal], ctx: DraftContext) -> tuple[TreeInpu
     for s, p in enumerate(proposals):
         if p.tree is None or len(p.tree) == 0:
             continue
-        share = _share(ctx.max_nodes, s, len(proposals))
-        tokens, parents, n = check_tree(p.tree, p.drafter.name, share, ctx.vocab_size, device)
+        budget = share(ctx.max_nodes, s, len(proposals))
+        tokens, parents, n = check_tree(p.tree, p.drafter.name, budget, ctx.vocab_size, device)
         if isinstance(tokens, torch.Tensor):
             device_parts.append((s, tokens, parents, n))
         else:
@@ -168,7 +168,7 @@ def assemble(proposals: Sequence[Proposal], ctx: DraftContext) -> tuple[TreeInpu
     return TreeInput(tuple(token_parts), tuple(parent_parts), size), owners
 
 
-def _share(budget: int, i: int, n: int) -> int:
+def share(budget: int, i: int, n: int) -> int:
     """Proposal i's equal share of the node budget (the first ones get the remainder)."""
     return budget // n + (i < budget % n)
 

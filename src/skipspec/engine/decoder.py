@@ -21,7 +21,7 @@ from ..runtime.executor import new_seed
 from ..search import FixedSkipPolicy, SearchPolicy, SkipPolicy
 from ..search.costs import CostModel, measure_costs
 from ..search.objective import DraftRule
-from .assemble import Proposal, assemble, describe_fault
+from .assemble import Proposal, assemble, describe_fault, share
 from .counters import Counters
 from .request import DEFAULT_METHOD, METHODS, PromptIds, Request, make_request
 from .stops import default_stop_token_ids
@@ -409,10 +409,10 @@ def _plain_run(drafters: list[Drafter], remaining: int) -> int:
 
 
 def _share(ctx: DraftContext, budget: int, i: int, n: int) -> DraftContext:
-    """Drafter i's context: an equal share of the node budget (the first ones get the remainder)."""
+    """Drafter i's context: its share of the node budget (`assemble.share`, which checks it)."""
     if n <= 1:
         return ctx
-    return DraftContext(ctx.tokens, ctx.prompt_len, budget // n + (i < budget % n), ctx.max_depth,
+    return DraftContext(ctx.tokens, ctx.prompt_len, share(budget, i, n), ctx.max_depth,
                         ctx.vocab_size, ctx.sampling, ctx.executor)  # fmt: skip
 
 
