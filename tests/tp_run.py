@@ -1,0 +1,76 @@
+"""What torchrun runs for tests/test_tensor_parallel.py: every case of `tp_cases` on tiny models
+sharded over the ranks (gloo, CPU). Rank 0 generates and writes JSON to argv[1]: each case's
+tokens and stats, the output head's logits of one full forward, and every rank's follower report.
+
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/tp_run.py out.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+torch.set_num_threads(1)
+
+from tiny_models import tiny_model  # noqa: E402
+from tp_cases import NEW_TOKENS, PROMPT, VOCAB, cases, runtime_config, swift_config  # noqa: E402
+
+from skipspec import SwiftDecoder, parallel  # noqa: E402
+
+STATS = ("method", "drafted_tokens", "verify_steps", "fast_path", "runtime", "draft_forwards", "skip_attn", "skip_mlp")
+
+
+def lead(model, group: list) -> dict:
+    """Rank 0: every case of one model, each decoder shared by the cases that may share it."""
+    results, decoders = {}, {}
+    for case in group:
+        key = (case.search, case.runtime)
+        if key not in decoders:
+            decoders[key] = SwiftDecoder(model, swift_config(case), stop_token_ids=[], runtime=runtime_config(case))
+        dec = decoders[key]
+        if case.warmup:
+            dec.warmup(len(PROMPT) + NEW_TOKENS, methods=(case.method,))
+        res = dec.generate(list(PROMPT), NEW_TOKENS, method=case.method, **case.sampling())
+        results[case.name] = {"tokens": res.tokens, "stats": {k: res.stats.get(k) for k in STATS}}
+        if case.search:
+            results[case.name]["search"] = dec.policy.stats()
+    s = parallel.sharding_of(model)
+    results[f"{group[0].family}/{group[0].plan}/sharding"] = {"kv_heads": s.kv_heads, "plan": s.plan, "world": s.world_size}
+    if group[0].family == "llama" and group[0].plan == "auto":
+        ids = torch.tensor([list(PROMPT)])
+        results["llama/logits"] = parallel.full_logits(model, ids, 3)[0].tolist()
+    return results
+
+
+def main() -> None:
+    out = sys.argv[1]
+    by_model: dict[tuple, list] = {}
+    for case in cases():
+        by_model.setdefault((case.family, case.plan), []).append(case)
+    results, reports = {}, []
+    for (family, plan), group in by_model.items():
+        model = parallel.shard(tiny_model(family, vocab_size=VOCAB), plan=plan)
+        if parallel.leads(model):
+            try:
+                results.update(lead(model, group))
+            finally:
+                parallel.release(model)
+        else:
+            r = parallel.follow(model)
+            reports.append({"model": f"{family}/{plan}", "commands": r.commands, "checked": r.checked,
+                            "requests": [list(t) for t in r.requests]})  # fmt: skip
+    everyone: list = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, reports)
+    if dist.get_rank() == 0:
+        with open(out, "w") as f:
+            json.dump({"results": results, "followers": everyone[1:]}, f)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
