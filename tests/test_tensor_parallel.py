@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_models import save_tiny, tiny_model
-from tp_cases import FAMILIES, NEW_TOKENS, PROMPT, VOCAB, cases
+from tp_cases import CLI_PROMPT, FAMILIES, NEW_TOKENS, PROMPT, VOCAB, cases
 from typer.testing import CliRunner
 
 from skipspec import ConfigError, SwiftConfig, SwiftDecoder, load
@@ -36,14 +36,19 @@ SAMPLED = [c for c in cases() if c.seed is not None]
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory) -> dict:
+def folder(tmp_path_factory) -> str:
+    return save_tiny(tmp_path_factory.mktemp("tp-model") / "m", vocab_size=VOCAB)
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory, folder) -> dict:
     """Every case's outputs from two processes (see the module docstring)."""
     out = tmp_path_factory.mktemp("tp") / "out.json"
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
     src = str(HERE.parent / "src")
     env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(HERE / "tp_run.py"), str(out)]  # fmt: skip
+               str(HERE / "tp_run.py"), str(out), folder]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-8000:]
     return json.loads(out.read_text())
@@ -99,6 +104,24 @@ def test_a_full_forward_on_the_sharded_model_gives_the_model_logits(sharded):
     with torch.inference_mode():
         want = model(input_ids=torch.tensor([list(PROMPT)]), logits_to_keep=3, use_cache=False).logits[0]
     torch.testing.assert_close(torch.tensor(sharded["results"]["llama/logits"]), want, atol=1e-4, rtol=1e-4)
+
+
+def test_a_checkpoint_loads_sharded_and_decodes_as_one_process(sharded):
+    assert sharded["results"]["load/sharding"] == {"kv_heads": 1, "plan": "transformers"}
+    assert sharded["results"]["load/swift"] == plain("llama")
+
+
+def test_generate_command_prints_on_rank_0_only(sharded, folder):
+    lead, other = sharded["cli"]
+    assert lead["exit_code"] == 0 and other["exit_code"] == 0, (lead, other)
+    assert other["stdout"] == ""
+    args = ["generate", "--model", folder, "--prompt", CLI_PROMPT, "--max-new-tokens", "12", "--method", "swift",
+            "--skip-attn", "2", "--skip-mlp", "3", "--json", "--device", "cpu"]  # fmt: skip
+    one = CliRunner().invoke(app, args)
+    assert one.exit_code == 0, one.output
+    got, want = json.loads(lead["stdout"]), json.loads(one.stdout)
+    assert got["tokens"] == want["tokens"] and got["text"] == want["text"]
+    assert got["stats"]["fast_path"].endswith("+tp2")
 
 
 # -- the parts alone ------------------------------------------------------------------------------

@@ -12,6 +12,8 @@ VOCAB = 96
 PROMPT = (5, 17, 33, 8, 5, 17, 33, 8, 61, 5, 17, 33, 2, 70, 44, 5, 17, 33, 8, 61)
 NEW_TOKENS = 24
 SKIP = dict(skip_attn=[2], skip_mlp=[3])
+#: The saved model's prompt for `skipspec generate` (its tokenizer's words are w0..w95).
+CLI_PROMPT = "w5 w17 w33 w8 w5 w17 w33 w8 w61 w5 w17"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,10 @@
 """What torchrun runs for tests/test_tensor_parallel.py: every case of `tp_cases` on tiny models
-sharded over the ranks (gloo, CPU). Rank 0 generates and writes JSON to argv[1]: each case's
-tokens and stats, the output head's logits of one full forward, and every rank's follower report.
+sharded over the ranks (gloo, CPU); then the saved tiny model in argv[2] loaded with
+`load(..., tensor_parallel=True)`, through the API and through `skipspec generate`. Rank 0 writes
+JSON to argv[1]: each case's tokens and stats, the output head's logits of one full forward, the
+loaded model's outputs, and every rank's follower report and command-line output.
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/tp_run.py out.json
+    python -m torch.distributed.run --standalone --nproc-per-node 2 tests/tp_run.py out.json FOLDER
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 torch.set_num_threads(1)
 
 from tiny_models import tiny_model  # noqa: E402
-from tp_cases import NEW_TOKENS, PROMPT, VOCAB, cases, runtime_config, swift_config  # noqa: E402
+from tp_cases import CLI_PROMPT, NEW_TOKENS, PROMPT, SKIP, VOCAB, cases, runtime_config, swift_config  # noqa: E402
 
-from skipspec import SwiftDecoder, parallel  # noqa: E402
+from skipspec import SwiftConfig, SwiftDecoder, load, parallel  # noqa: E402
 
 STATS = ("method", "drafted_tokens", "verify_steps", "fast_path", "runtime", "draft_forwards", "skip_attn", "skip_mlp")
 
@@ -47,6 +49,31 @@ def lead(model, group: list) -> dict:
     return results
 
 
+def loaded(folder: str) -> dict:
+    """A saved model loaded sharded (transformers' sharded loading); rank 0's swift output."""
+    model, _ = load(folder, device="cpu", tensor_parallel=True)
+
+    def main() -> list[int]:
+        dec = SwiftDecoder(model, SwiftConfig(optimize=False, max_draft_tokens=6, **SKIP), stop_token_ids=[])
+        return dec.generate(list(PROMPT), NEW_TOKENS, method="swift").tokens
+
+    tokens = parallel.run(model, main)
+    s = parallel.sharding_of(model)
+    return {"load/swift": tokens, "load/sharding": {"kv_heads": s.kv_heads, "plan": s.plan}} if tokens else {}
+
+
+def command_line(folder: str) -> dict:
+    """`skipspec generate --tensor-parallel` on every rank: rank 0 prints, the others follow."""
+    from typer.testing import CliRunner
+
+    from skipspec.cli import app
+
+    res = CliRunner().invoke(app, ["generate", "--model", folder, "--prompt", CLI_PROMPT, "--max-new-tokens", "12",
+                                   "--method", "swift", "--skip-attn", "2", "--skip-mlp", "3", "--json",
+                                   "--device", "cpu", "--tensor-parallel"])  # fmt: skip
+    return {"exit_code": res.exit_code, "stdout": res.stdout, "error": repr(res.exception) if res.exception else None}
+
+
 def main() -> None:
     out = sys.argv[1]
     by_model: dict[tuple, list] = {}
@@ -64,11 +91,13 @@ def main() -> None:
             r = parallel.follow(model)
             reports.append({"model": f"{family}/{plan}", "commands": r.commands, "checked": r.checked,
                             "requests": [list(t) for t in r.requests]})  # fmt: skip
+    results.update(loaded(sys.argv[2]))
     everyone: list = [None] * dist.get_world_size()
-    dist.all_gather_object(everyone, reports)
+    dist.all_gather_object(everyone, (reports, command_line(sys.argv[2])))
     if dist.get_rank() == 0:
         with open(out, "w") as f:
-            json.dump({"results": results, "followers": everyone[1:]}, f)
+            json.dump({"results": results, "followers": [r for r, _ in everyone[1:]],
+                       "cli": [c for _, c in everyone]}, f)  # fmt: skip
     dist.destroy_process_group()
 
 
