@@ -215,7 +215,7 @@ def _from_gguf(source: ModelSource, torch_dtype: torch.dtype):
 def _from_pretrained(source: ModelSource, where: str, extra: dict, torch_dtype: torch.dtype, check=None):
     """check: called with the config before any weights are read; may return more arguments for
     `from_pretrained` (tensor parallelism's)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source.local_only:
         extra = {**extra, "local_files_only": True}

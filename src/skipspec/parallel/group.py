@@ -77,8 +77,11 @@ def join(device: str | torch.device | None = None) -> Place:
 def _device_kind(device: str | torch.device | None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device) if not isinstance(device, torch.device) else device
-    if dev.type not in ("cpu", "cuda"):
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
         raise ConfigError(f"device must be cpu or cuda, got {device!r}")
     if dev.type == "cuda":
         if not torch.cuda.is_available():

@@ -30,7 +30,10 @@ from .group import Place
 
 PLANS = ("auto", "transformers", "dtensor")
 #: The DTensor plan: per sublayer module, its column-parallel and its row-parallel projections.
-_PROJECTIONS = {"self_attn": (("q_proj", "k_proj", "v_proj"), ("o_proj",)), "mlp": (("gate_proj", "up_proj"), ("down_proj",))}
+_PROJECTIONS = {
+    "self_attn": (("q_proj", "k_proj", "v_proj"), ("o_proj",)),
+    "mlp": (("gate_proj", "up_proj"), ("down_proj",)),
+}
 
 
 def has_plan(config) -> bool:
