@@ -124,6 +124,18 @@ def test_generate_command_prints_on_rank_0_only(sharded, folder):
     assert got["stats"]["fast_path"].endswith("+tp2")
 
 
+def test_the_multi_gpu_bench_runs_on_a_tiny_shape(sharded):
+    (result,) = sharded["results"]["bench"]
+    assert result["shape"] == "tiny-tp" and result["world_size"] == 2 and result["tag"] == "eager+tp2"
+    context = result["contexts"]["16"]
+    assert set(context["verify_ms"]) == {"1", "2", "8"} and set(context["draft_ratio"]) == {"0.2", "0.3", "0.45", "0.6"}
+    assert context["plain_tokens_per_s"] > 0 and all(v > 0 for v in context["verify_ms"].values())
+    # Each rank holds half of every sharded matrix: less than the whole model's weights.
+    whole = sum(p.numel() * 4 for p in tiny_model("llama", vocab_size=VOCAB).parameters())
+    assert result["weight_bytes_per_rank"] < 0.6 * whole
+    assert [row["acceptance"] for row in result["speedup_model"]["rows"]] == [0.9, 0.95, 1.0]
+
+
 # -- the parts alone ------------------------------------------------------------------------------
 
 

@@ -1,8 +1,9 @@
 """What torchrun runs for tests/test_tensor_parallel.py: every case of `tp_cases` on tiny models
 sharded over the ranks (gloo, CPU); then the saved tiny model in argv[2] loaded with
-`load(..., tensor_parallel=True)`, through the API and through `skipspec generate`. Rank 0 writes
-JSON to argv[1]: each case's tokens and stats, the output head's logits of one full forward, the
-loaded model's outputs, and every rank's follower report and command-line output.
+`load(..., tensor_parallel=True)`, through the API and through `skipspec generate`; then
+scripts/tp_bench.py on a tiny shape. Rank 0 writes JSON to argv[1]: each case's tokens and stats,
+the output head's logits of one full forward, the loaded model's outputs, the bench's results, and
+every rank's follower report and command-line output.
 
     python -m torch.distributed.run --standalone --nproc-per-node 2 tests/tp_run.py out.json FOLDER
 """
@@ -74,6 +75,16 @@ def command_line(folder: str) -> dict:
     return {"exit_code": res.exit_code, "stdout": res.stdout, "error": repr(res.exception) if res.exception else None}
 
 
+def bench(out: str) -> list | None:
+    """scripts/tp_bench.py on a tiny shape: built on the meta device, materialized slice by slice."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import tp_bench
+
+    args = ["--shapes", "tiny-tp", "--device", "cpu", "--contexts", "16", "--tree-sizes", "2,8", "--new-tokens", "4",
+            "--reps", "1", "--out", out]  # fmt: skip
+    return tp_bench.main(args)
+
+
 def main() -> None:
     out = sys.argv[1]
     by_model: dict[tuple, list] = {}
@@ -92,6 +103,7 @@ def main() -> None:
             reports.append({"model": f"{family}/{plan}", "commands": r.commands, "checked": r.checked,
                             "requests": [list(t) for t in r.requests]})  # fmt: skip
     results.update(loaded(sys.argv[2]))
+    results["bench"] = bench(os.path.join(os.path.dirname(out), "bench"))
     everyone: list = [None] * dist.get_world_size()
     dist.all_gather_object(everyone, (reports, command_line(sys.argv[2])))
     if dist.get_rank() == 0:
