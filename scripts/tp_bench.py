@@ -205,8 +205,13 @@ def run_shape(shape: str, place: Place, dtype, contexts, tree_sizes, new_tokens:
 
 
 def markdown(results: list[dict]) -> str:
-    header = (
-        "| context | plain decoding tokens/s | of floor | plain step ms | verify ms by nodes | draft/plain by skip ratio |"
+    columns = (
+        "context",
+        "plain decoding tokens/s",
+        "of floor",
+        "plain step ms",
+        "verify ms by nodes",
+        "draft/plain by skip ratio",
     )
     lines = []
     for r in results:
