@@ -59,13 +59,9 @@ def follow(model: torch.nn.Module, channel: Channel) -> Report:
             report.checked += 1
         for kind, ident in command.forget:
             (mirrors if kind == "executor" else timers).pop(ident, None)
-        mirror = mirrors.get(command.target)
-        if mirror is not None and command.op != "next" and mirror.steps is not None:
-            mirror.steps.close()  # rank 0 left its plain steps (see `LeadExecutor.plain_steps`)
-            mirror.steps = None
         if command.op == "release":
             return report
-        _run(command, model, mirror, mirrors, timers, channel, report)
+        _run(command, model, mirrors.get(command.target), mirrors, timers, channel, report)
 
 
 def _run(command: Command, model, mirror: _Mirror | None, mirrors: dict, timers: dict, channel: Channel, report) -> None:
@@ -89,6 +85,7 @@ def _run(command: Command, model, mirror: _Mirror | None, mirrors: dict, timers:
     elif op == "warmup":
         ex.warmup(*args)
     elif op == "prefill":
+        mirror.steps = None  # a new request: rank 0 runs no more of the last one's plain steps
         mirror.last = (ex.prefill(*args),)
         mirror.tokens = list(mirror.last)
         report.requests.append(mirror.tokens)
@@ -97,6 +94,8 @@ def _run(command: Command, model, mirror: _Mirror | None, mirrors: dict, timers:
     elif op == "plain":
         mirror.steps = ex.plain_steps(*args)
     elif op == "next":
+        if mirror.steps is None:
+            raise ValueError("rank 0 advanced plain steps that were never opened here")
         step = next(mirror.steps, None)
         if step is not None:
             _took(mirror, step)

@@ -108,8 +108,8 @@ class LeadExecutor:
 
     def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]:
         # The other ranks open the same generator and advance it once per "next": a step the GPU
-        # executor launches ahead is launched on every rank. When rank 0 stops early its next
-        # command, whatever it is, closes theirs.
+        # executor launches ahead is launched on every rank. One left early is dropped as rank 0's
+        # is (a step in flight writes only past the committed slots).
         self.channel.send("plain", self.id, limit, sampling)
         steps = self.inner.plain_steps(limit, sampling)
         while True:
