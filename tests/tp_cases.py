@@ -3,7 +3,7 @@ torchrun runs (`tp_run.py`: two gloo processes, the sharded model)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
 #: Every model type with a tensor-parallel plan (all supported ones), by `tiny_models.FAMILIES` name.
 FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gemma2", "gemma3")
@@ -34,15 +34,11 @@ class Case:
     seed: int | None = None
     plan: str = "auto"
     warmup: bool = False
-    extra: dict = field(default_factory=dict)
 
     def sampling(self) -> dict:
         if self.seed is None:
             return {}
         return dict(do_sample=True, temperature=0.8, top_k=20, seed=self.seed)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def cases() -> list[Case]:

@@ -58,7 +58,12 @@ def shard(model: torch.nn.Module, plan: str = "auto") -> torch.nn.Module:
     in place; initialises the process group if needed (see `join`). plan: "auto", "transformers"
     or "dtensor" (`skipspec.parallel.shard`). A group of one process leaves the model as it is.
     `skipspec.load(..., tensor_parallel=True)` loads a checkpoint already sharded."""
-    place = join(next(model.parameters()).device.type)
+    device = next(model.parameters()).device
+    place = join(device.type)
+    if device != place.device:
+        raise ConfigError(
+            f"rank {place.rank} shards a model on {device}: move it to its rank's device, {place.device}, first"
+        )
     return model if place.world_size == 1 else _shard(model, place, plan)
 
 
