@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from ..config import SamplingParams
@@ -127,6 +128,8 @@ class StepResult:
               (several drafters' trees are verified as one); valid until the next step
     verified: (M + 1,) the verified tree's tokens, root first, aligned with `topk` (device)
     path:     indices into `tree` of its nodes on the accepted path, shallowest first
+    host:     (verified, topk) as numpy arrays when the executor read them back with the step
+              (no sync of the drafter's own); None otherwise
     """
 
     accepted: list[int]
@@ -134,6 +137,7 @@ class StepResult:
     topk: torch.Tensor | None
     verified: torch.Tensor | None = None
     path: tuple[int, ...] = ()
+    host: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @runtime_checkable

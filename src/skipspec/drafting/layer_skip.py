@@ -6,7 +6,7 @@ import torch
 
 from ..search.objective import DraftRule
 from ..search.policy import SkipPolicy, StepContext
-from .base import DraftContext, DraftTree, StepResult
+from .base import DraftContext, DraftTree, StepResult, TokenView
 
 
 class LayerSkipDrafter:
@@ -77,7 +77,7 @@ class LayerSkipDrafter:
             StepContext(
                 ctx.executor.adapter,
                 ctx.executor.cache,
-                list(ctx.tokens) + result.accepted,
+                _after(ctx.tokens, result.accepted),
                 ctx.prompt_len,
                 ctx.committed + len(result.accepted),
                 len(result.accepted) - 1,
@@ -89,3 +89,11 @@ class LayerSkipDrafter:
         chosen = self.policy.skip_set()
         if chosen is not None and chosen != before:
             ctx.executor.prepare_draft(chosen, ctx.sampling)  # a new set's draft step, before its first use
+
+
+def _after(tokens, accepted: list[int]):
+    """The tokens once `accepted` is committed: a longer view of the decoder's live list, which
+    already holds them (no copy of the whole context per step), else a new list."""
+    if isinstance(tokens, TokenView):
+        return tokens.grown(len(accepted))
+    return list(tokens) + accepted

@@ -183,11 +183,14 @@ class RecycleDrafter:
 
     def observe(self, ctx: DraftContext, result: StepResult) -> None:
         table = self._table_for(ctx)
+        if result.host is not None:  # read back with the step: no sync here
+            verified, topk = result.host
+            record_topk(table, verified, topk[:, : self.config.k])
+            return
         if result.topk is None or result.verified is None:
             return
         topk = result.topk[:, : self.config.k]
-        # The step's one device-to-host copy for this drafter: the verified tokens ride along as
-        # the first column.
+        # One device-to-host copy: the verified tokens ride along as the first column.
         rows = torch.cat([result.verified.reshape(-1, 1).to(topk.dtype), topk], dim=1).cpu().numpy()
         record_topk(table, rows[:, 0], rows[:, 1:])
 

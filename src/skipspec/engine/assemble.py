@@ -107,6 +107,8 @@ def _part(values, name: str, what: str, device: torch.device) -> Part:
         if values.device != device:
             return values.tolist()  # a CPU tensor for a GPU model: reading it costs no sync
         return values
+    if type(values) is list and all(type(v) is int for v in values):
+        return values  # the built-in drafters' lists: already ints, nothing to convert
     try:
         return [_int(v) for v in values]
     except (TypeError, ValueError):

@@ -25,8 +25,9 @@ class Counters:
     drafted_by_source: Counter = field(default_factory=Counter)
     accepted_by_source: Counter = field(default_factory=Counter)
 
-    def count_step(self, step: Verified, tree: TreeInput | None, owners) -> None:
-        """One verify step over `tree` (None: a plain step) that committed `step.tokens`."""
+    def count_step(self, step: Verified, tree: TreeInput | None, owners=None, paths=()) -> None:
+        """One verify step over `tree` (None: a plain step) that committed `step.tokens`;
+        `paths`: the accepted nodes per proposal (`Owners.paths`)."""
         nodes = tree.size if tree is not None else 0
         accepted = len(step.tokens) - 1
         self.verify_steps += 1
@@ -37,7 +38,7 @@ class Counters:
         self.accepted_per_step.append(accepted)
         self.drafted_per_step.append(nodes)
         if nodes:
-            for name, kept, own in zip(owners.names, owners.kept, owners.paths(step.path)):
+            for name, kept, own in zip(owners.names, owners.kept, paths):
                 if kept:
                     self.drafted_by_source[name] += kept
                     self.accepted_by_source[name] += len(own)

@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..config import GenerationResult, SamplingParams, SwiftConfig
@@ -112,6 +113,8 @@ class SwiftDecoder:
         }
         self._allocators: dict[str, NodeAllocator] = {}
         self._costs: CostModel | None = None
+        # `_verify_costs`' cost model lookups, for one (node budget, context bucket, model).
+        self._cost_prior: tuple | None = None
 
     # -- public API ---------------------------------------------------------------------------
 
@@ -266,12 +269,12 @@ class SwiftDecoder:
                 t = time.perf_counter()
                 for step in ex.plain_steps(run, sampling):
                     c.verify_time += time.perf_counter() - t
-                    c.count_step(step, None, ())
+                    c.count_step(step, None)
                     new, done = self._emit(tokens, step.tokens, req)
                     yield new
                     if done:
                         return
-                    result = StepResult(step.tokens, None, step.topk, step.verified)
+                    result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
                     for d in drafters:
                         d.observe(ctx, result)
                     ctx = _advanced(ctx, step.tokens)
@@ -280,7 +283,7 @@ class SwiftDecoder:
             t = time.perf_counter()
             proposals = [Proposal(d, d.propose(_share(ctx, budget, i, len(drafters)))) for i, d in enumerate(drafters)]
             if allocator is not None:
-                proposals = self._allocate(allocator, proposals, costs, len(tokens))
+                proposals = self._allocate(allocator, proposals, costs, len(tokens), budget)
             tree, owners = assemble(proposals, ctx)
             t2 = time.perf_counter()
             step = ex.verify(tree, sampling)
@@ -292,39 +295,38 @@ class SwiftDecoder:
                 allocator.step_seconds.record(ex.verify_size(tree.size if tree else 0), time.perf_counter() - t2)
             c.draft_forwards += ex.draft_calls - calls
             calls = ex.draft_calls
-            c.count_step(step, tree, owners)
+            paths = owners.paths(step.path)
+            c.count_step(step, tree, owners, paths)
             new, done = self._emit(tokens, step.tokens, req)
             yield new
             if done:
                 return
-            paths = owners.paths(step.path)
             if allocator is not None:
                 allocator.observe(owners.kept, paths)
             for proposal, own in zip(proposals, paths):
-                proposal.drafter.observe(ctx, StepResult(step.tokens, proposal.tree, step.topk, step.verified, own))
+                proposal.drafter.observe(ctx, StepResult(step.tokens, proposal.tree, step.topk, step.verified, own, step.host))
 
     def _allocate(
-        self, allocator: NodeAllocator, proposals: list[Proposal], costs: CostModel, context: int
+        self, allocator: NodeAllocator, proposals: list[Proposal], costs: CostModel, context: int, budget: int
     ) -> list[Proposal]:
         """Each proposal cut to the nodes worth verifying this step (`drafting.hybrid`)."""
         parents = [_host_parents(p.tree) for p in proposals]
-        keep = allocator.plan([p.tree for p in proposals], parents, self._verify_costs(allocator, costs, context))
+        keep = allocator.plan([p.tree for p in proposals], parents, self._verify_costs(allocator, costs, context, budget))
         return [Proposal(p.drafter, _prefix(p.tree, k)) for p, k in zip(proposals, keep)]
 
-    def _verify_costs(self, allocator: NodeAllocator, costs: CostModel, context: int):
-        """Seconds of a verify of n drafted nodes: the steps' own measured times per forward size
-        (trees are padded to buckets on the fast path), the cost model where a size has not run
-        yet; looked up once per size, since the allocator asks for every n."""
-        table: dict[int, float] = {}
-        padded, rounded = self.executor.verify_size, context // 64 * 64 + 32
-
-        def cost(n: int) -> float:
-            size = padded(n)
-            if size not in table:
-                table[size] = allocator.step_seconds.cost(size, costs.verify_cost(size, rounded))
-            return table[size]
-
-        return cost
+    def _verify_costs(self, allocator: NodeAllocator, costs: CostModel, context: int, nodes: int) -> np.ndarray:
+        """Seconds of a verify of n = 0..`nodes` drafted nodes: the steps' own measured times per
+        forward size (trees are padded to buckets on the fast path), the cost model's where a size
+        has not run yet. Looked up per forward size, the model's once per context bucket."""
+        rounded = context // 64 * 64 + 32
+        key = (nodes, rounded, id(costs))
+        if self._cost_prior is None or self._cost_prior[0] != key:
+            padded = [self.executor.verify_size(n) for n in range(nodes + 1)]
+            sizes, index = np.unique(padded, return_inverse=True)
+            prior = [costs.verify_cost(int(n), rounded) for n in sizes]
+            self._cost_prior = (key, sizes.tolist(), prior, index)
+        _, sizes, prior, index = self._cost_prior
+        return np.asarray(allocator.step_seconds.costs(sizes, prior))[index]
 
     def _emit(self, tokens: list[int], new: list[int], req: Request) -> tuple[list[int], bool]:
         """Append `new` to the output, cut at a stop token or at the budget; returns (the tokens

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from ..config import SamplingParams
@@ -65,6 +66,8 @@ class Verified:
     fault:    None, or (node, kind) for the first malformed node of the tree, kind 1 a parent
               that is not an earlier node, 2 a token outside the vocabulary; nothing was committed
     depth:    the tree's depth: the most drafted tokens the step could have accepted
+    host:     (verified, topk) as numpy arrays, read back with the step at no extra sync (None
+              where the executor did not); valid until the next step
     """
 
     tokens: list[int]
@@ -73,6 +76,7 @@ class Verified:
     verified: torch.Tensor
     fault: tuple[int, int] | None = None
     depth: int = 0
+    host: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,11 +107,13 @@ class Reading:
             packed[4 + 2 * bucket],
         )
 
-    def verified(self, topk: torch.Tensor, tokens: torch.Tensor) -> Verified:
+    def verified(
+        self, topk: torch.Tensor, tokens: torch.Tensor, host: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> Verified:
         if self.fault is not None:
             return Verified([], (), topk, tokens, self.fault)
         path = tuple(i - 1 for i in self.path[1:])  # drafted nodes count from 0
-        return Verified(self.path_tokens[1:] + [self.bonus], path, topk, tokens, None, self.depth)
+        return Verified(self.path_tokens[1:] + [self.bonus], path, topk, tokens, None, self.depth, host)
 
 
 def new_seed() -> int:
@@ -243,7 +249,8 @@ class EagerExecutor:
                 self.cache.commit_path(committed, committed + verdict.path[: reading.length])
             self.committed = committed + reading.length
             self._root = verdict.packed[1:2]
-        return reading.verified(verdict.topk, tokens)
+        on_host = device.type == "cpu"  # then reading them costs nothing
+        return reading.verified(verdict.topk, tokens, (tokens.numpy(), verdict.topk.numpy()) if on_host else None)
 
     def plain_steps(self, limit: int, sampling: SamplingParams) -> Iterator[Verified]:
         for _ in range(limit):

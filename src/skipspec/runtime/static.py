@@ -25,7 +25,7 @@ from .layers import stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
 from .steps import NO_SKIP, PLAIN_STEP_FUNCTIONS, StepInputs, draft_step, score_step, verify_step
 from .timing import StepTimer
-from .transfer import Uploader
+from .transfer import Readback, Uploader
 from .weights import pack_weights
 
 _SHRINK_BELOW = 4
@@ -112,6 +112,7 @@ class StaticExecutor:
         self._pinned = False  # set by `warmup`: the cache is kept for every request that fits
         self._tree_upload = Uploader(packed_length(self.tree_buckets[-1]), adapter.device)
         self._keep_upload = Uploader(2 * adapter.num_layers, adapter.device)
+        self._readback = Readback(self.tree_buckets[-1], self.verify_topk, asynchronous=mode == "graphs")
         self.capture_time = 0.0
 
     # -- sizing -----------------------------------------------------------------------------------
@@ -312,10 +313,12 @@ class StaticExecutor:
         size = tree.size if tree is not None else 0
         bucket = bucket_for(size + 1, self.tree_buckets)
         packed, top, verified = self._launch_verify(tree, self.committed, bucket, sampling)
+        top, verified = top[: size + 1], verified[: size + 1]
+        host = self._readback.enqueue(0, verified, top)  # rides along with the sync below
         reading = Reading.of(packed.tolist(), bucket)  # the step's one host sync: the accepted path
         if reading.fault is None:
             self.committed += reading.length
-        return reading.verified(top[: size + 1], verified[: size + 1])
+        return reading.verified(top, verified, host)
 
     def _launch_verify(
         self, tree: TreeInput | None, committed: int, bucket: int, params: SamplingParams
@@ -370,7 +373,7 @@ class StaticExecutor:
             nonlocal launched
             packed, top, root = self._launch_verify(None, start + launched, 1, sampling)
             slots[launched % 2].copy_(packed[:2], non_blocking=cuda)
-            tops[launched % 2] = (top.clone(), root.clone())
+            tops[launched % 2] = (top.clone(), root.clone(), self._readback.enqueue(1 + launched % 2, root, top))
             if cuda:
                 events[launched % 2].record()
             launched += 1
@@ -382,10 +385,10 @@ class StaticExecutor:
             if cuda:
                 events[taken % 2].synchronize()  # the step's one host sync, one step behind the GPU
             token = int(slots[taken % 2][1])
-            top, root = tops[taken % 2]
+            top, root, host = tops[taken % 2]
             taken += 1
             self.committed = start + taken
-            yield Verified([token], (), top, root)
+            yield Verified([token], (), top, root, host=host)
 
     def verify_size(self, nodes: int) -> int:
         """Trees are padded to their bucket: a verify of `nodes` costs the bucket's forward."""

@@ -1,4 +1,4 @@
-"""Host integers to a device buffer without a host sync.
+"""Host integers to a device buffer, and device results back to the host, without extra host syncs.
 
 `torch.tensor(values, device="cuda")` copies from pageable memory, which blocks the host until
 the GPU has drained its queue: a hidden sync per call. Copying from pinned memory with
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 
@@ -37,3 +38,30 @@ class Uploader:
         if self._event is not None:
             self._event.record()
             self._pending = True
+
+
+class Readback:
+    """Pinned host copies of a step's verified tokens and top-k rows, enqueued behind the step.
+
+    The copies are queued in stream order after the step, so the step's own read-back (the
+    accepted path, which the host waits for anyway) finds them done: drafters that learn from the
+    top-k (token recycling) read numpy arrays instead of paying a sync of their own. Slots let
+    pipelined steps (plain steps keep one in flight) each keep their copy until it is consumed.
+    """
+
+    SLOTS = 3
+
+    def __init__(self, rows: int, k: int, asynchronous: bool) -> None:
+        """asynchronous: copies only enqueued (pinned buffers): the caller synchronises before reading."""
+        self._async = asynchronous
+        self._tokens = [torch.empty(rows, dtype=torch.long, pin_memory=asynchronous) for _ in range(self.SLOTS)]
+        self._topk = [torch.empty(rows, k, dtype=torch.long, pin_memory=asynchronous) for _ in range(self.SLOTS)]
+
+    def enqueue(self, slot: int, tokens: torch.Tensor, topk: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Queue copies of `tokens` (n,) and `topk` (n, k) into `slot`; their numpy views, readable
+        once the step's own read-back has synchronised (and until `slot` is enqueued again)."""
+        n = topk.shape[0]
+        host_tokens, host_topk = self._tokens[slot][:n], self._topk[slot][:n]
+        host_tokens.copy_(tokens.reshape(-1), non_blocking=self._async)
+        host_topk.copy_(topk, non_blocking=self._async)
+        return host_tokens.numpy(), host_topk.numpy()

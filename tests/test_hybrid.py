@@ -1,0 +1,99 @@
+"""The hybrid node allocator alone: worth learning, node choice, step timings."""
+
+from __future__ import annotations
+
+import doctest
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+import skipspec.drafting.hybrid
+from skipspec.drafting.base import DraftTree
+from skipspec.drafting.hybrid import HybridConfig, NodeAllocator, choose_nodes, parent_capped
+from skipspec.errors import ConfigError
+
+
+def test_doctests():
+    assert doctest.testmod(skipspec.drafting.hybrid).failed == 0
+
+
+def _best_by_brute_force(worths, costs):
+    """The best rate over every combination of per-source prefixes (what the greedy choice approximates)."""
+    best, best_rate = [0] * len(worths), 1.0 / costs[0]
+    for lengths in itertools.product(*(range(len(w) + 1) for w in worths)):
+        n = sum(lengths)
+        if n >= len(costs):
+            continue
+        rate = (1.0 + sum(sum(w[:k]) for w, k in zip(worths, lengths))) / costs[n]
+        if rate > best_rate + 1e-12:
+            best, best_rate = list(lengths), rate
+    return best, best_rate
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_choice_is_a_prefix_per_source_and_optimal_for_non_increasing_worth(seed):
+    rng = random.Random(seed)
+    worths = [sorted((rng.random() for _ in range(rng.randint(0, 5))), reverse=True) for _ in range(rng.randint(1, 3))]
+    per_node = rng.choice([0.0, 0.05, 0.3, 1.0])
+    costs = 1.0 + per_node * np.arange(rng.randint(1, 12))
+    taken = choose_nodes(worths, costs)
+    assert all(0 <= k <= len(w) for k, w in zip(taken, worths))
+    assert sum(taken) <= len(costs) - 1
+    rate = (1.0 + sum(sum(w[:k]) for w, k in zip(worths, taken))) / costs[sum(taken)]
+    # Non-increasing worth and non-decreasing cost: taking best nodes first is optimal.
+    _, best_rate = _best_by_brute_force(worths, costs)
+    assert rate == pytest.approx(best_rate)
+
+
+def test_a_node_is_taken_only_after_the_ones_before_it():
+    # Source 0's second node is worth more than its first: it still comes after it.
+    assert choose_nodes([[0.1, 0.9]], np.ones(4)) == [2]
+    assert choose_nodes([[0.1, 0.9], [0.5]], np.array([1.0, 1.2, 1.7, 3.0])) == [0, 1]
+    assert choose_nodes([[], []], np.ones(4)) == [0, 0]
+    assert choose_nodes([[0.9]], np.ones(1)) == [0]  # no room for any node
+
+
+def test_parent_capped_never_lets_a_child_beat_its_parent():
+    assert parent_capped(np.array([0.2, 0.9, 0.8, 0.1]), [-1, 0, -1, 2]).tolist() == [0.2, 0.2, 0.8, 0.1]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_parent_capped_is_the_minimum_over_each_nodes_ancestors(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 60))
+    parents = [int(rng.integers(-1, i)) for i in range(n)]
+    values = rng.random(n)
+    expected = []
+    for i in range(n):
+        best, node = values[i], parents[i]
+        while node >= 0:
+            best, node = min(best, values[node]), parents[node]
+        expected.append(best)
+    assert parent_capped(values, parents).tolist() == expected
+
+
+def test_allocator_learns_which_source_pays():
+    alloc = NodeAllocator(["good", "bad"], HybridConfig(decay=1.0))
+    trees = [DraftTree([1, 2, 3], [-1, 0, 1]), DraftTree([4, 5, 6], [-1, 0, 1])]
+    parents = [[-1, 0, 1], [-1, 0, 1]]
+    costs = 1.0 + 0.2 * np.arange(7)  # each node costs a fifth of a step
+    for _ in range(30):
+        kept = alloc.plan(trees, parents, costs)
+        alloc.observe(kept, [tuple(range(kept[0])), ()])
+    kept = alloc.plan(trees, parents, costs)
+    assert kept[0] == 3 and kept[1] == 0
+
+
+def test_every_32nd_plan_is_plain():
+    alloc = NodeAllocator(["a"])
+    tree, costs = [DraftTree([1], [-1])], np.ones(2)
+    plans = [alloc.plan(tree, [[-1]], costs) for _ in range(NodeAllocator.PLAIN_EVERY)]
+    assert plans[-1] == [0] and all(p == [1] for p in plans[:-1])
+
+
+@pytest.mark.parametrize("bad", [{"prior": 0.0}, {"fade": 1.5}, {"weight": 0}, {"max_nodes": 0}, {"decay": -1}])
+def test_bad_config(bad):
+    with pytest.raises(ConfigError):
+        HybridConfig(**bad)
