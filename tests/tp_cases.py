@@ -20,8 +20,10 @@ CLI_PROMPT = "w5 w17 w33 w8 w5 w17 w33 w8 w61 w5 w17"
 class Case:
     """One generation on one family's tiny model.
 
-    name: how results are keyed. method: the decoder's method. search: run the skip-set search (a
-    small context window, so it scores within the request) instead of a fixed set. runtime: the
+    name: how results are keyed. method: the decoder's method. search: None (a fixed set), or the
+    skip-set search's objective, "speed" or "paper" (a small context window, so it scores within
+    the request; "speed" may find from its measured costs that no set can pay, "paper" scores a
+    proposal every step). runtime: the
     `RuntimeConfig` mode. seed: None greedy, else seeded sampling at temperature 0.8. plan:
     "auto" (transformers') or "dtensor". warmup: call `decoder.warmup` first.
     """
@@ -29,7 +31,7 @@ class Case:
     name: str
     family: str
     method: str
-    search: bool = False
+    search: str | None = None
     runtime: str = "eager"
     seed: int | None = None
     plan: str = "auto"
@@ -47,10 +49,11 @@ def cases() -> list[Case]:
     out += [
         Case("llama/swift", "llama", "swift"),
         Case("llama/ar", "llama", "ar"),
-        Case("llama/search", "llama", "swift", search=True),
+        Case("llama/search", "llama", "swift", search="speed"),
+        Case("llama/paper", "llama", "swift", search="paper"),
         Case("llama/static-swift", "llama", "swift", runtime="static", warmup=True),
         Case("llama/static-ar", "llama", "ar", runtime="static"),
-        Case("llama/static-search", "llama", "swift", runtime="static", search=True),
+        Case("llama/static-search", "llama", "swift", runtime="static", search="speed"),
         Case("llama/sample-hybrid", "llama", "hybrid", seed=7),
         Case("gemma3/sample-swift", "gemma3", "swift", seed=11),
         Case("llama/dtensor-swift", "llama", "swift", plan="dtensor"),
@@ -62,10 +65,12 @@ def swift_config(case: Case):
     from skipspec import SwiftConfig
     from skipspec.config import SearchConfig
 
-    if case.search:
-        # Scores from the 9th generated token on, several forwards a step: the search's forwards,
-        # probe and timers all run within one short request.
-        # Saved in the test's private store: the model's identity is read from a rank's shards.
+    if case.search == "paper":
+        search = SearchConfig(objective="paper", context_window=8, bayes_interval=0, persist=False)
+        return SwiftConfig(search=search, max_draft_tokens=6)
+    if case.search == "speed":
+        # Scores from the 9th generated token on, several forwards a step (when its costs say a set
+        # could pay). Saved in the test's private store: the model's identity is read from a shard.
         search = SearchConfig(context_window=8, step_budget=float("inf"), proposals_per_step=2, task="tp-test")
         return SwiftConfig(search=search, max_draft_tokens=6)
     return SwiftConfig(optimize=False, max_draft_tokens=6, **SKIP)

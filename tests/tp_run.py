@@ -42,12 +42,27 @@ def lead(model, group: list) -> dict:
         results[case.name] = {"tokens": res.tokens, "stats": {k: res.stats.get(k) for k in STATS}}
         if case.search:
             results[case.name]["search"] = dec.policy.stats()
+        if case.search == "speed":
+            results[case.name]["probe"] = probe(dec, list(PROMPT) + res.tokens)
     s = parallel.sharding_of(model)
     results[f"{group[0].family}/{group[0].plan}/sharding"] = {"kv_heads": s.kv_heads, "plan": s.plan, "world": s.world_size}
     if group[0].family == "llama" and group[0].plan == "auto":
         ids = torch.tensor([list(PROMPT)])
         results["llama/logits"] = parallel.full_logits(model, ids, 3)[0].tolist()
     return results
+
+
+def probe(dec: SwiftDecoder, tokens: list[int]) -> dict:
+    """The search's influence probe over the last 8 generated tokens, through the executor: its
+    logits re-predict those tokens, and its sizes are finite."""
+    from skipspec.search.matchness import Context, context_frame
+
+    ex = dec.executor
+    context = Context.of(tokens, ex.committed - 8, 8)
+    sizes, logits = ex.sublayer_sizes(context_frame(context, ex.committed, dec.adapter.device))
+    finite = bool(torch.isfinite(torch.as_tensor(sizes)).all())
+    return {"argmax": logits.argmax(-1).tolist(), "targets": list(context.targets), "shape": list(sizes.shape),
+            "finite": finite}  # fmt: skip
 
 
 def loaded(folder: str) -> dict:
