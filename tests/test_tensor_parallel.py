@@ -118,8 +118,8 @@ def test_generate_command_prints_on_rank_0_only(sharded, folder):
     lead, other = sharded["cli"]
     assert lead["exit_code"] == 0 and other["exit_code"] == 0, (lead, other)
     assert other["stdout"] == ""
-    args = ["generate", "--model", folder, "--prompt", CLI_PROMPT, "--max-new-tokens", "12", "--method", "swift",
-            "--skip-attn", "2", "--skip-mlp", "3", "--json", "--device", "cpu"]  # fmt: skip
+    args = ["generate", "--model", folder, "--prompt", CLI_PROMPT, "--max-new-tokens", "12", "--method", "ar",
+            "--json", "--device", "cpu"]  # fmt: skip
     one = CliRunner().invoke(app, args)
     assert one.exit_code == 0, one.output
     got, want = json.loads(lead["stdout"]), json.loads(one.stdout)
@@ -233,6 +233,6 @@ def test_bench_refuses_transformers_generate_under_tensor_parallelism(tmp_path):
 
 
 def test_every_family_with_a_plan_is_covered():
-    assert set(FAMILIES) == {c.family for c in GREEDY if c.method == "hybrid"}
+    assert set(FAMILIES) == {c.family for c in GREEDY if c.method == "swift"}
     for family in FAMILIES:
         assert tiny_model(family).config.base_model_tp_plan

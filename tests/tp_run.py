@@ -85,7 +85,7 @@ def command_line(folder: str) -> dict:
     from skipspec.cli import app
 
     res = CliRunner().invoke(app, ["generate", "--model", folder, "--prompt", CLI_PROMPT, "--max-new-tokens", "12",
-                                   "--method", "swift", "--skip-attn", "2", "--skip-mlp", "3", "--json",
+                                   "--method", "ar", "--json",
                                    "--device", "cpu", "--tensor-parallel"])  # fmt: skip
     return {"exit_code": res.exit_code, "stdout": res.stdout, "error": repr(res.exception) if res.exception else None}
 
