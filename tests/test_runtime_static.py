@@ -211,3 +211,22 @@ def test_the_search_needs_no_larger_cache_than_plain_decoding():
         prompt_len = 2 * step - tree - max_new
         searching, plain = (dec.executor.plan(prompt_len, max_new, room, False) for room in (scratch, 0))
         assert searching.capacity == plain.capacity
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_chunked_prefill_gives_plain_decodings_tokens_for_prompts_of_any_length(family):
+    model = tiny_model(family)
+    # Chunks of 8 tokens, so short prompts span many of them; 16 chunks = 128 tokens are the
+    # most it takes, longer prompts run eagerly.
+    runtime = RuntimeConfig(mode="static", score_buckets=(4, 8))
+    rng = random.Random(f"prefill-{family}")
+    for n in (1, 7, 8, 9, 61, 128, 129):
+        prompt = [rng.randrange(97) for _ in range(n)]
+        static = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=runtime)
+        eager = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=EAGER)
+        assert static.executor.chunked_prefill_limit == 128
+        expected = eager.generate(prompt, 12, method="ar").tokens
+        assert static.generate(prompt, 12, method="ar").tokens == expected, f"{family}, {n}-token prompt"
+        assert static.generate(prompt, 12, method="hybrid").tokens == expected, f"{family}, {n}-token prompt"
+        chunked = static.executor._scores.captures > 0
+        assert chunked == (n <= 128), f"{n}-token prompt: chunked prefill {chunked}"

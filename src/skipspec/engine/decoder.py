@@ -205,8 +205,9 @@ class SwiftDecoder:
         scratch = max((getattr(d, "scratch_slots", 0) for d in drafters), default=0)
         skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
         steps = len(sampling) * (len(getattr(self.executor, "tree_buckets", ())) + (skip is not None))
-        steps += len(getattr(self.executor, "score_buckets", ())) if scratch else 0
-        steps += max_context // 64 if self.mode != "eager" else 0
+        if self.mode != "eager":
+            steps += len(self.executor.score_buckets)
+            steps += max(max_context - self.executor.chunked_prefill_limit, 0) // 64
         with _progress(progress, steps, "warm-up") as tick:
             self.executor.warmup(max_context, scratch, tuple(sampling), (skip,) if skip else (), tick)
         return time.perf_counter() - start

@@ -29,8 +29,11 @@ from .transfer import Readback, Uploader
 from .weights import pack_weights
 
 _SHRINK_BELOW = 4
-#: Prompts are run in multiples of this many tokens (see `StaticExecutor.prefill`).
+#: Prompts too long for the chunked prefill run eagerly in multiples of this many tokens (see
+#: `StaticExecutor.prefill`).
 PREFILL_STEP = 64
+#: Prompts of up to this many of the largest scoring chunks are prefilled chunk by chunk.
+PREFILL_CHUNKS = 16
 
 
 def sampling_key(params: SamplingParams) -> tuple:
@@ -251,18 +254,20 @@ class StaticExecutor:
             for skip in skips:
                 self.draft_forward(skip, p, start=True)
                 tick("draft")
-        for length in range(PREFILL_STEP, min(round_up(max_context, PREFILL_STEP), self.cache.capacity) + 1, PREFILL_STEP):
+        # Scoring steps serve the chunked prefill as well as the search (which also measures).
+        for bucket in self.score_buckets:
+            n, device = min(bucket, self.cache.capacity // 2), self.adapter.device
+            allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()
+            positions = torch.arange(n, device=device)
+            frame = Frame(torch.zeros(1, n, dtype=torch.long, device=device), positions, 0, allowed, positions)
+            self.score(frame, self.cache, SkipSet.empty())
+            if scratch:
+                self.sublayer_sizes(frame)
+            tick(f"scoring {bucket}")
+        longest = min(round_up(max_context, PREFILL_STEP), self.cache.capacity)
+        for length in range(round_up(self.chunked_prefill_limit + 1, PREFILL_STEP), longest + 1, PREFILL_STEP):
             self.prefill([0] * length, 0, scratch, params[0], 0)
             tick(f"prefill {length}")
-        if scratch:
-            for bucket in self.score_buckets:
-                n, device = min(bucket, self.cache.capacity // 2), self.adapter.device
-                allowed = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-                positions = torch.arange(n, device=device)
-                frame = Frame(torch.zeros(1, n, dtype=torch.long, device=device), positions, 0, allowed, positions)
-                self.score(frame, self.cache, SkipSet.empty())
-                self.sublayer_sizes(frame)
-                tick(f"scoring {bucket}")
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -280,18 +285,50 @@ class StaticExecutor:
 
     @torch.inference_mode()
     def prefill(self, prompt, max_new_tokens: int, scratch: int, sampling: SamplingParams, seed: int) -> int:
-        """Reserve the cache, then an eager forward over the prompt into it; the first token.
+        """Reserve the cache, run the prompt into it; the first token.
 
-        The prompt is padded to a multiple of `PREFILL_STEP` tokens (padding comes after it, so no
-        prompt token sees it, and its KV lands past the committed slots): a GPU library builds a
-        plan per new shape (cuDNN's attention, cuBLAS), tens of milliseconds that a request of a
-        new length would otherwise pay; with few shapes, `warmup` pays them all.
+        Prompts of up to `chunked_prefill_limit` tokens run as chunks through the captured
+        scoring steps (the largest bucket, then the one that holds the rest): an eager forward
+        costs tens of milliseconds of host work per layer stack whatever the prompt's length, a
+        replayed chunk about one verify step. Longer prompts, where the eager forward's few
+        large kernels win, run eagerly, padded to a multiple of `PREFILL_STEP` tokens (padding
+        comes after the prompt, so no prompt token sees it, and its KV lands past the committed
+        slots): a GPU library builds a plan per new shape (cuDNN's attention, cuBLAS), tens of
+        milliseconds that a request of a new length would otherwise pay; `warmup` pays them.
         """
-        a, n = self.adapter, len(prompt)
+        n = len(prompt)
         self.reserve(n, max_new_tokens, scratch, sampling.do_sample)
-        device = a.device
         inp = self.inputs
         inp.seed.fill_(seed)
+        logits = self._prefill_chunked(prompt) if n <= self.chunked_prefill_limit else self._prefill_eager(prompt)
+        inp.root.copy_(target_tokens(logits, sampling, inp.seed, inp.cols[n : n + 1]).view(1))
+        self.committed = n
+        return int(inp.root.item())  # the prefill's one host sync
+
+    @property
+    def chunked_prefill_limit(self) -> int:
+        """The longest prompt `prefill` runs through the scoring steps."""
+        return PREFILL_CHUNKS * self.score_buckets[-1]
+
+    def _prefill_chunked(self, prompt) -> torch.Tensor:
+        """The prompt's logits at its last token, `score_buckets[-1]` tokens per replayed step."""
+        n, device, chunk = len(prompt), self.adapter.device, self.score_buckets[-1]
+        ids = torch.tensor(list(prompt), dtype=torch.long).to(device)
+        every = torch.ones(chunk, n, dtype=torch.bool, device=device)
+        for start in range(0, n, chunk):
+            q = min(chunk, n - start)
+            frame = Frame(
+                input_ids=ids[None, start : start + q],
+                positions=torch.arange(start, start + q, device=device),
+                write_start=start,
+                allowed=every[:q, : start + q].tril(diagonal=start),  # causal over the prompt so far
+                key_positions=torch.arange(start + q, device=device),
+            )
+            logits = self.score(frame, self.cache, NO_SKIP, last_only=True)
+        return logits
+
+    def _prefill_eager(self, prompt) -> torch.Tensor:
+        a, n, device = self.adapter, len(prompt), self.adapter.device
         padded = min(round_up(n, PREFILL_STEP), self.cache.capacity)
         ids = torch.zeros(1, padded, dtype=torch.long)
         ids[0, :n] = torch.tensor(list(prompt))
@@ -302,10 +339,7 @@ class StaticExecutor:
             allowed=torch.ones(padded, padded, dtype=torch.bool, device=device).tril(),
             key_positions=torch.arange(padded, device=device),
         )
-        logits = a.forward(frame, self.cache, NO_SKIP, last_only=True, row=n - 1)
-        inp.root.copy_(target_tokens(logits, sampling, inp.seed, inp.cols[n : n + 1]).view(1))
-        self.committed = n
-        return int(inp.root.item())  # the prefill's one host sync
+        return a.forward(frame, self.cache, NO_SKIP, last_only=True, row=n - 1)
 
     @torch.inference_mode()
     def verify(self, tree: TreeInput | None, sampling: SamplingParams) -> Verified:
