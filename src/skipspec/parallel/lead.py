@@ -33,9 +33,6 @@ from ..runtime.executor import Executor, TreeInput, Verified
 from ..runtime.factory import ExecutorSpec
 from .channel import Channel
 
-#: Executor members other code may read from a `LeadExecutor` as it would from the executor itself.
-_READABLE = ("tree_buckets", "score_buckets", "captures", "fused", "mode", "max_tree", "topk", "verify_topk")
-
 
 class LeadExecutor:
     """An `Executor` on rank 0 that has every other rank run each of its steps (see the module docstring)."""
@@ -75,12 +72,17 @@ class LeadExecutor:
         return f"{self.inner.tag}+tp{self.channel.world_size}"
 
     def __getattr__(self, name: str):
-        if name in _READABLE:
-            return getattr(self.inner, name)
-        raise AttributeError(
-            f"{type(self.inner).__name__}.{name} is not available under tensor parallelism: only the executor "
-            "protocol's steps reach the other ranks"
-        )
+        # The inner executor's values (its buckets, capture counts, limits) read as they are; its
+        # methods outside the protocol would run steps on rank 0 alone, so they are not offered.
+        if name == "inner":
+            raise AttributeError(name)
+        value = getattr(self.inner, name)
+        if callable(value):
+            raise AttributeError(
+                f"{type(self.inner).__name__}.{name} is not available under tensor parallelism: only the executor "
+                "protocol's steps reach the other ranks"
+            )
+        return value
 
     # -- steps ----------------------------------------------------------------------------------
 
