@@ -91,18 +91,19 @@ def tiny_model(family: str, seed: int = 0, dtype=torch.float32, damp: float = 0.
     return model
 
 
-def save_tiny(path, family: str = "llama", seed: int = 0) -> str:
+def save_tiny(path, family: str = "llama", seed: int = 0, **overrides) -> str:
     """Save a tiny model and a word-level tokenizer over its vocabulary to `path`; return the path.
 
-    The tokenizer maps words "w0".."w96" (whitespace separated) to ids 0..96, with "w1" as EOS,
-    so a folder like this loads through `skipspec.load` exactly as a real checkpoint does.
+    The tokenizer maps words "w0".."w96" (whitespace separated; as many as the vocabulary has) to
+    ids 0..96, with "w1" as EOS, so a folder like this loads through `skipspec.load` exactly as a
+    real checkpoint does. `overrides` go to `tiny_model`.
     """
     from tokenizers import Tokenizer
     from tokenizers.models import WordLevel
     from tokenizers.pre_tokenizers import WhitespaceSplit
     from transformers import PreTrainedTokenizerFast
 
-    model = tiny_model(family, seed=seed)
+    model = tiny_model(family, seed=seed, **overrides)
     vocab = {f"w{i}": i for i in range(model.config.vocab_size)}
     core = Tokenizer(WordLevel(vocab, unk_token="w0"))
     core.pre_tokenizer = WhitespaceSplit()

@@ -5,6 +5,7 @@ dec = skipspec.SwiftDecoder(model, skipspec.SwiftConfig())
 res = dec.generate(tok("Hello")["input_ids"], max_new_tokens=64)
 """
 
+from . import parallel
 from .config import GenerationResult, SamplingParams, SwiftConfig
 from .engine import SwiftDecoder, TokenStream
 from .errors import (
@@ -34,4 +35,5 @@ __all__ = [
     "TokenStream",
     "UnsupportedArchitectureError",
     "load",
+    "parallel",
 ]

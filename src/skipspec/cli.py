@@ -47,6 +47,10 @@ err = Console(stderr=True, soft_wrap=True)
 MODEL_HELP = "Local folder, .gguf file, offline model name (see `skipspec models list`) or hub id (owner/name)."
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda when available, else cpu)."
 DTYPE_HELP = "float32, bfloat16 or float16 (default: bfloat16 on cuda, float32 on cpu)."
+TP_HELP = (
+    "Split the model over the processes torchrun started (one per GPU, or CPU processes): "
+    "torchrun --nproc-per-node N --no-python skipspec ... --tensor-parallel. Rank 0 prints."
+)
 
 #: Python argument names (as config errors spell them) -> the flag a user typed.
 _FLAGS = {
@@ -167,9 +171,10 @@ def generate(
     fuse: bool = typer.Option(
         True, "--fuse/--no-fuse", help="With graphs, compile fused sublayer kernels (a few seconds once, then faster steps)."
     ),
+    tensor_parallel: bool = typer.Option(False, "--tensor-parallel", help=TP_HELP),
 ) -> None:
     """Generate text, streaming it, and end with a one-line speed summary."""
-    from . import SamplingParams, SwiftConfig
+    from . import SamplingParams, SwiftConfig, load, parallel
     from .loading import locate
 
     try:
@@ -183,18 +188,22 @@ def generate(
         _check_skip_range(source, cfg)
     except SkipSpecError as e:
         _fail(e)
-    _generate(source, prompt, chat, max_new_tokens, method, cfg, asdict(sampling), device, dtype, as_json, compare,
-              graphs, fuse)  # fmt: skip
+    try:
+        _announce_conversion(source, device, dtype)
+        mdl, tok = load(source, device=device, dtype=dtype, tensor_parallel=tensor_parallel)
+    except SkipSpecError as e:
+        _fail(e)
+    # Under tensor parallelism rank 0 generates and prints; the other ranks run its steps with it.
+    parallel.run(mdl, lambda: _generate(mdl, tok, prompt, chat, max_new_tokens, method, cfg, asdict(sampling), as_json,
+                                        compare, graphs, fuse))  # fmt: skip
 
 
-def _generate(source, prompt, chat, max_new_tokens, method, cfg, sampling, device, dtype, as_json, compare, graphs, fuse):
-    from . import SwiftDecoder, load
+def _generate(mdl, tok, prompt, chat, max_new_tokens, method, cfg, sampling, as_json, compare, graphs, fuse):
+    from . import SwiftDecoder
     from .engine.stops import tokenizer_stop_token_ids
     from .runtime import RuntimeConfig
 
     try:
-        _announce_conversion(source, device, dtype)
-        mdl, tok = load(source, device=device, dtype=dtype)
         runtime = RuntimeConfig(mode="auto" if graphs else "eager", fuse=None if fuse else False)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl), runtime=runtime)
         ids = encode_prompt(tok, prompt, chat)
@@ -300,12 +309,13 @@ def bench(
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr (needs tqdm)."),
+    tensor_parallel: bool = typer.Option(False, "--tensor-parallel", help=TP_HELP),
 ) -> None:
     """Time methods side by side on a prompt suite; write results.json, report.md and plots."""
     import shlex
 
     from .bench import BenchConfig, GenSettings, run_bench
-    from .bench.methods import resolve_methods
+    from .bench.methods import check_sharded, resolve_methods
     from .bench.plots import planned_plots
     from .loading import locate
 
@@ -317,8 +327,11 @@ def bench(
             settings=GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
             repeats=repeats, out=out, device=device, dtype=dtype, threads=threads, plots=plots,
             progress=progress, draft_model=draft_model, command=shlex.join(["skipspec", *sys.argv[1:]]),
+            tensor_parallel=tensor_parallel,
         )  # fmt: skip
-        resolve_methods(config.methods, BENCH_METHODS)
+        specs = resolve_methods(config.methods, BENCH_METHODS)
+        if tensor_parallel:
+            check_sharded(specs)
         if "hf-assisted" in config.methods and not draft_model:
             raise ConfigError("hf-assisted needs a draft model: pass --draft-model")
         if plots:
@@ -337,6 +350,8 @@ def bench(
         result = run_bench(config, BENCH_METHODS)
     except SkipSpecError as e:
         _fail(e)
+    if result is None:
+        return  # a tensor-parallel rank other than 0: rank 0 reports
     for name, by_cat in result.summary.items():
         s = by_cat["overall"]
         vs_ar = f", {s.speedup_vs_ar:.2f}x vs ar" if s.speedup_vs_ar is not None else ""

@@ -153,16 +153,35 @@ def layer_count(source: ModelSource) -> int | None:
     return count if isinstance(count, int) and not isinstance(count, bool) else None
 
 
-def load(ref: str | ModelSource, device: str | None = None, dtype: str | torch.dtype | None = None):
+def load(
+    ref: str | ModelSource,
+    device: str | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    tensor_parallel: bool = False,
+):
     """Load a causal LM and its tokenizer from a folder, a .gguf file, an offline model name or a hub id.
 
     The architecture is checked from the config before any weights are read. A GGUF file is
     converted the first time and read from skipspec's cache (`gguf_cache`) afterwards: the same
     weights, a fraction of the time.
+
+    tensor_parallel: in a process started by torchrun, split the model's layers over its ranks
+    (`skipspec.parallel`): each rank reads only its slice of the weights, on its own GPU
+    (cuda:LOCAL_RANK) or on the CPU. Every rank calls `load` alike; the default process group is
+    initialised first if there is none (NCCL on GPUs, gloo on the CPU).
     """
-    dev = resolve_device(device)
+    if tensor_parallel:
+        from .parallel import join
+
+        place = join(device)
+        dev = place.device
+    else:
+        dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     source = locate(ref)
+    if tensor_parallel and place.world_size > 1:
+        return _load_sharded(source, place, torch_dtype)
     if source.kind != "gguf":
         model, tokenizer = _from_pretrained(source, source.path, {}, torch_dtype)
     else:
@@ -193,11 +212,26 @@ def _from_gguf(source: ModelSource, torch_dtype: torch.dtype):
     return _from_pretrained(source, str(folder), {}, torch_dtype)
 
 
-def _from_pretrained(source: ModelSource, where: str, extra: dict, torch_dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def _from_pretrained(source: ModelSource, where: str, extra: dict, torch_dtype: torch.dtype, check=None):
+    """check: called with the config before any weights are read; may return more arguments for
+    `from_pretrained` (tensor parallelism's)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if source.local_only:
         extra = {**extra, "local_files_only": True}
+    config = _config(source, where, extra)
+    more = check(config) if check is not None else {}
+    # Gemma 2 soft-caps attention logits, which transformers' SDPA path refuses.
+    attn = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
+    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, attn_implementation=attn, **extra, **more)
+    tokenizer = AutoTokenizer.from_pretrained(where, **extra)
+    return model, tokenizer
+
+
+def _config(source: ModelSource, where: str, extra: dict):
+    """The model's config, its architecture checked."""
+    from transformers import AutoConfig
+
     try:
         config = AutoConfig.from_pretrained(where, **extra)
     except (OSError, ValueError) as err:
@@ -210,8 +244,65 @@ def _from_pretrained(source: ModelSource, where: str, extra: dict, torch_dtype: 
             f"model {source.ref!r} has architecture {model_type!r}, which skipspec does not support; "
             f"supported: {supported_list()}"
         )
-    # Gemma 2 soft-caps attention logits, which transformers' SDPA path refuses.
-    attn = "eager" if getattr(config, "attn_logit_softcapping", None) else "sdpa"
-    model = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, attn_implementation=attn, **extra)
-    tokenizer = AutoTokenizer.from_pretrained(where, **extra)
-    return model, tokenizer
+    return config
+
+
+def _load_sharded(source: ModelSource, place, torch_dtype: torch.dtype):
+    """Every rank reads its slice of the weights: transformers' sharded loading with the
+    architecture's tensor-parallel plan (`from_pretrained(distributed_config=...)`), or, for an
+    architecture without one, the whole model on each rank, then split (`parallel.shard`)."""
+    import torch.distributed as dist
+
+    from .parallel.shard import adopt, check_divisible, has_plan, shard, splits_heads
+
+    where, extra = source.path, {}
+    if source.kind == "gguf":
+        # Rank 0 converts the file once; the others wait and read its converted copy.
+        if place.leads:
+            where = str(_converted(source, torch_dtype))
+        dist.barrier()
+        if not place.leads:
+            where = str(_converted(source, torch_dtype))
+    planned = {}
+
+    def check(config) -> dict:
+        from transformers.distributed import DistributedConfig
+
+        if not has_plan(config):
+            return {}
+        plan = dict(config.base_model_tp_plan)
+        check_divisible(config, place.world_size, splits_heads(plan))
+        planned["heads_split"] = splits_heads(plan)
+        return {"distributed_config": DistributedConfig(tp_size=place.world_size)}
+
+    try:
+        model, tokenizer = _from_pretrained(source, where, extra, torch_dtype, check)
+    except ValueError as err:  # transformers refusing its plan for this model (e.g. an odd vocabulary)
+        if isinstance(err, (ConfigError, UnsupportedArchitectureError)):
+            raise
+        raise ConfigError(f"transformers cannot split {source.ref!r} over {place.world_size} ranks: {err}") from err
+    if not planned:
+        return shard(model.to(place.device), place, "dtensor").eval(), tokenizer
+    device = model.get_input_embeddings().weight.device
+    if device != place.device:
+        raise ConfigError(
+            f"transformers put the sharded model on {device}, not {place.device}: it shards onto this host's "
+            "accelerator, so on a machine with GPUs run tensor parallelism on them (device 'cuda')"
+        )
+    adopt(model, place, "transformers", planned["heads_split"])
+    return model.eval(), tokenizer
+
+
+def _converted(source: ModelSource, torch_dtype: torch.dtype) -> Path:
+    """The folder a GGUF file converts to (converting it now if no process has yet)."""
+    from . import gguf_cache
+
+    gguf = Path(source.path)
+    folder = gguf_cache.lookup(gguf, torch_dtype)
+    if folder is None:
+        model, _ = _from_gguf(source, torch_dtype)
+        del model
+        folder = gguf_cache.lookup(gguf, torch_dtype)
+    if folder is None:
+        raise ModelNotFoundError(f"could not convert {gguf.name} for tensor-parallel loading (see the warning above)")
+    return folder

@@ -62,12 +62,15 @@ class Method(Protocol):
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """needs_draft: the factory uses `MethodContext.draft`, so the run must load a draft model."""
+    """needs_draft: the factory uses `MethodContext.draft`, so the run must load a draft model.
+    sharded: the method runs on a tensor-parallel model (its forwards go through a `SwiftDecoder`,
+    whose steps the other ranks follow)."""
 
     name: str
     description: str
     factory: Callable[[MethodContext], Method]
     needs_draft: bool = False
+    sharded: bool = True
 
 
 class EngineMethod:
@@ -246,17 +249,19 @@ _BUILTIN: tuple[MethodSpec, ...] = (
         "this engine, the speed objective (measured tokens/s, plain decoding a candidate), cold start, nothing saved",
         _engine(SwiftConfig(search=SearchConfig(persist=False)), "swift"),
     ),
-    MethodSpec("hf", "transformers generate", lambda ctx: HFMethod(ctx)),
+    MethodSpec("hf", "transformers generate", lambda ctx: HFMethod(ctx), sharded=False),
     MethodSpec(
         "hf-pld",
         f"transformers prompt lookup decoding (prompt_lookup_num_tokens={PLD_NUM_TOKENS})",
         lambda ctx: HFMethod(ctx, prompt_lookup_num_tokens=PLD_NUM_TOKENS),
+        sharded=False,
     ),
     MethodSpec(
         "hf-assisted",
         "transformers assisted generation with the draft model of --draft-model (transformers' default schedule)",
         _assisted,
         needs_draft=True,
+        sharded=False,
     ),
 )
 
@@ -269,3 +274,13 @@ def resolve_methods(names: Sequence[str], registry: Mapping[str, MethodSpec] = M
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; known: {', '.join(registry)}")
     return [registry[n] for n in names]
+
+
+def check_sharded(specs: Sequence[MethodSpec]) -> None:
+    """Raise unless every method can run on a tensor-parallel model."""
+    refused = [s.name for s in specs if not s.sharded]
+    if refused:
+        raise ConfigError(
+            f"{', '.join(refused)} cannot run with tensor parallelism: transformers' generate on a sharded model "
+            "would need every rank to call it, and only rank 0 runs the bench"
+        )

@@ -50,6 +50,8 @@ class BenchConfig:
     draft_model: the draft for `hf-assisted`, loaded (like `model`, on its device and in its dtype) only
     when a chosen method needs one.
     command: the exact command line, recorded with the results.
+    tensor_parallel: load the model split over the ranks torchrun started (`skipspec.parallel`); rank
+    0 runs the bench and writes the results, the other ranks run its steps with it.
     """
 
     model: str
@@ -68,6 +70,7 @@ class BenchConfig:
     plots: bool = True
     draft_model: str | None = None
     command: str = ""
+    tensor_parallel: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "suites", tuple(self.suites))

@@ -19,7 +19,7 @@ import torch
 
 from ..errors import ConfigError
 from .environment import environment, load_average
-from .methods import METHODS, Method, MethodContext, MethodSpec, check_draft, resolve_methods
+from .methods import METHODS, Method, MethodContext, MethodSpec, check_draft, check_sharded, resolve_methods
 from .metrics import mark_identical, median, summarize, token_latencies
 from .records import BenchConfig, GenSettings, Outcome, PromptRecord, WarmUp
 from .result import BenchResult
@@ -175,23 +175,36 @@ def load_draft(config: BenchConfig, model: torch.nn.Module) -> torch.nn.Module:
     return draft
 
 
-def run_bench(config: BenchConfig, registry: Mapping[str, MethodSpec] = METHODS) -> BenchResult:
-    """Load the model, run every method on every prompt, write the outputs to `config.out`."""
-    from ..engine.stops import tokenizer_stop_token_ids
+def run_bench(config: BenchConfig, registry: Mapping[str, MethodSpec] = METHODS) -> BenchResult | None:
+    """Load the model, run every method on every prompt, write the outputs to `config.out`.
+    None on a tensor-parallel rank other than 0 (it ran rank 0's steps)."""
+    from .. import parallel
     from ..loading import load
-    from .report import write_outputs
 
     specs = resolve_methods(config.methods, registry)  # Fail on a typo before loading anything.
     needs_draft = [s.name for s in specs if s.needs_draft]
     if needs_draft and not config.draft_model:
         raise ConfigError(f"{', '.join(needs_draft)} needs a draft model: pass --draft-model (BenchConfig.draft_model)")
+    if config.tensor_parallel:
+        check_sharded(specs)
     prompts = load_suites(config.suites, config.limit, categories=config.categories)
     if config.threads:
         torch.set_num_threads(config.threads)
-    model, tokenizer = load(config.model, device=config.device, dtype=config.dtype)
+    model, tokenizer = load(config.model, device=config.device, dtype=config.dtype, tensor_parallel=config.tensor_parallel)
+    # Under tensor parallelism rank 0 runs the bench; the other ranks run its steps and return None.
+    return parallel.run(model, lambda: _run_loaded(config, specs, prompts, model, tokenizer))
+
+
+def _run_loaded(config: BenchConfig, specs: Sequence[MethodSpec], prompts, model, tokenizer) -> BenchResult:
+    from ..engine.stops import tokenizer_stop_token_ids
+    from ..parallel import sharding_of
+    from .report import write_outputs
+
     device = next(model.parameters()).device
     env = environment(config.model, model, device, config.command)
-    draft = load_draft(config, model) if needs_draft else None
+    sharding = sharding_of(model)
+    env["tensor_parallel"] = sharding.world_size if sharding is not None else 1
+    draft = load_draft(config, model) if any(s.needs_draft for s in specs) else None
     if draft is not None:
         env["draft_model"] = config.draft_model
         env["draft_parameters"] = sum(p.numel() for p in draft.parameters())

@@ -17,8 +17,10 @@ from ..drafting.recycle import RecycleDrafter
 from ..errors import DrafterError, InputError
 from ..model.adapter import ModelAdapter
 from ..model.skipset import SkipSet
-from ..runtime import EagerExecutor, Executor, RuntimeConfig, StaticExecutor
+from ..parallel import executor_for
+from ..runtime import Executor, RuntimeConfig, StaticExecutor
 from ..runtime.executor import new_seed
+from ..runtime.factory import ExecutorSpec
 from ..search import FixedSkipPolicy, SearchPolicy, SkipPolicy
 from ..search.costs import CostModel, measure_costs
 from ..search.objective import DraftRule
@@ -88,11 +90,8 @@ class SwiftDecoder:
         self.runtime_config = runtime or RuntimeConfig()
         self.mode = self.runtime_config.resolved_mode(self.adapter.device)
         # Allocates nothing yet: the first request sizes its cache (and, on the fast path, captures graphs).
-        self.executor: Executor = (
-            EagerExecutor(self.adapter, cfg.topk, cfg.verify_topk, cfg.max_tree_nodes + 1, self.runtime_config)
-            if self.mode == "eager"
-            else StaticExecutor(self.adapter, cfg, self.runtime_config, self.mode)
-        )
+        # A tensor-parallel model's rank 0 gets one that has the other ranks run every step with it.
+        self.executor: Executor = executor_for(self.adapter, ExecutorSpec(cfg, self.runtime_config, self.mode))
         self.initial_skip = resolve_skip_set(cfg, self.adapter.num_layers)
         if policy is None:
             policy = (

@@ -17,6 +17,7 @@ import torch
 from ..errors import UnsupportedArchitectureError
 from .arch import arch_for
 from .cache import KVCache
+from .sharding import sharding_of
 from .skipset import SkipSet
 
 _SLIDING = "sliding_attention"
@@ -68,7 +69,9 @@ class ModelAdapter:
         self.layer_types = self._layer_types(config, self.num_layers)
         self.window: int | None = getattr(config, "sliding_window", None)
         self.softcap: float | None = getattr(config, "final_logit_softcapping", None)
-        self.num_kv_heads = config.num_key_value_heads
+        # A tensor-parallel model's attention holds its share of the heads: so does its KV cache.
+        sharding = sharding_of(model)
+        self.num_kv_heads = sharding.kv_heads if sharding is not None else config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         self.max_positions = getattr(config, "max_position_embeddings", None)

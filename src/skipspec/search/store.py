@@ -78,7 +78,10 @@ def device_kind(device: torch.device) -> str:
 
 
 def _sample(t: torch.Tensor) -> bytes:
-    flat = t.detach().reshape(-1)
+    # A tensor-parallel model's weights are DTensors: sample this rank's shard (reading the whole
+    # tensor would be a collective that the other ranks do not join).
+    local = t.to_local() if hasattr(t, "to_local") else t
+    flat = local.detach().reshape(-1)
     step = max(1, flat.numel() // _SAMPLE)
     return flat[::step][:_SAMPLE].to("cpu", torch.float32).numpy().tobytes()
 

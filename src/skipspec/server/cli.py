@@ -27,13 +27,19 @@ def serve(
     ),
     served_name: str | None = typer.Option(None, "--served-model-name", help="Model id in the API (default: --model)."),
     log_level: str = typer.Option("info", "--log-level", help="debug | info | warning | error"),
+    tensor_parallel: bool = typer.Option(
+        False,
+        "--tensor-parallel",
+        help="Split the model over the processes torchrun started (torchrun --nproc-per-node N --no-python skipspec "
+        "serve ... --tensor-parallel); rank 0 serves, the other ranks run its steps.",
+    ),
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API (chat, completions, streaming, /metrics)."""
     import logging
 
     from rich.console import Console
 
-    from .. import load
+    from .. import load, parallel
     from ..errors import SkipSpecError
 
     err = Console(stderr=True)
@@ -55,14 +61,23 @@ def serve(
         raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        mdl, tok = load(model, device=device, dtype=dtype)
-        backend = Backend.build(mdl, tok, name=served_name or model, method=method, max_context=max_context)
-        settings = ServerSettings(api_key=api_key, max_queue=max_queue)
+        mdl, tok = load(model, device=device, dtype=dtype, tensor_parallel=tensor_parallel)
     except (SkipSpecError, ValueError) as e:
         err.print(f"[bold red]error:[/] {e}")
         raise typer.Exit(2) from None
-    err.print(f"serving {backend.name} on http://{host}:{port}/v1 (warming up; GET /health answers 200 when ready)")
-    uvicorn.run(create_app(backend, settings), host=host, port=port, log_level=log_level)
+
+    def main() -> None:
+        try:
+            backend = Backend.build(mdl, tok, name=served_name or model, method=method, max_context=max_context)
+            settings = ServerSettings(api_key=api_key, max_queue=max_queue)
+        except (SkipSpecError, ValueError) as e:
+            err.print(f"[bold red]error:[/] {e}")
+            raise typer.Exit(2) from None
+        err.print(f"serving {backend.name} on http://{host}:{port}/v1 (warming up; GET /health answers 200 when ready)")
+        uvicorn.run(create_app(backend, settings), host=host, port=port, log_level=log_level)
+
+    # Under tensor parallelism rank 0 serves; the other ranks run its steps until it stops.
+    parallel.run(mdl, main)
 
 
 def serve_load(
