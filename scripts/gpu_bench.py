@@ -196,7 +196,6 @@ def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float
     skips = {r: spread_skip(layers, r) for r in SKIP_RATIOS}
     reps = 5 if quick else 20
     for ctx in contexts:
-
         prompt = torch.randint(0, model.config.vocab_size, (ctx,), generator=torch.Generator().manual_seed(ctx)).tolist()
         t = time.perf_counter()
         rt.prefill(prompt, 400, 0, GREEDY, seed=0)

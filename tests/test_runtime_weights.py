@@ -6,6 +6,7 @@ memory; the stand-ins must compute what the model's layers compute, through one 
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -143,16 +144,21 @@ def test_compiled_sublayers_with_grouped_projections_match_the_eager_path(family
     assert out.stats["fused"], "the compiled sublayers fell back to the plain ones"
 
 
-def test_steps_run_the_stand_ins_and_only_prefill_runs_the_models_own_projections():
+def test_steps_run_the_stand_ins_and_only_an_eager_prefill_runs_the_models_own_projections():
     model = tiny_model("qwen2")
     calls = []
     for layer in model.model.layers:
         for m in (layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.up_proj):
             m.register_forward_hook(lambda *_: calls.append(1))
     cfg = small_skip_config(random.Random(3), model.config.num_hidden_layers)
-    out = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=PACKED).generate(list(range(5, 25)), 30)
+    # Chunks of 8 tokens: prompts of up to 128 run through the scoring steps, longer ones eagerly.
+    runtime = dataclasses.replace(PACKED, score_buckets=(4, 8))
+    decoder = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime)
+    out = decoder.generate(list(range(5, 25)), 30)
     assert len(out.tokens) == 30 and out.stats["verify_steps"] > 1
-    assert len(calls) == 3 * model.config.num_hidden_layers  # the prefill, once
+    assert calls == []  # the chunked prefill and every step run the stand-ins
+    decoder.generate([5 + i % 90 for i in range(130)], 4)
+    assert len(calls) == 3 * model.config.num_hidden_layers  # the eager prefill, once
 
 
 def test_running_out_of_memory_while_packing_leaves_every_value_and_the_output_as_they_were(monkeypatch):

@@ -305,7 +305,8 @@ class SwiftDecoder:
             if allocator is not None:
                 allocator.observe(owners.kept, paths)
             for proposal, own in zip(proposals, paths):
-                proposal.drafter.observe(ctx, StepResult(step.tokens, proposal.tree, step.topk, step.verified, own, step.host))
+                result = StepResult(step.tokens, proposal.tree, step.topk, step.verified, own, step.host)
+                proposal.drafter.observe(ctx, result)
 
     def _allocate(
         self, allocator: NodeAllocator, proposals: list[Proposal], costs: CostModel, context: int, budget: int

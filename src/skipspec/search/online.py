@@ -66,6 +66,7 @@ class ScoringBackend(Protocol):
         """A timer of the backend's own steps, or None (eager forwards)."""
         ...
 
+
 _MONITOR_STEPS = 8
 _MAX_RELOOK_DOUBLINGS = 5
 
