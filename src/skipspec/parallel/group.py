@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ConfigError
+from ..loading import resolve_device
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 LAUNCH_HINT = (
@@ -75,19 +76,9 @@ def join(device: str | torch.device | None = None) -> Place:
 
 
 def _device_kind(device: str | torch.device | None) -> str:
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device must be cpu or cuda, got {device!r}")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} needs a CUDA GPU, and none is available")
-        if dev.index is not None:
-            raise ConfigError(
-                f"under tensor parallelism each process uses the GPU of its local rank: pass device 'cuda', not {device!r}"
-            )
+    dev = resolve_device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        raise ConfigError(
+            f"under tensor parallelism each process uses the GPU of its local rank: pass device 'cuda', not {device!r}"
+        )
     return dev.type
