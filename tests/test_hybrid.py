@@ -56,7 +56,7 @@ def test_a_node_is_taken_only_after_the_ones_before_it():
 
 
 def test_parent_capped_never_lets_a_child_beat_its_parent():
-    assert parent_capped(np.array([0.2, 0.9, 0.8, 0.1]), [-1, 0, -1, 2]).tolist() == [0.2, 0.2, 0.8, 0.1]
+    assert parent_capped(np.array([0.2, 0.9, 0.8, 0.1]), [-1, 0, -1, 2]) == [0.2, 0.2, 0.8, 0.1]
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -71,7 +71,7 @@ def test_parent_capped_is_the_minimum_over_each_nodes_ancestors(seed):
         while node >= 0:
             best, node = min(best, values[node]), parents[node]
         expected.append(best)
-    assert parent_capped(values, parents).tolist() == expected
+    assert parent_capped(values, parents) == expected
 
 
 def test_allocator_learns_which_source_pays():

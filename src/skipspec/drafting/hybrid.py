@@ -90,25 +90,22 @@ class NodeWorth:
                 self.accepted[i] += 1.0
 
 
-def parent_capped(values: np.ndarray, parents: Sequence[int]) -> np.ndarray:
+def parent_capped(values: np.ndarray, parents: Sequence[int]) -> list[float]:
     """Each node's worth capped by its ancestors': a node is accepted only after its parent.
 
-    Pointer doubling (a node's minimum over 1, 2, 4, ... generations up): a few array operations
-    for a tree of any size, where a loop over the nodes costs a microsecond each before every step.
+    One pass in node order (every parent comes before its children). Over Python floats: for
+    the tens of nodes a drafter proposes that is several times faster than any formulation in
+    array operations (a pointer-doubling one cost 21 us a tree, this 3 us), and it runs on the
+    host before every step.
 
-    >>> parent_capped(np.array([0.5, 0.7, 0.2, 0.9]), [-1, 0, 1, 2]).tolist()
+    >>> parent_capped(np.array([0.5, 0.7, 0.2, 0.9]), [-1, 0, 1, 2])
     [0.5, 0.5, 0.2, 0.2]
     """
-    out = np.array(values, dtype=float)
-    n = len(out)
-    up = np.asarray(parents[:n], dtype=np.int64)
-    up = np.where(up >= 0, up, np.arange(n))  # a child of the root is its own top
-    while True:
-        np.minimum(out, out[up], out=out)
-        higher = up[up]
-        if np.array_equal(higher, up):
-            return out
-        up = higher
+    out = values.tolist()[: len(parents)]
+    for i, p in enumerate(parents[: len(out)]):
+        if p >= 0 and out[p] < out[i]:
+            out[i] = out[p]
+    return out
 
 
 def choose_nodes(worths: Sequence[Sequence[float]], costs: np.ndarray) -> list[int]:

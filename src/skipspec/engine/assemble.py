@@ -147,7 +147,7 @@ def assemble(proposals: Sequence[Proposal], ctx: DraftContext) -> tuple[TreeInpu
         else:
             host_trees.append((p.drafter.name, DraftTree(tokens, parents)))
             host.append(s)
-    merged = merge_trees(host_trees, ctx.max_nodes) if host_trees else None
+    merged = merge_trees(host_trees, ctx.max_nodes, checked=True) if host_trees else None
     token_parts: list[Part] = []
     parent_parts: list[Part] = []
     size = 0

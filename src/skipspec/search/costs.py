@@ -17,6 +17,7 @@ store, so it runs once per model, dtype and machine.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -85,14 +86,18 @@ class CostModel:
         >>> m.verify_cost(3, 0), m.verify_cost(9, 0)
         (1.2, 1.8)
         """
-        xs = [n for n, _ in self.extra]
-        ys = [s for _, s in self.extra]
+        xs, ys = self._extra_points
         if nodes <= xs[-1] or len(xs) < 2:
             over = float(np.interp(nodes, xs, ys))
         else:
             slope = (ys[-1] - ys[-2]) / (xs[-1] - xs[-2])
             over = ys[-1] + slope * (nodes - xs[-1])
         return self.plain(context) + max(over, 0.0)
+
+    @functools.cached_property
+    def _extra_points(self) -> tuple[list[int], list[float]]:
+        """`extra` as (nodes, seconds) lists: `verify_cost` runs per step and in every search bound."""
+        return [n for n, _ in self.extra], [s for _, s in self.extra]
 
     def to_dict(self) -> dict:
         return asdict(self)

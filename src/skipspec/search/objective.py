@@ -164,7 +164,7 @@ def estimate_step(
     return StepEstimate(float(tokens.mean()), float(drafted.mean()), float(seconds.mean()), profile.matchness)
 
 
-def speed_bound(rule: DraftRule, draft_cost: float, verify_cost: Callable[[float], float]) -> float:
+def speed_bound(rule: DraftRule, draft_cost, verify_cost: Callable[[float], float]):
     """Tokens/s no profile can beat with this draft cost: every drafted token accepted.
 
     A chain of d drafted tokens yields at most d + 1 tokens and its tree holds at least
@@ -172,10 +172,16 @@ def speed_bound(rule: DraftRule, draft_cost: float, verify_cost: Callable[[float
     better than the best d here. On a CPU, where a verify forward grows with its tree, this rules
     out sets that save too little before any scoring forward is spent on them.
 
+    `draft_cost` may be an array (one bound each): a search round bounds every prefix of its
+    order at once, and the verify costs, which do not depend on the draft, are looked up once.
+
     >>> round(speed_bound(DraftRule(0.8, 4, ((0.95, 3),), 10, 10), 0.9, lambda n: 0.1 * n), 3)
     1.538
+    >>> speed_bound(DraftRule(0.8, 4, ((0.95, 3),), 10, 10), np.array([0.9, 0.45]), lambda n: 0.1 * n).round(3).tolist()
+    [1.538, 2.353]
     """
-    best = 0.0
-    for d in range(1, rule.max_depth + 1):
-        best = max(best, (d + 1) / (d * draft_cost + verify_cost(1.0 + d * rule.narrowest)))
-    return best
+    depths = np.arange(1, rule.max_depth + 1)
+    verify = np.array([verify_cost(1.0 + d * rule.narrowest) for d in depths.tolist()])
+    rates = (depths + 1) / (np.multiply.outer(draft_cost, depths) + verify)
+    best = rates.max(axis=-1)
+    return float(best) if np.ndim(best) == 0 else best

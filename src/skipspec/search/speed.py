@@ -170,7 +170,8 @@ class SpeedSearch:
         step = estimate_step(profile, self.rule, draft_cost, lambda n: self.costs.verify_cost(n, c))
         return step.tokens_per_s * self.costs.plain(c) * self.correction
 
-    def _bound(self, draft_cost: float) -> float:
+    def _bound(self, draft_cost):
+        """`objective.speed_bound` over plain decoding's rate (of each draft cost, for an array)."""
         c = self.context_length
         return speed_bound(self.rule, draft_cost, lambda n: self.costs.verify_cost(n, c)) * self.costs.plain(c)
 
@@ -206,7 +207,7 @@ class SpeedSearch:
         if self.order is None:
             self.order = rank_slots((yield PROBE), self.costs.slot_costs(self.context_length))
         cost = self._draft_costs()
-        feasible = [self._bound(cost[k]) > need for k in range(1, n + 1)]
+        feasible = (self._bound(cost[1 : n + 1]) > need).tolist()
         tried: dict[int, float] = {}
         for k in sweep_sizes(feasible):
             ev = yield self._prefix(k)

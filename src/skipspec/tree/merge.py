@@ -89,10 +89,13 @@ def _priority(lengths: Sequence[int], interleave: bool) -> list[tuple[int, int]]
     return [(s, i) for i in range(max(lengths, default=0)) for s, n in enumerate(lengths) if i < n]
 
 
-def merge_trees(trees: Sequence[tuple[str, TreeLike | None]], max_nodes: int, *, interleave: bool = False) -> MergedTree:
+def merge_trees(
+    trees: Sequence[tuple[str, TreeLike | None]], max_nodes: int, *, interleave: bool = False, checked: bool = False
+) -> MergedTree:
     """One tree under the root holding every source's nodes that fit in `max_nodes`.
 
     trees: (drafter name, its tree or None) per source; a source's index is its place here.
+    checked: the caller has checked every host tree's parents (`engine.assemble` does): not again.
 
     >>> from skipspec.drafting.base import DraftTree as T
     >>> m = merge_trees([("ngram", T([5, 6, 7], [-1, 0, 1])), ("recycle", T([5, 8, 6], [-1, 0, 0]))], 8)
@@ -118,7 +121,7 @@ def merge_trees(trees: Sequence[tuple[str, TreeLike | None]], max_nodes: int, *,
         if _length(tree.parents) != n:
             raise DrafterError(f"drafter {name!r}: {n} tokens but {_length(tree.parents)} parents")
         parents = _host_list(tree.parents) if _on_host(tree.parents) else None
-        if parents is not None:
+        if parents is not None and not checked:
             _check_parents(name, parents)
         host.append((_host_list(tree.tokens), parents) if parents is not None and _on_host(tree.tokens) else None)
         lengths.append(n)
