@@ -16,7 +16,7 @@ from test_tree_and_acceptance import random_parents
 
 from skipspec.config import SamplingParams
 from skipspec.runtime.buckets import bucket_for, pack_tree, packed_length, powers_of_two
-from skipspec.runtime.fuse import CompiledSublayers
+from skipspec.runtime.fuse import RECOMPILE_LIMIT, CompiledSublayers
 from skipspec.runtime.steps import PLAIN_STEP_FUNCTIONS, StepInputs
 
 CAPACITY, DEPTH, TOPK, VOCAB = 96, 6, 4, 50
@@ -87,3 +87,14 @@ def test_compiled_draft_tail_ranks_and_advances_as_the_plain_one(compiled):
         torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=0)
         assert states[0][0].item() == states[1][0].item() == want[0][0].item()
         assert states[0][1].item() == states[1][1].item() == 18
+
+
+def test_compiled_runtimes_raise_dynamos_recompile_limit_and_never_lower_it(monkeypatch):
+    # Past the limit TorchDynamo silently runs a function uncompiled, and one runtime's
+    # sublayers reach the default 8 variants once its cache has grown.
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    CompiledSublayers.create()
+    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT > 8
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1000)
+    CompiledSublayers.create()
+    assert torch._dynamo.config.recompile_limit == 1000
