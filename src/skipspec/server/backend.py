@@ -159,12 +159,13 @@ class Backend:
         if not tokens:
             return []
         from ..parallel import full_logits
-        from ..verify import process_logits
+        from ..verify import SamplingInputs, process_logits, sampling_program
 
         device = self.model.get_output_embeddings().weight.device
         ids = torch.tensor([list(prompt) + list(tokens[:-1])], device=device)
         logits = full_logits(self.model, ids, len(tokens))  # a tensor-parallel model's other ranks run it too
-        processed = process_logits(logits[0, -len(tokens) :].float(), sampling)
+        values = SamplingInputs.of(sampling, device)
+        processed = process_logits(logits[0, -len(tokens) :].float(), sampling_program(sampling), values)
         logprobs = torch.log_softmax(processed, dim=-1).clamp(min=MIN_LOGPROB)
         chosen = logprobs.gather(-1, torch.tensor(list(tokens), device=device)[:, None])[:, 0].tolist()
         alt_values, alt_ids = logprobs.topk(top, dim=-1) if top else (None, None)
