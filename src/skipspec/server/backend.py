@@ -126,7 +126,10 @@ class Backend:
     def warmup(self) -> None:
         """Pay first-use costs (step graphs, cost measurements) before the first request does."""
         if hasattr(self.decoder, "warmup"):
-            self.decoder.warmup(max_context=self.max_context)
+            from ..verify import SAMPLING_PROGRAMS
+
+            # Requests bring any sampling settings: every program, so that none of them captures.
+            self.decoder.warmup(max_context=self.max_context, sampling=SAMPLING_PROGRAMS)
             return
         # An engine without warm-up: one short request sets it up the way a real one would.
         with self.tokenizer_lock:
