@@ -205,7 +205,7 @@ def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float
             tree = swift_tree(tree_widths(n, cfg.topk))
             bucket = bucket_for(tree.size + 1, rt.tree_buckets)
             rt.stage_tree(tree, committed, bucket)
-            step = rt.verify_graph(bucket, GREEDY)
+            step = rt.verify_graph(bucket)
             res["verify_ms"][n] = time_replays(step, device, reps)
         plain = res["verify_ms"][1]
         inp = rt.inputs
@@ -214,7 +214,7 @@ def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float
 
         for r, skip in skips.items():
             rewind()  # stage the inputs before a first-use capture runs the step
-            step = rt.draft_graph(skip, GREEDY)
+            step = rt.draft_graph(skip)
             res["draft_ms"][r] = time_replays(step, device, reps, before=rewind)
             res["draft_ratio"][r] = res["draft_ms"][r] / plain
             res["skipped_weight_fraction"][r] = skipped_weight_fraction(model, skip)

@@ -153,7 +153,7 @@ def engine_step(
         tree = swift_tree(tree_widths(n, cfg.topk))
         bucket = bucket_for(tree.size + 1, rt.tree_buckets)
         rt.stage_tree(tree, ctx, bucket)
-        step = rt.verify_graph(bucket, GREEDY)
+        step = rt.verify_graph(bucket)
         res["ms" if n == 1 else f"verify{n}_ms"] = time_replays(step, dev, reps)
         if profile:
             try:

@@ -14,7 +14,7 @@ import torch
 from kernel_cases import check_decode_kernel
 from tiny_models import FAMILIES, small_skip_config, tiny_model
 
-from skipspec import SkipSet, SwiftConfig, SwiftDecoder
+from skipspec import SamplingParams, SkipSet, SwiftConfig, SwiftDecoder
 from skipspec.config import SearchConfig
 from skipspec.runtime import DeviceMemoryError, RuntimeConfig
 from skipspec.search import LayerSetStore
@@ -218,3 +218,36 @@ def test_after_warmup_no_request_captures_or_compiles(tmp_path, monkeypatch):  #
         assert dec.generate(prompt, 60, drafters=[TruthInRandomTrees(rng, prompt + want, 97, device="cuda")]).tokens == want
     assert dec.executor.captures == captures, "a step was captured on a request's critical path"
     assert dynamo_utils.counters["stats"]["unique_graphs"] == compiles, "something compiled on a request's critical path"
+
+
+def test_after_a_sampling_warmup_new_temperatures_and_top_p_values_capture_nothing():
+    """Temperature and top-p are inputs of the captured steps, not graph keys: after warm-up for
+    the filtering program (with values no request uses), requests with three other temperatures
+    and top-p values capture and compile nothing, and each draws what the eager path draws for its
+    seed (float32)."""
+    import torch._dynamo.utils as dynamo_utils
+
+    model = _cuda_model("llama")
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=GRAPHS)
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
+    warm = SamplingParams(do_sample=True, temperature=0.3, top_p=0.5)
+    dec.warmup(128, methods=("swift", "ar"), sampling=(warm,))
+    ex = dec.executor
+    assert ex.fused, "the compiled step functions fell back to the plain ones"
+    assert len(ex._verifies) == len(ex.tree_buckets), "one verify step per bucket: the filtering program only"
+    prompt = list(range(3, 20))
+    settings = [dict(do_sample=True, temperature=t, top_p=p, seed=5) for t, p in ((0.6, 0.8), (1.0, 0.9), (1.4, 0.95))]
+    want = [{m: eager.generate(prompt, 40, method=m, **kw).tokens for m in ("swift", "ar")} for kw in settings]
+    captures, compiles = ex.captures, dynamo_utils.counters["stats"]["unique_graphs"]
+    drawn = []
+    for kwargs, expected in zip(settings, want):
+        swift = dec.generate(prompt, 40, method="swift", **kwargs)
+        assert swift.stats["draft_forwards"] > 0
+        assert swift.tokens == expected["swift"], kwargs
+        assert dec.generate(prompt, 40, method="ar", **kwargs).tokens == expected["ar"], kwargs
+        drawn.append(tuple(swift.tokens))
+    assert ex.captures == captures, "a request with new sampling values captured a step"
+    assert dynamo_utils.counters["stats"]["unique_graphs"] == compiles, "new sampling values compiled something"
+    # One seed, other values, other tokens: the values reached the replayed steps.
+    assert len(set(drawn)) == 3

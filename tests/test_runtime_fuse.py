@@ -18,6 +18,7 @@ from skipspec.config import SamplingParams
 from skipspec.runtime.buckets import bucket_for, pack_tree, packed_length, powers_of_two
 from skipspec.runtime.fuse import RECOMPILE_LIMIT, CompiledSublayers
 from skipspec.runtime.steps import PLAIN_STEP_FUNCTIONS, StepInputs
+from skipspec.verify import SamplingInputs, sampling_program
 
 CAPACITY, DEPTH, TOPK, VOCAB = 96, 6, 4, 50
 BUCKETS = powers_of_two(DEPTH * TOPK + 1)
@@ -39,7 +40,7 @@ def _inputs(rng: random.Random, committed: int) -> tuple[StepInputs, int]:
     inp = StepInputs.allocate(CAPACITY, DEPTH, TOPK, BUCKETS[-1], 16, 4, "cpu")
     inp.tree[: packed_length(bucket)].copy_(torch.tensor(pack_tree(committed, tokens, parents, bucket)))
     inp.root.fill_(rng.randrange(VOCAB))
-    inp.seed.fill_(rng.randrange(2**40))
+    inp.sampling.seed.fill_(rng.randrange(2**40))
     return inp, bucket
 
 
@@ -53,12 +54,18 @@ def test_compiled_tree_frame_equals_the_plain_one(compiled):
             assert torch.equal(getattr(got, field.name), getattr(want, field.name)), (field.name, bucket)
 
 
-@pytest.mark.parametrize("params", [SamplingParams(), SamplingParams(do_sample=True, temperature=0.7, top_p=0.9)])
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(), SamplingParams(do_sample=True, temperature=0.7, top_p=0.9, top_k=20)],
+    ids=["greedy", "sample"],
+)
 def test_compiled_verify_tail_accepts_what_the_plain_one_accepts(compiled, params):
     rng = random.Random(f"verify-{params.do_sample}")
+    program = sampling_program(params)
     lengths = set()
     for case in range(12):
         inp, bucket = _inputs(rng, committed=rng.randrange(CAPACITY - BUCKETS[-1]))
+        inp.sampling.write(params, int(inp.sampling.seed))
         frame = PLAIN_STEP_FUNCTIONS.frame(inp, bucket, VOCAB)
         # Logits that often agree with the drafted tokens, so paths of every length are accepted.
         logits = torch.randn(bucket, VOCAB, generator=torch.Generator().manual_seed(case))
@@ -69,20 +76,26 @@ def test_compiled_verify_tail_accepts_what_the_plain_one_accepts(compiled, param
             if kids and rng.random() < 0.9:
                 logits[node, tokens[rng.choice(kids)]] += 12.0
         root_plain, root_compiled = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-        want = PLAIN_STEP_FUNCTIONS.verify_tail(logits, frame, params, inp.seed, TOPK, root_plain)
-        got = compiled.verify_tail(logits, frame, params, inp.seed, TOPK, root_compiled)
+        want = PLAIN_STEP_FUNCTIONS.verify_tail(logits, frame, program, inp.sampling, TOPK, root_plain)
+        got = compiled.verify_tail(logits, frame, program, inp.sampling, TOPK, root_compiled)
         assert all(torch.equal(g, w) for g, w in zip(got, want)), case
         assert torch.equal(root_compiled, root_plain)
         lengths.add(int(want[0][0]))
     assert len(lengths) >= 3, f"accepted path lengths {lengths}: too few kinds of path were compared"
 
 
-def test_compiled_draft_tail_ranks_and_advances_as_the_plain_one(compiled):
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(), SamplingParams(do_sample=True, temperature=0.7, top_k=7, top_p=0.8)],
+    ids=["greedy", "sample"],
+)
+def test_compiled_draft_tail_ranks_and_advances_as_the_plain_one(compiled, params):
+    values = SamplingInputs.of(params, "cpu")
     for case in range(6):
         logits = torch.randn(1, VOCAB, generator=torch.Generator().manual_seed(case)) * 3
         states = [(torch.tensor([[5]]), torch.tensor([17])) for _ in range(2)]
-        want = PLAIN_STEP_FUNCTIONS.draft_tail(logits, SamplingParams(), *states[0], TOPK)
-        got = compiled.draft_tail(logits, SamplingParams(), *states[1], TOPK)
+        want = PLAIN_STEP_FUNCTIONS.draft_tail(logits, sampling_program(params), values, *states[0], TOPK)
+        got = compiled.draft_tail(logits, sampling_program(params), values, *states[1], TOPK)
         assert torch.equal(got[0], want[0])
         torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=0)
         assert states[0][0].item() == states[1][0].item() == want[0][0].item()

@@ -14,9 +14,10 @@ import torch
 from test_kv_cache import record_committed_cache
 from tiny_models import FAMILIES, small_skip_config, tiny_model
 
-from skipspec import SkipSet, SwiftConfig, SwiftDecoder
+from skipspec import SamplingParams, SkipSet, SwiftConfig, SwiftDecoder
 from skipspec.model.adapter import Frame
 from skipspec.runtime import RuntimeConfig
+from skipspec.verify import sampling_program
 
 STATIC = RuntimeConfig(mode="static")
 EAGER = RuntimeConfig(mode="eager")
@@ -230,3 +231,94 @@ def test_chunked_prefill_gives_plain_decodings_tokens_for_prompts_of_any_length(
         assert static.generate(prompt, 12, method="hybrid").tokens == expected, f"{family}, {n}-token prompt"
         chunked = static.executor._scores.captures > 0
         assert chunked == (n <= 128), f"{n}-token prompt: chunked prefill {chunked}"
+
+
+def test_sampling_values_are_step_inputs_so_new_values_capture_nothing_and_draw_as_the_eager_path():
+    """Temperature, top-p and top-k are inputs of the captured steps: after the first request of a
+    sampling program, requests with other values keep no new verify or draft step, and each draws
+    what the eager path draws for the same seed and settings (float32)."""
+    model = tiny_model("llama")
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=3, topk=2)
+    # One tree bucket (trees have at most 7 nodes here): plain steps and every tree replay one verify
+    # shape, so what is kept can only grow with the sampling programs.
+    static = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="static", tree_buckets=(8,)))
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
+    prompt = list(range(3, 20))
+    by_program: dict = {}
+    for settings in (
+        dict(do_sample=False),
+        dict(temperature=0.7),
+        dict(temperature=1.4),
+        dict(temperature=0.8, top_p=0.9),
+        dict(temperature=1.2, top_p=0.6),
+        dict(temperature=0.9, top_k=5),
+        dict(temperature=0.5, top_k=30),
+        dict(temperature=1.1, top_k=10, top_p=0.8),
+        dict(temperature=0.6, top_k=4, top_p=0.95),
+    ):
+        kwargs = dict(do_sample=True, seed=11) | settings
+        res = static.generate(prompt, 24, method="swift", **kwargs)
+        assert res.stats["draft_forwards"] > 0
+        assert res.tokens == eager.generate(prompt, 24, method="swift", **kwargs).tokens, settings
+        by_program.setdefault(sampling_program(SamplingParams(**kwargs)), []).append(tuple(res.tokens))
+        ex = static.executor
+        assert ex._verifies.captures == len(ex._verifies) == len(by_program), settings
+        assert ex._drafts.captures == len(ex._drafts) == len(by_program), settings
+    assert len(by_program) == 3
+    # The same seed with other values draws other tokens: the values did reach the replayed steps.
+    assert all(len(set(runs)) == len(runs) for runs in by_program.values())
+
+
+def test_warmup_captures_per_sampling_program_and_ticks_as_many_times_as_it_counts(monkeypatch):
+    """Warm-up captures each program's steps once, whatever values the settings it is given carry,
+    and its progress bar's total is the number of steps it reports; later requests of those
+    programs, with other values and prompts past the chunked prefill, capture nothing."""
+    import contextlib
+
+    import skipspec.engine.decoder as decoder_module
+
+    bars = []
+
+    @contextlib.contextmanager
+    def progress(enabled, total, label):
+        bars.append([total, 0])
+
+        def tick(step):
+            bars[-1][1] += 1
+
+        yield tick
+
+    monkeypatch.setattr(decoder_module, "_progress", progress)
+    model = tiny_model("llama")
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=3, topk=2)
+    # Chunks of 8 tokens: prompts over 128 tokens prefill eagerly, and warm-up runs those too.
+    runtime = RuntimeConfig(mode="static", score_buckets=(4, 8))
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime)
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
+    sampling = [
+        SamplingParams(),
+        SamplingParams(do_sample=True, temperature=0.5, top_p=0.5),
+        SamplingParams(do_sample=True, temperature=1.5, top_k=40),
+        SamplingParams(do_sample=True, temperature=0.9, top_k=3, top_p=0.7),
+        SamplingParams(do_sample=True, temperature=0.7),
+    ]
+    ex = dec.executor
+    graphs = 3 * (len(ex.tree_buckets) + 1) + len(ex.score_buckets)  # three programs, one skip set
+    # The largest first: the later warm-ups fit its cache, so they capture nothing again.
+    for max_context, eager_prefills in ((250, 2), (60, 0), (200, 2)):  # 192 and 256 tokens
+        dec.warmup(max_context, methods=("swift",), sampling=sampling, progress=True)
+        assert bars[-1] == [graphs + eager_prefills] * 2, max_context
+    assert ex._verifies.captures == 3 * len(ex.tree_buckets) and ex._drafts.captures == 3
+    captures = ex.captures
+    rng = random.Random("warm-sampling")
+    for n, settings in (
+        (20, dict(temperature=1.3, top_p=0.8)),
+        (60, dict(temperature=1.1)),
+        (150, dict(temperature=0.6, top_k=20, top_p=0.9)),
+    ):
+        prompt = [rng.randrange(97) for _ in range(n)]
+        kwargs = dict(do_sample=True, seed=n, **settings)
+        res = dec.generate(prompt, 40, method="swift", **kwargs)
+        assert res.tokens == eager.generate(prompt, 40, method="swift", **kwargs).tokens, settings
+        assert dec.generate(prompt, 40, method="ar").tokens == eager.generate(prompt, 40, method="ar").tokens
+    assert ex.captures == captures, "a request captured a step after the warm-up"

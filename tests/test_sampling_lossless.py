@@ -164,9 +164,9 @@ def test_broken_residual_is_detected(model, monkeypatch):
     real_targets = step_module.target_tokens
     real_accept = step_module.accept_longest_path
 
-    def targets_and_spare(logits, params, seed, positions):
-        fresh["spare"] = real_targets(logits, params, seed, positions + 1_000_003)  # other keys: a fresh draw
-        return real_targets(logits, params, seed, positions)
+    def targets_and_spare(logits, program, values, positions):
+        fresh["spare"] = real_targets(logits, program, values, positions + 1_000_003)  # other keys: a fresh draw
+        return real_targets(logits, program, values, positions)
 
     def accept_with_fresh_bonus(tokens, parents, depths, ancestors, targets):
         result = real_accept(tokens, parents, depths, ancestors, targets)

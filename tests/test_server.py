@@ -31,6 +31,7 @@ from skipspec.prompts import encode_prompt
 from skipspec.server import Backend, ServerSettings, create_app
 from skipspec.server.load import LoadConfig, percentile, run_load
 from skipspec.server.text import IncrementalDetokenizer, StopMatcher
+from skipspec.verify import SAMPLING_PROGRAMS
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -478,9 +479,10 @@ class _ColdDecoder(ToyDecoder):
         super().__init__(inner, 0.0, -1)
         self.go = threading.Event()
         self.warmed_for = None
+        self.warmed_sampling = None
 
-    def warmup(self, max_context=None):
-        self.warmed_for = max_context
+    def warmup(self, max_context=None, sampling=()):
+        self.warmed_for, self.warmed_sampling = max_context, tuple(sampling)
         assert self.go.wait(TIMEOUT)
 
 
@@ -501,6 +503,8 @@ def test_health_answers_503_until_warm_up_is_done(tok):
             assert time.monotonic() < deadline
             time.sleep(0.02)
         assert decoder.warmed_for == 128
+        # Requests may bring any sampling settings: every program is captured before the first.
+        assert set(decoder.warmed_sampling) == set(SAMPLING_PROGRAMS)
         assert client(url).completions.create(model="tiny", prompt="hi", max_tokens=2).choices[0].finish_reason
 
 

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import doctest
+import math
 import random
 
 import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
+import skipspec.verify.logits
+import skipspec.verify.sampling
 from skipspec.config import SamplingParams
 from skipspec.tree import TreeLayout, build_tree, doublings, tree_ancestors, width_for
-from skipspec.verify import accept_longest_path, inverse_cdf, keyed_uniform, process_logits
+from skipspec.verify import (
+    SamplingInputs,
+    SamplingProgram,
+    accept_longest_path,
+    inverse_cdf,
+    keyed_uniform,
+    process_logits,
+    sampling_program,
+)
 
 
 def random_parents(rng: random.Random, n: int) -> list[int]:
@@ -172,10 +184,87 @@ def test_logits_processing_matches_transformers_warpers(temperature, top_k, top_
         expected = TopKLogitsWarper(top_k)(None, expected)
     if top_p < 1:
         expected = TopPLogitsWarper(top_p)(None, expected)
-    got = process_logits(logits, SamplingParams(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
+    got = _process(logits, SamplingParams(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p))
     torch.testing.assert_close(got.softmax(-1), expected.softmax(-1))
 
 
 def test_greedy_leaves_logits_alone():
     logits = torch.randn(2, 10)
-    assert process_logits(logits, SamplingParams()) is logits
+    assert _process(logits, SamplingParams(temperature=0.5, top_k=3, top_p=0.5)) is logits
+
+
+def _process(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    return process_logits(logits, sampling_program(params), SamplingInputs.of(params, logits.device))
+
+
+def _reference_kept(row: list[float], top_k: int, top_p: float) -> tuple[set[int], bool]:
+    """The tokens temperature-scaled logits `row` keep after top-k (ties with the k-th kept) and then
+    top-p (the smallest prefix, most likely first and ties by id, whose mass reaches top_p), in
+    float64; and whether top-p's cut lies too close to a mass boundary for float32 to agree."""
+    order = sorted(range(len(row)), key=lambda i: (-row[i], i))
+    kept = order
+    if 0 < top_k < len(row):
+        kth = row[order[top_k - 1]]
+        kept = [i for i in order if row[i] >= kth]
+    if top_p >= 1.0:
+        return set(kept), False
+    top = max(row[i] for i in kept)
+    weights = [math.exp(row[i] - top) for i in kept]
+    total, before, chosen, close = sum(weights), 0.0, [], False
+    for i, w in zip(kept, weights):
+        close |= abs(before / total - top_p) < 1e-5
+        if before / total >= top_p:
+            break
+        chosen.append(i)
+        before += w
+    return set(chosen), close
+
+
+def test_logits_processing_with_tensor_values_equals_the_plain_reference_including_ties():
+    """Temperature, top-k and top-p read from device tensors, on rows with many ties (logits on a
+    coarse grid, and rows all equal) and on continuous rows, for values from off to extreme."""
+    vocab = 40
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.cat(
+        [
+            torch.randint(-8, 8, (24, vocab), generator=gen) * 0.25,  # ties everywhere
+            torch.randn(24, vocab, generator=gen) * 3,
+            torch.zeros(2, vocab),  # one big tie
+        ]
+    )
+    checked = ambiguous = 0
+    for temperature in (0.3, 1.0, 1.7):
+        for top_k in (0, 1, 3, 7, vocab, vocab + 5):
+            for top_p in (0.05, 0.5, 0.83, 1.0):
+                params = SamplingParams(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+                got = _process(logits, params)
+                scaled = logits.double() / temperature
+                for r in range(logits.shape[0]):
+                    kept, close = _reference_kept(scaled[r].tolist(), top_k, top_p)
+                    if close:
+                        ambiguous += 1
+                        continue
+                    finite = torch.isfinite(got[r])
+                    assert set(finite.nonzero().flatten().tolist()) == kept, (r, params)
+                    assert (got[r][~finite] == float("-inf")).all()
+                    torch.testing.assert_close(got[r][finite].double(), scaled[r][finite], rtol=1e-6, atol=0)
+                    checked += 1
+    assert ambiguous < checked // 20, (ambiguous, checked)
+
+
+def test_a_filter_run_at_its_off_value_changes_nothing():
+    """A step's program only decides which filters run; one that runs with top-k 0 or top-p 1 gives
+    bit for bit what the program without it gives, so the program never changes a result."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.cat([torch.randn(16, 64, generator=gen) * 4, torch.randint(-3, 3, (16, 64), generator=gen) * 1.0])
+    full = SamplingProgram(sample=True, filtered=True)
+    for temperature, top_k, top_p in ((0.7, 0, 1.0), (1.3, 5, 1.0), (0.9, 0, 0.8), (1.1, 9, 0.6)):
+        params = SamplingParams(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+        values = SamplingInputs.of(params, "cpu")
+        want = process_logits(logits, sampling_program(params), values)
+        assert torch.equal(process_logits(logits, full, values), want), params
+
+
+@pytest.mark.parametrize("module", [skipspec.verify.logits, skipspec.verify.sampling], ids=lambda m: m.__name__)
+def test_docstring_examples(module):
+    assert doctest.testmod(module).failed == 0

@@ -199,7 +199,7 @@ def generate(
 
 
 def _generate(mdl, tok, prompt, chat, max_new_tokens, method, cfg, sampling, as_json, compare, graphs, fuse):
-    from . import SwiftDecoder
+    from . import SamplingParams, SwiftDecoder
     from .engine.stops import tokenizer_stop_token_ids
     from .runtime import RuntimeConfig
 
@@ -209,7 +209,9 @@ def _generate(mdl, tok, prompt, chat, max_new_tokens, method, cfg, sampling, as_
         ids = encode_prompt(tok, prompt, chat)
         # One-time costs (step-cost measurement, graph captures, compiles) before anything is timed.
         methods = (method, "ar") if compare else (method,)
-        warm = dec.warmup(len(ids) + max_new_tokens, methods=methods, progress=not as_json)
+        warm = dec.warmup(
+            len(ids) + max_new_tokens, methods=methods, sampling=(SamplingParams(**sampling),), progress=not as_json
+        )
         if not as_json:
             err.print(f"warm-up (once per process): {warm:.1f} s")
         baseline = dec.generate(ids, max_new_tokens, method="ar", **sampling) if compare else None

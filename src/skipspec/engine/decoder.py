@@ -24,6 +24,7 @@ from ..runtime.factory import ExecutorSpec
 from ..search import FixedSkipPolicy, SearchPolicy, SkipPolicy
 from ..search.costs import CostModel, measure_costs
 from ..search.objective import DraftRule
+from ..verify import SamplingProgram, sampling_program
 from .assemble import Proposal, assemble, describe_fault, share
 from .counters import Counters
 from .request import DEFAULT_METHOD, METHODS, PromptIds, Request, make_request
@@ -177,7 +178,7 @@ class SwiftDecoder:
         max_context: int,
         *,
         methods: Sequence[str] = (DEFAULT_METHOD,),
-        sampling: Sequence[SamplingParams] = (SamplingParams(),),
+        sampling: Sequence[SamplingParams | SamplingProgram] = (SamplingParams(),),
         progress: bool = False,
     ) -> float:
         """Pay every one-time cost before the first request; returns the seconds it took.
@@ -185,8 +186,12 @@ class SwiftDecoder:
         Measures the step costs (or loads them from the store) when a method needs them, and on
         the fast path allocates the KV cache once for requests of up to `max_context` tokens
         (prompt and output; as vLLM does at start-up) and captures every step shapes can demand:
-        verify steps of every tree bucket for each of `sampling`'s settings, the search's scoring
-        forwards, the current skip set's draft step. Afterwards requests that fit capture and
+        verify steps of every tree bucket and the current skip set's draft step, for each
+        sampling program of `sampling`, and the search's scoring forwards. A program is greedy,
+        sampling, or sampling with top-k and top-p filtering (`skipspec.verify.sampling_program`;
+        `skipspec.verify.SAMPLING_PROGRAMS` lists all three): temperature, top-p, top-k and seed
+        are inputs of the captured steps, so one capture serves every value, and settings that
+        differ only in values are warmed up once. Afterwards requests that fit capture and
         compile nothing on their critical path. TorchInductor keeps its compiled kernels on disk,
         so a second process compiles less.
         """
@@ -196,6 +201,7 @@ class SwiftDecoder:
             raise InputError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
         if not (isinstance(max_context, int) and max_context >= 2):
             raise InputError(f"max_context must be an integer >= 2, got {max_context!r}")
+        programs = _programs(sampling)
         drafters = [d for m in methods for d in self._drafters(m)]
         for d in drafters:
             if hasattr(d, "begin"):
@@ -203,13 +209,10 @@ class SwiftDecoder:
         if any(self._allocator(m) is not None for m in methods):
             self.step_costs()
         scratch = max((getattr(d, "scratch_slots", 0) for d in drafters), default=0)
-        skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
-        steps = len(sampling) * (len(getattr(self.executor, "tree_buckets", ())) + (skip is not None))
-        if self.mode != "eager":
-            steps += len(self.executor.score_buckets)
-            steps += max(max_context - self.executor.chunked_prefill_limit, 0) // 64
+        skips = (self.policy.skip_set(),) if any(isinstance(d, LayerSkipDrafter) for d in drafters) else ()
+        steps = self.executor.warmup_steps(max_context, scratch, programs, skips)
         with _progress(progress, steps, "warm-up") as tick:
-            self.executor.warmup(max_context, scratch, tuple(sampling), (skip,) if skip else (), tick)
+            self.executor.warmup(max_context, scratch, programs, skips, tick)
         return time.perf_counter() - start
 
     def _drafters(self, method: str) -> list[Drafter]:
@@ -379,6 +382,20 @@ def _progress(enabled: bool, total: int, label: str):
     with Progress(transient=True) as bar:
         task = bar.add_task(label, total=total)
         yield lambda step: bar.update(task, advance=1, description=f"{label}: {step}")
+
+
+def _programs(sampling: Sequence[SamplingParams | SamplingProgram]) -> tuple[SamplingProgram, ...]:
+    """The distinct programs of `sampling`'s settings, in order."""
+    if isinstance(sampling, (SamplingParams, SamplingProgram)):
+        sampling = (sampling,)
+    programs = []
+    for item in sampling:
+        if isinstance(item, SamplingParams):
+            item = sampling_program(item)
+        if not isinstance(item, SamplingProgram):
+            raise InputError(f"sampling must hold SamplingParams or SamplingProgram values, got {item!r}")
+        programs.append(item)
+    return tuple(dict.fromkeys(programs))
 
 
 def _checked_drafters(drafters: Sequence[Drafter]) -> list[Drafter]:

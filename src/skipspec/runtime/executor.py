@@ -2,7 +2,9 @@
 
 An executor holds a request's KV state (the cache, how many slots are committed, the root token)
 and runs its steps:
-- `prefill(prompt)`: the prompt into the cache; the first token (the root).
+- `prefill(prompt)`: the prompt into the cache; the first token (the root). It also stages the
+  request's seed and sampling values (`verify.SamplingInputs`) on the device, which every later
+  step reads; the `SamplingParams` the steps are passed choose only their program.
 - `verify(tree)`: one full-model forward over root + tree, the targets, the acceptance of the
   longest correct path (`verify.verify_tree`, the same code for every executor) and the commit
   of that path in the cache; `None` is a plain step.
@@ -30,7 +32,7 @@ from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import NO_SKIP, SkipSet
 from ..tree import doublings, tree_frame
-from ..verify import target_tokens, verify_tree
+from ..verify import SamplingInputs, SamplingProgram, sampling_program, target_tokens, verify_tree
 from .config import RuntimeConfig
 from .cpu_linear import packed_sublayers
 from .steps import draft_tail
@@ -149,9 +151,16 @@ class Executor(Protocol):
         ...
 
     def warmup(
-        self, max_context: int, scratch: int, params: Sequence[SamplingParams], skips: Sequence[SkipSet], tick=None
+        self, max_context: int, scratch: int, programs: Sequence[SamplingProgram], skips: Sequence[SkipSet], tick=None
     ) -> None:
-        """Make every step shape requests up to `max_context` tokens can demand now, off their critical path."""
+        """Make every step requests up to `max_context` tokens can demand now, off their critical path:
+        each shape, in each of `programs` (a request's sampling values are inputs of its steps)."""
+        ...
+
+    def warmup_steps(
+        self, max_context: int, scratch: int, programs: Sequence[SamplingProgram], skips: Sequence[SkipSet]
+    ) -> int:
+        """How many times `warmup` with these arguments calls `tick` (for a progress bar)."""
         ...
 
     def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,14 +207,17 @@ class EagerExecutor:
         self.committed = 0
         self.draft_calls = 0
         self._root: torch.Tensor | None = None  # (1,) the last committed token
-        self._seed: torch.Tensor | None = None
+        self._sampling: SamplingInputs | None = None  # the request's seed and values, staged at the prefill
         self._chain: tuple[torch.Tensor, int] | None = None  # the draft chain's next (token, slot)
 
     def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
         pass  # the cache is allocated per request, on whatever device the model is
 
-    def warmup(self, max_context: int, scratch: int, params, skips, tick=None) -> None:
+    def warmup(self, max_context: int, scratch: int, programs, skips, tick=None) -> None:
         pass  # nothing is captured or compiled: shapes are free
+
+    def warmup_steps(self, max_context: int, scratch: int, programs, skips) -> int:
+        return 0
 
     def prepare_draft(self, skip: SkipSet, params: SamplingParams) -> None:
         pass
@@ -215,7 +227,7 @@ class EagerExecutor:
         a, n = self.adapter, len(prompt)
         device = a.device
         self.cache = a.new_cache(n + max_new_tokens + self.max_tree + scratch)
-        self._seed = torch.tensor([seed], device=device)
+        self._sampling = SamplingInputs.of(sampling, device, seed)
         frame = Frame(
             input_ids=torch.tensor([list(prompt)], device=device),
             positions=torch.arange(n, device=device),
@@ -224,7 +236,7 @@ class EagerExecutor:
             key_positions=torch.arange(n, device=device),
         )
         logits = a.forward(frame, self.cache, NO_SKIP, last_only=True)
-        self._root = target_tokens(logits, sampling, self._seed, torch.tensor([n], device=device))
+        self._root = target_tokens(logits, sampling_program(sampling), self._sampling, torch.tensor([n], device=device))
         self.committed = n
         return int(self._root.item())  # the prefill's one host sync
 
@@ -242,7 +254,7 @@ class EagerExecutor:
         f = tree_frame(committed, size + 1, tokens, parents, cols, a.vocab_size, doublings(size + 1))
         frame = Frame(f.tokens.clamp(min=0)[None], f.positions, committed, f.allowed, f.key_positions)
         logits = a.forward(frame, self.cache, NO_SKIP)
-        verdict = verify_tree(logits, f, sampling, self._seed, self.verify_topk)
+        verdict = verify_tree(logits, f, sampling_program(sampling), self._sampling, self.verify_topk)
         reading = Reading.of(verdict.packed.tolist(), size + 1)  # the step's one host sync
         if reading.fault is None:
             if reading.length > 1:
@@ -275,7 +287,7 @@ class EagerExecutor:
         logits = self.adapter.forward(frame, self.cache, skip)
         next_token = token.clone()
         position = torch.zeros(1, dtype=torch.long, device=device)
-        candidates, head = draft_tail(logits, sampling, next_token, position, self.topk)
+        candidates, head = draft_tail(logits, sampling_program(sampling), self._sampling, next_token, position, self.topk)
         self._chain = (next_token, slot + 1)
         self.draft_calls += 1
         return candidates, head

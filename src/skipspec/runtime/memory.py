@@ -53,7 +53,9 @@ def plan_memory(adapter, capacity: int, widest: int, sampling: bool) -> MemoryPl
     cache = capacity * slot_bytes
     hidden, inter = cfg.hidden_size, getattr(cfg, "intermediate_size", 4 * cfg.hidden_size)
     vocab = adapter.vocab_size
-    logits = widest * vocab * 4 * (5 if sampling else 2)  # float32 logits, softmax, noise, quotient
+    # float32 logits and their top-k; sampling: the scaled copy, the filters' sort (values, int64
+    # order), probabilities and their running sum, then the draw's float64 running sum.
+    logits = widest * vocab * 4 * (9 if sampling else 2)
     masks = widest * capacity * (size + 2) * 2  # bool and additive, per layer type
     attention = widest * heads * capacity * 4 + 2 * heads * capacity * head_dim * size  # math-kernel scores, repeated KV
     activations = widest * (4 * hidden + 3 * inter + 3 * heads * head_dim) * max(size, 4)

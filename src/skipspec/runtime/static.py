@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..model.adapter import Frame, ModelAdapter, Sublayers
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
-from ..verify import target_tokens
+from ..verify import GREEDY, SAMPLING_PROGRAMS, SamplingProgram, sampling_program, target_tokens
 from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from .config import RuntimeConfig
 from .decode_attention import register as register_decode_attention
@@ -36,13 +36,6 @@ PREFILL_STEP = 64
 PREFILL_CHUNKS = 16
 
 
-def sampling_key(params: SamplingParams) -> tuple:
-    """What a captured step's logits processing depends on (the seed is not: draws happen outside)."""
-    if not params.do_sample:
-        return ("greedy",)
-    return ("sample", params.temperature, params.top_p, params.top_k)
-
-
 class StaticExecutor:
     """Fixed-shape steps over one persistent KV cache, replayed from CUDA graphs (or run directly).
 
@@ -50,8 +43,9 @@ class StaticExecutor:
     one at a time. The cache is sized from the request (rounded up to `capacity_step`) and kept for
     later requests that fit, together with the graphs captured against it: verify graphs per tree
     bucket (a tree's shape is an input, so any tree of a bucket replays the same graph), draft
-    graphs per skip set (LRU), scoring graphs per query bucket. A request that needs a larger cache
-    drops them all.
+    graphs per skip set (LRU), scoring graphs per query bucket; verify and draft graphs also per
+    `SamplingProgram` (the sampling values and the seed are inputs too). A request that needs a
+    larger cache drops them all.
     """
 
     def __init__(self, adapter: ModelAdapter, swift: SwiftConfig, config: RuntimeConfig, mode: str) -> None:
@@ -110,7 +104,7 @@ class StaticExecutor:
         one = stand_ins(one_attention)
         self._stand_ins = (one, one if wide_attention == one_attention else stand_ins(wide_attention))
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
-        self._verifies: GraphCache = GraphCache(2 * len(self.tree_buckets))
+        self._verifies: GraphCache = GraphCache(len(SAMPLING_PROGRAMS) * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(2 * len(self.score_buckets))  # plain and measuring
         self._pinned = False  # set by `warmup`: the cache is kept for every request that fits
         self._tree_upload = Uploader(packed_length(self.tree_buckets[-1]), adapter.device)
@@ -234,25 +228,31 @@ class StaticExecutor:
 
     @torch.inference_mode()
     def warmup(
-        self, max_context: int, scratch: int, params: Sequence[SamplingParams], skips: Sequence[SkipSet], tick=None
+        self,
+        max_context: int,
+        scratch: int,
+        programs: Sequence[SamplingProgram],
+        skips: Sequence[SkipSet],
+        tick=None,
     ) -> None:
         """Allocate the cache for `max_context` tokens once and capture every step shapes can demand:
-        verify steps of every tree bucket (per sampling setting in `params`), scoring forwards of
-        every bucket (when `scratch`: the search runs), draft steps of `skips`. Later requests that
-        fit run no capture and no compile on their critical path. `tick(label)` reports progress."""
+        verify steps of every tree bucket and draft steps of `skips`, each per program in
+        `programs`, scoring forwards of every bucket (when `scratch`: the search runs, which also
+        measures). Later requests that fit run no capture and no compile on their critical path,
+        whatever their sampling values. `tick(label)` reports progress, `warmup_steps` times."""
         tick = tick or (lambda label: None)
         self._pinned = False
-        self.reserve(max_context, 0, scratch, any(p.do_sample for p in params))
+        self.reserve(max_context, 0, scratch, any(p.sample for p in programs))
         self._pinned = True
         self.committed = 0
-        for p in params:
+        for program in programs:
             for bucket in self.tree_buckets:
                 chain = TreeInput(([0] * (bucket - 1),), (list(range(-1, bucket - 2)),), bucket - 1)
                 self.stage_tree(chain if bucket > 1 else None, 0, bucket)
-                self.verify_graph(bucket, p)
+                self.verify_graph(bucket, program)
                 tick(f"verify {bucket}")
             for skip in skips:
-                self.draft_forward(skip, p, start=True)
+                self._draft(skip, program, start=True)
                 tick("draft")
         # Scoring steps serve the chunked prefill as well as the search (which also measures).
         for bucket in self.score_buckets:
@@ -264,10 +264,22 @@ class StaticExecutor:
             if scratch:
                 self.sublayer_sizes(frame)
             tick(f"scoring {bucket}")
-        longest = min(round_up(max_context, PREFILL_STEP), self.cache.capacity)
-        for length in range(round_up(self.chunked_prefill_limit + 1, PREFILL_STEP), longest + 1, PREFILL_STEP):
-            self.prefill([0] * length, 0, scratch, params[0], 0)
+        # An eager prefill captures nothing: greedy or not, it pays the same per-shape plans.
+        for length in self._eager_prefill_lengths(max_context, scratch):
+            self.prefill([0] * length, 0, scratch, SamplingParams(), 0)
             tick(f"prefill {length}")
+
+    def warmup_steps(
+        self, max_context: int, scratch: int, programs: Sequence[SamplingProgram], skips: Sequence[SkipSet]
+    ) -> int:
+        """How many times `warmup` with these arguments ticks."""
+        graphs = len(programs) * (len(self.tree_buckets) + len(skips)) + len(self.score_buckets)
+        return graphs + len(self._eager_prefill_lengths(max_context, scratch))
+
+    def _eager_prefill_lengths(self, max_context: int, scratch: int) -> range:
+        """The padded lengths of the prompts up to `max_context` tokens that `prefill` runs eagerly."""
+        longest = min(round_up(max_context, PREFILL_STEP), self._capacity(max_context, 0, scratch))
+        return range(round_up(self.chunked_prefill_limit + 1, PREFILL_STEP), longest + 1, PREFILL_STEP)
 
     # -- steps ------------------------------------------------------------------------------------
 
@@ -299,9 +311,9 @@ class StaticExecutor:
         n = len(prompt)
         self.reserve(n, max_new_tokens, scratch, sampling.do_sample)
         inp = self.inputs
-        inp.seed.fill_(seed)
+        inp.sampling.write(sampling, seed)  # read by every step of the request, whatever its graph
         logits = self._prefill_chunked(prompt) if n <= self.chunked_prefill_limit else self._prefill_eager(prompt)
-        inp.root.copy_(target_tokens(logits, sampling, inp.seed, inp.cols[n : n + 1]).view(1))
+        inp.root.copy_(target_tokens(logits, sampling_program(sampling), inp.sampling, inp.cols[n : n + 1]).view(1))
         self.committed = n
         return int(inp.root.item())  # the prefill's one host sync
 
@@ -343,10 +355,11 @@ class StaticExecutor:
 
     @torch.inference_mode()
     def verify(self, tree: TreeInput | None, sampling: SamplingParams) -> Verified:
-        """One verify step (a plain step when `tree` is None), committed in the cache."""
+        """One verify step (a plain step when `tree` is None), committed in the cache; it draws with
+        the values `prefill` staged, in `sampling`'s program."""
         size = tree.size if tree is not None else 0
         bucket = bucket_for(size + 1, self.tree_buckets)
-        packed, top, verified = self._launch_verify(tree, self.committed, bucket, sampling)
+        packed, top, verified = self._launch_verify(tree, self.committed, bucket, sampling_program(sampling))
         top, verified = top[: size + 1], verified[: size + 1]
         host = self._readback.enqueue(0, verified, top)  # rides along with the sync below
         reading = Reading.of(packed.tolist(), bucket)  # the step's one host sync: the accepted path
@@ -355,12 +368,12 @@ class StaticExecutor:
         return reading.verified(top, verified, host)
 
     def _launch_verify(
-        self, tree: TreeInput | None, committed: int, bucket: int, params: SamplingParams
+        self, tree: TreeInput | None, committed: int, bucket: int, program: SamplingProgram
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stage `tree` at `committed` and enqueue the verify step; its outputs (the graph's output
         tensors: read or copy them before the next replay)."""
         self.stage_tree(tree, committed, bucket)
-        return self.verify_graph(bucket, params)()
+        return self.verify_graph(bucket, program)()
 
     @torch.inference_mode()
     def stage_tree(self, tree: TreeInput | None, committed: int, bucket: int) -> None:
@@ -402,10 +415,11 @@ class StaticExecutor:
         events = [torch.cuda.Event() if cuda else None for _ in range(2)]
         launched = taken = 0
         start = self.committed
+        program = sampling_program(sampling)
 
         def launch() -> None:
             nonlocal launched
-            packed, top, root = self._launch_verify(None, start + launched, 1, sampling)
+            packed, top, root = self._launch_verify(None, start + launched, 1, program)
             slots[launched % 2].copy_(packed[:2], non_blocking=cuda)
             tops[launched % 2] = (top.clone(), root.clone(), self._readback.enqueue(1 + launched % 2, root, top))
             if cuda:
@@ -428,45 +442,45 @@ class StaticExecutor:
         """Trees are padded to their bucket: a verify of `nodes` costs the bucket's forward."""
         return bucket_for(nodes + 1, self.tree_buckets)
 
-    def verify_graph(self, bucket: int, params: SamplingParams) -> StepGraph:
+    def verify_graph(self, bucket: int, program: SamplingProgram = GREEDY) -> StepGraph:
         """The verify step for `bucket` tree nodes; reads `inputs.tree` (stage it first: a first-use
         capture runs the step once)."""
         inp = self.inputs
-        program = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, params, self.verify_topk)
-        return self._verifies.get(
-            (bucket, sampling_key(params)), lambda: self._step(program, bucket > 1, mutable=(inp.root,), fns=True)
-        )
+        step = functools.partial(verify_step, self.adapter, self.cache, inp, bucket, program, self.verify_topk)
+        return self._verifies.get((bucket, program), lambda: self._step(step, bucket > 1, mutable=(inp.root,), fns=True))
 
-    def draft_graph(self, skip: SkipSet, params: SamplingParams) -> StepGraph:
+    def draft_graph(self, skip: SkipSet, program: SamplingProgram = GREEDY) -> StepGraph:
         """The draft step of `skip`, kept in the LRU; reads and advances `inputs.pos` and `inputs.token`
         (set them first: a first-use capture runs the step once)."""
         inp = self.inputs
-        program = functools.partial(draft_step, self.adapter, self.cache, inp, skip, params)
-        return self._drafts.get(
-            (skip, sampling_key(params)), lambda: self._step(program, False, mutable=(inp.pos, inp.token), fns=True)
-        )
+        step = functools.partial(draft_step, self.adapter, self.cache, inp, skip, program)
+        return self._drafts.get((skip, program), lambda: self._step(step, False, mutable=(inp.pos, inp.token), fns=True))
 
     @torch.inference_mode()
     def prepare_draft(self, skip: SkipSet, params: SamplingParams) -> None:
         """Capture `skip`'s draft step now, between steps, before its first use (a capture inside a
         drafting chain would stall that step). Its warm-up run writes past the committed slots only."""
-        if self.inputs is None or (skip, sampling_key(params)) in self._drafts:
+        program = sampling_program(params)
+        if self.inputs is None or (skip, program) in self._drafts:
             return
         self.inputs.token.copy_(self.inputs.root.view(1, 1))
         self.inputs.pos.fill_(self.committed)
-        self.draft_graph(skip, params)
+        self.draft_graph(skip, program)
 
     @torch.inference_mode()
     def draft_forward(self, skip: SkipSet, sampling: SamplingParams, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """One replay of `skip`'s draft graph; the graph advances its own input token and position,
         so consecutive calls need no host input. The candidates are copied to the candidate buffer
         row of their depth, valid until the chain restarts."""
+        return self._draft(skip, sampling_program(sampling), start=start)
+
+    def _draft(self, skip: SkipSet, program: SamplingProgram, *, start: bool) -> tuple[torch.Tensor, torch.Tensor]:
         inp = self.inputs
         if start:
             inp.token.copy_(inp.root.view(1, 1))
             inp.pos.fill_(self.committed)
             self._depth = 0
-        step = self.draft_graph(skip, sampling)  # after staging: a first-use capture runs it once
+        step = self.draft_graph(skip, program)  # after staging: a first-use capture runs it once
         candidates, head = step()
         row = inp.cand[self._depth]
         row.copy_(candidates)

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import SamplingParams
 from ..model.adapter import ModelAdapter, Sublayers
 from ..model.cache import KVCache
 from ..model.skipset import NO_SKIP, SkipSet
 from ..tree import TreeFrame, doublings, tree_frame
-from ..verify import process_logits, verify_tree
+from ..verify import SamplingInputs, SamplingProgram, process_logits, verify_tree
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,8 @@ class StepInputs:
     pos:    (1,) a draft step's query position (= the slot it writes)
     token:  (1, 1) a draft step's input token
     root:   (1,) the last emitted token, not yet in the cache (the verify step rewrites it)
-    seed:   (1,) the request's sampling seed (draws are keyed by it and the position)
+    sampling: the request's seed, temperature, top-k and top-p (`verify.SamplingInputs`), staged at
+            the prefill: steps are captured per `SamplingProgram`, never per value
     cand:   (D, K) draft candidates per depth, best first
     tree:   (2 + 2 * Bmax,) the verify step's `pack_tree` list
     keep:   (2, L) int64, nonzero where the scoring forward keeps an attention / MLP sublayer
@@ -43,7 +43,7 @@ class StepInputs:
     pos: torch.Tensor
     token: torch.Tensor
     root: torch.Tensor
-    seed: torch.Tensor
+    sampling: SamplingInputs
     cand: torch.Tensor
     tree: torch.Tensor
     keep: torch.Tensor
@@ -65,7 +65,7 @@ class StepInputs:
             pos=torch.zeros(1, **long),
             token=torch.zeros(1, 1, **long),
             root=torch.zeros(1, **long),
-            seed=torch.zeros(1, **long),
+            sampling=SamplingInputs.allocate(device),
             cand=torch.zeros(depth, topk, **long),
             tree=torch.zeros(2 + 2 * tree_max, **long),
             keep=torch.ones(2, layers, **long),
@@ -96,19 +96,29 @@ def static_tree_frame(inp: StepInputs, bucket: int, vocab_size: int) -> TreeFram
 
 
 def verify_tail(
-    logits: torch.Tensor, f: TreeFrame, params: SamplingParams, seed: torch.Tensor, topk: int, root: torch.Tensor
+    logits: torch.Tensor,
+    f: TreeFrame,
+    program: SamplingProgram,
+    values: SamplingInputs,
+    topk: int,
+    root: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`verify.verify_tree`, and the bonus token written to `root`: `(Verdict.packed, .path, .topk)`."""
-    verdict = verify_tree(logits, f, params, seed, topk)
+    verdict = verify_tree(logits, f, program, values, topk)
     root.copy_(verdict.packed[1:2])
     return verdict.packed, verdict.path, verdict.topk
 
 
 def draft_tail(
-    logits: torch.Tensor, params: SamplingParams, token: torch.Tensor, pos: torch.Tensor, k: int
+    logits: torch.Tensor,
+    program: SamplingProgram,
+    values: SamplingInputs,
+    token: torch.Tensor,
+    pos: torch.Tensor,
+    k: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-`k` candidates and `[top-1 probability, top-1 token]`; advances `token` and `pos` to the chain's next."""
-    top = process_logits(logits, params).softmax(dim=-1).topk(k, dim=-1)
+    top = process_logits(logits, program, values).softmax(dim=-1).topk(k, dim=-1)
     head = torch.stack([top.values[0, 0], top.indices[0, 0].to(top.values.dtype)])
     token.copy_(top.indices[:, :1])
     pos.add_(1)
@@ -133,7 +143,7 @@ def verify_step(
     cache: KVCache,
     inp: StepInputs,
     bucket: int,
-    params: SamplingParams,
+    program: SamplingProgram,
     topk: int,
     sublayers: Sublayers | None = None,
     fns: StepFunctions = PLAIN_STEP_FUNCTIONS,
@@ -149,7 +159,7 @@ def verify_step(
     logits = adapter.forward_static(
         f.tokens.clamp(min=0)[None], f.positions, f.allowed, f.key_positions, cache, NO_SKIP, sublayers=sublayers
     )
-    packed, path, top = fns.verify_tail(logits, f, params, inp.seed, topk, inp.root)
+    packed, path, top = fns.verify_tail(logits, f, program, inp.sampling, topk, inp.root)
     if bucket > 1:
         # Move B slots whatever the path length: entries past it land past the committed length.
         cache.move_slots(slots[0] + path.clamp(max=bucket - 1), slots)
@@ -161,7 +171,7 @@ def draft_step(
     cache: KVCache,
     inp: StepInputs,
     skip: SkipSet,
-    params: SamplingParams,
+    program: SamplingProgram,
     sublayers: Sublayers | None = None,
     fns: StepFunctions = PLAIN_STEP_FUNCTIONS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,7 +182,7 @@ def draft_step(
     visible = inp.cols <= inp.pos
     cache.prepare_slots(inp.pos, cache.capacity)
     logits = adapter.forward_static(inp.token, inp.pos, visible[None, :], inp.cols, cache, skip, sublayers=sublayers)
-    return fns.draft_tail(logits, params, inp.token, inp.pos, inp.cand.shape[1])
+    return fns.draft_tail(logits, program, inp.sampling, inp.token, inp.pos, inp.cand.shape[1])
 
 
 def score_step(

@@ -26,7 +26,7 @@ from ..config import SamplingParams
 from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
-from ..verify import process_logits
+from ..verify import SamplingInputs, process_logits, sampling_program
 from .objective import DraftRule, Profile
 
 #: logits (Q, vocab) float32 of a frame's queries with a skip set: `adapter.forward` on the request's
@@ -75,7 +75,8 @@ def context_frame(ctx: Context, committed: int, device: torch.device | str) -> F
 
 def target_probs(full_logits: torch.Tensor, sampling: SamplingParams) -> torch.Tensor:
     """(W, vocab) the target distribution at each context position (sampling only)."""
-    return process_logits(full_logits, sampling).softmax(dim=-1)
+    values = SamplingInputs.of(sampling, full_logits.device)
+    return process_logits(full_logits, sampling_program(sampling), values).softmax(dim=-1)
 
 
 def profile_of(
@@ -87,7 +88,8 @@ def profile_of(
     this does too. Greedy: `targets` (W,) are the emitted tokens. Sampling: `p` (W, vocab) is the
     target distribution. One host transfer.
     """
-    top = process_logits(logits, sampling).softmax(dim=-1).topk(rule.topk, dim=-1)
+    values = SamplingInputs.of(sampling, logits.device)
+    top = process_logits(logits, sampling_program(sampling), values).softmax(dim=-1).topk(rule.topk, dim=-1)
     if p is None:
         hits = (top.indices == targets[:, None]).float()  # (W, topk): at most one 1 per row
     else:

@@ -126,7 +126,10 @@ class Backend:
     def warmup(self) -> None:
         """Pay first-use costs (step graphs, cost measurements) before the first request does."""
         if hasattr(self.decoder, "warmup"):
-            self.decoder.warmup(max_context=self.max_context)
+            from ..verify import SAMPLING_PROGRAMS
+
+            # Requests bring any sampling settings: every program, so that none of them captures.
+            self.decoder.warmup(max_context=self.max_context, sampling=SAMPLING_PROGRAMS)
             return
         # An engine without warm-up: one short request sets it up the way a real one would.
         with self.tokenizer_lock:
@@ -159,12 +162,13 @@ class Backend:
         if not tokens:
             return []
         from ..parallel import full_logits
-        from ..verify import process_logits
+        from ..verify import SamplingInputs, process_logits, sampling_program
 
         device = self.model.get_output_embeddings().weight.device
         ids = torch.tensor([list(prompt) + list(tokens[:-1])], device=device)
         logits = full_logits(self.model, ids, len(tokens))  # a tensor-parallel model's other ranks run it too
-        processed = process_logits(logits[0, -len(tokens) :].float(), sampling)
+        values = SamplingInputs.of(sampling, device)
+        processed = process_logits(logits[0, -len(tokens) :].float(), sampling_program(sampling), values)
         logprobs = torch.log_softmax(processed, dim=-1).clamp(min=MIN_LOGPROB)
         chosen = logprobs.gather(-1, torch.tensor(list(tokens), device=device)[:, None])[:, 0].tolist()
         alt_values, alt_ids = logprobs.topk(top, dim=-1) if top else (None, None)

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import SamplingParams
 from ..tree import TreeFrame
 from .accept import accept_longest_path
-from .logits import target_tokens
+from .logits import SamplingInputs, SamplingProgram, target_tokens
 
 
 @dataclass(frozen=True)
@@ -28,13 +27,13 @@ class Verdict:
 
 
 def verify_tree(
-    logits: torch.Tensor, frame: TreeFrame, params: SamplingParams, seed: torch.Tensor | None, topk: int
+    logits: torch.Tensor, frame: TreeFrame, program: SamplingProgram, values: SamplingInputs, topk: int
 ) -> Verdict:
     """The full model's logits `(B, vocab)` over a tree -> the accepted path and its bonus token.
 
     Each node's target is drawn at the position of the token after it (`positions + 1`).
     """
-    targets = target_tokens(logits, params, seed, frame.positions + 1)
+    targets = target_tokens(logits, program, values, frame.positions + 1)
     accepted = accept_longest_path(frame.tokens, frame.parents, frame.depths, frame.ancestors, targets)
     depth = torch.where(frame.tokens >= 0, frame.depths, 0).max().view(1)
     packed = torch.cat([accepted.packed, frame.fault, depth])
