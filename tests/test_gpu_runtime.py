@@ -103,11 +103,13 @@ def test_scoring_graph_equals_skip_mode_forward():
     keys[: committed - q] = torch.arange(committed - q, device="cuda")
     keys[start:] = positions
     frame = Frame(torch.randint(0, 97, (1, q), device="cuda"), positions, start, allowed, keys)
+    first = None  # the prompt's chunked prefill ran scoring graphs of its own bucket before
     for skip in (SkipSet.of([1, 2], [3]), SkipSet.of([4], [1, 2, 3]), SkipSet.empty()):
         torch.testing.assert_close(
             rt.score(frame, rt.cache, skip), dec.adapter.forward(frame, rt.cache, skip), atol=1e-4, rtol=1e-4
         )
-    assert rt._scores.captures == 1, "one scoring graph must serve every skip set"
+        first = rt._scores.captures if first is None else first
+    assert rt._scores.captures == first, "one scoring graph must serve every skip set"
 
 
 def test_a_request_that_cannot_fit_fails_before_any_work():

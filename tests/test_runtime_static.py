@@ -322,3 +322,20 @@ def test_warmup_captures_per_sampling_program_and_ticks_as_many_times_as_it_coun
         assert res.tokens == eager.generate(prompt, 40, method="swift", **kwargs).tokens, settings
         assert dec.generate(prompt, 40, method="ar").tokens == eager.generate(prompt, 40, method="ar").tokens
     assert ex.captures == captures, "a request captured a step after the warm-up"
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_warmup_of_a_policy_with_no_set_yet_captures_no_draft_step(do_sample):
+    """A search that has chosen no set drafts nothing: warm-up captures no draft step for it."""
+    from skipspec.search import FixedSkipPolicy
+
+    model = tiny_model("qwen2")
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], policy=FixedSkipPolicy(None),
+                       runtime=RuntimeConfig(mode="static"))  # fmt: skip
+    sampling = [SamplingParams(do_sample=do_sample, temperature=0.7)]
+    dec.warmup(64, methods=("hybrid", "swift"), sampling=sampling)
+    assert dec.executor._drafts.captures == 0
+    prompt = [5, 9, 2, 7, 5, 9]
+    kwargs = dict(do_sample=do_sample, temperature=0.7, seed=3)
+    plain = dec.generate(prompt, 20, method="ar", **kwargs).tokens
+    assert dec.generate(prompt, 20, method="hybrid", **kwargs).tokens == plain

@@ -209,7 +209,8 @@ class SwiftDecoder:
         if any(self._allocator(m) is not None for m in methods):
             self.step_costs()
         scratch = max((getattr(d, "scratch_slots", 0) for d in drafters), default=0)
-        skips = (self.policy.skip_set(),) if any(isinstance(d, LayerSkipDrafter) for d in drafters) else ()
+        skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
+        skips = (skip,) if skip is not None else ()  # a search with no set yet drafts nothing
         steps = self.executor.warmup_steps(max_context, scratch, programs, skips)
         with _progress(progress, steps, "warm-up") as tick:
             self.executor.warmup(max_context, scratch, programs, skips, tick)
