@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -506,6 +507,20 @@ def test_health_answers_503_until_warm_up_is_done(tok):
         # Requests may bring any sampling settings: every program is captured before the first.
         assert set(decoder.warmed_sampling) == set(SAMPLING_PROGRAMS)
         assert client(url).completions.create(model="tiny", prompt="hi", max_tokens=2).choices[0].finish_reason
+
+
+def test_a_model_of_unknown_context_length_warms_up_with_a_short_request(tok):
+    model = tiny(tok)
+    stops = tokenizer_stop_token_ids(tok, model)
+    decoder = _ColdDecoder(skipspec.SwiftDecoder(model, FIXED, stop_token_ids=stops))
+    requests = []
+    decoder.generate = lambda ids, max_new_tokens, **kwargs: requests.append((ids, max_new_tokens))
+    # A config with no `max_position_embeddings` (transformers' own configs always carry one).
+    unknown = types.SimpleNamespace(config=types.SimpleNamespace(), get_output_embeddings=model.get_output_embeddings)
+    backend = Backend(unknown, tok, decoder, name="tiny", stop_token_ids=stops)
+    assert backend.max_context is None
+    backend.warmup()  # a sized warm-up needs a size: it would refuse, and /health never turn 200
+    assert decoder.warmed_for is None and len(requests) == 1
 
 
 def test_load_run_reports_throughput_and_latency_percentiles(server):

@@ -125,13 +125,14 @@ class Backend:
 
     def warmup(self) -> None:
         """Pay first-use costs (step graphs, cost measurements) before the first request does."""
-        if hasattr(self.decoder, "warmup"):
+        if hasattr(self.decoder, "warmup") and self.max_context is not None:
             from ..verify import SAMPLING_PROGRAMS
 
             # Requests bring any sampling settings: every program, so that none of them captures.
             self.decoder.warmup(max_context=self.max_context, sampling=SAMPLING_PROGRAMS)
             return
-        # An engine without warm-up: one short request sets it up the way a real one would.
+        # An engine without warm-up, or a model of unknown context length (nothing to size the
+        # cache for): one short request sets it up the way a real one would.
         with self.tokenizer_lock:
             ids = list(self.tokenizer("Hello")["input_ids"]) or [0]
         kwargs = {"method": self.method} if self.method is not None else {}
