@@ -102,12 +102,18 @@ def test_compiled_draft_tail_ranks_and_advances_as_the_plain_one(compiled, param
         assert states[0][1].item() == states[1][1].item() == 18
 
 
-def test_compiled_runtimes_raise_dynamos_recompile_limit_and_never_lower_it(monkeypatch):
+def test_compiled_runtimes_raise_dynamos_recompile_limit_and_never_lower_it():
     # Past the limit TorchDynamo silently runs a function uncompiled, and one runtime's
-    # sublayers reach the default 8 variants once its cache has grown.
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    CompiledSublayers.create()
-    assert torch._dynamo.config.recompile_limit == RECOMPILE_LIMIT > 8
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1000)
-    CompiledSublayers.create()
-    assert torch._dynamo.config.recompile_limit == 1000
+    # sublayers reach the default 8 variants once its cache has grown. (Set and restored by
+    # hand: pytest's monkeypatch undo deletes torch's config entry instead of restoring it.)
+    config = torch._dynamo.config
+    before = config.recompile_limit
+    try:
+        config.recompile_limit = 8
+        CompiledSublayers.create()
+        assert config.recompile_limit == RECOMPILE_LIMIT > 8
+        config.recompile_limit = 1000
+        CompiledSublayers.create()
+        assert config.recompile_limit == 1000
+    finally:
+        config.recompile_limit = before
