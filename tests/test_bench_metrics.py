@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from skipspec import SamplingParams
 from skipspec.bench.metrics import (
     OVERALL,
     acceptance_rate,
@@ -221,7 +222,7 @@ class FakeMethod:
 class PreparedMethod(FakeMethod):
     """A FakeMethod that can be readied for a context length, as the engine's methods can."""
 
-    def prepare(self, max_context: int) -> None:
+    def prepare(self, max_context: int, settings: GenSettings) -> None:
         self.log.append((self.name, "prepare", max_context))
 
 
@@ -345,7 +346,9 @@ class _Decoder:
     def __init__(self, log: list, warmup: bool) -> None:
         self.log = log
         if warmup:
-            self.warmup = lambda max_context, methods=("hybrid",): log.append(("warmup", max_context, methods))
+            self.warmup = lambda max_context, methods=("hybrid",), sampling=(): log.append(
+                ("warmup", max_context, methods, sampling)
+            )
 
     def generate(self, ids, max_new_tokens, method):
         self.log.append(("generate", len(ids), max_new_tokens, method))
@@ -358,11 +361,13 @@ def test_engine_methods_prepare_through_the_decoders_warmup_or_a_request_of_full
     method = EngineMethod.__new__(EngineMethod)
     method.mode = "swift"
     method.decoder = _Decoder(log, warmup=True)
-    method.prepare(40)
+    method.prepare(40, GenSettings(temperature=0.7, seed=3))
     method.decoder = _Decoder(log, warmup=False)
-    method.prepare(40)
-    # Without `warmup`: plain decoding (no drafter learns from the made-up prompt), the full context.
-    assert log == [("warmup", 40, ("swift",)), ("generate", 36, 4, "ar")]
+    method.prepare(40, GenSettings())
+    # The run's sampling is warmed up (a sampled step is another graph than a greedy one). Without
+    # `warmup`: plain decoding (no drafter learns from the made-up prompt), the full context.
+    sampled = SamplingParams(do_sample=True, temperature=0.7, seed=3)
+    assert log == [("warmup", 40, ("swift",), (sampled,)), ("generate", 36, 4, "ar")]
 
 
 def test_the_registry_has_the_engines_methods_and_hf_assisted_needs_a_draft():

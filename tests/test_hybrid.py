@@ -1,4 +1,4 @@
-"""The hybrid node allocator alone: worth learning, node choice, step timings."""
+"""The hybrid node allocator alone: worth learning, node choice, step timings, the rate watch."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import random
 
 import numpy as np
 import pytest
+import torch
+from tiny_models import tiny_model
 
 import skipspec.drafting.hybrid
+from skipspec import SwiftDecoder
 from skipspec.drafting.base import DraftTree
-from skipspec.drafting.hybrid import HybridConfig, NodeAllocator, choose_nodes, parent_capped
+from skipspec.drafting.hybrid import HybridConfig, NodeAllocator, RateWatch, choose_nodes, parent_capped
 from skipspec.errors import ConfigError
 
 
@@ -97,3 +100,72 @@ def test_every_32nd_plan_is_plain():
 def test_bad_config(bad):
     with pytest.raises(ConfigError):
         HybridConfig(**bad)
+
+
+def _slow_window(watch: RateWatch, plain: float = 1.0) -> None:
+    """A full window of drafting steps at half plain decoding's rate."""
+    for _ in range(watch.steps.maxlen):
+        watch.drafted(1, 2.0 * plain, plain_estimate=plain)
+
+
+def test_watch_pauses_drafting_that_is_slower_than_plain_steps_and_doubles_each_pause():
+    w = RateWatch(window=4, pause=3, max_pause=8)
+    lengths = []
+    for _ in range(4):
+        _slow_window(w)
+        lengths.append(w.plain_steps())
+        for _ in range(lengths[-1]):
+            assert w.plain_steps() > 0
+            w.plain(1.0)
+        assert w.plain_steps() == 0
+    assert lengths == [3, 6, 8, 8]  # doubled, capped at max_pause
+    assert w.pauses == 4
+
+
+def test_watch_keeps_drafting_that_pays_and_a_paying_window_resets_the_pause():
+    w = RateWatch(window=4, pause=3, max_pause=64)
+    for _ in range(50):
+        w.drafted(3, 2.0, plain_estimate=1.0)  # 1.5x plain
+    assert w.plain_steps() == 0 and w.pauses == 0
+    _slow_window(w)
+    for _ in range(w.plain_steps()):
+        w.plain(1.0)
+    _slow_window(w)
+    for _ in range(w.plain_steps()):
+        w.plain(1.0)
+    assert w.pauses == 2
+    for _ in range(4):  # the first full window after the pause pays
+        w.drafted(3, 2.0, plain_estimate=1.0)
+    _slow_window(w)
+    assert w.plain_steps() == 3, "a paying window resets the pause to its first length"
+
+
+def test_watch_judges_against_measured_plain_steps_once_it_has_them():
+    w = RateWatch(window=2, pause=5)
+    w.plain(0.5)  # plain runs measured at 0.5 s a step
+    w.drafted(3, 2.0, plain_estimate=1.0)
+    w.drafted(1, 2.0, plain_estimate=1.0)  # 4 tokens in 4 s: even with the estimate, slower than measured
+    assert w.plain_steps() == 5
+
+
+@pytest.mark.parametrize("bad", [{"window": 0}, {"pause": 0}, {"pause": 9, "max_pause": 8}, {"decay": 1.0}])
+def test_watch_rejects_nonsense_settings(bad):
+    with pytest.raises(ConfigError):
+        RateWatch(**bad)
+
+
+def test_a_paused_decoder_runs_plain_steps_then_drafts_again_with_the_same_tokens():
+    """The decode loop obeys the watch: a pause's steps are plain (pipelined), timed, and the
+    output is plain decoding's."""
+    model = tiny_model("llama")
+    prompt = torch.tensor([[5, 6, 7, 8] * 6])
+    plain = SwiftDecoder(model, stop_token_ids=[]).generate(prompt, 40, method="ar").tokens
+    dec = SwiftDecoder(model, stop_token_ids=[])
+    watch = dec._allocator("ngram").watch
+    _slow_window(watch)
+    pause = watch.plain_steps()
+    res = dec.generate(prompt, 40, method="ngram")
+    assert res.tokens == plain
+    assert res.stats["drafted_per_step"][:pause] == [0] * pause
+    assert watch.plain_seconds is not None and watch.plain_seconds > 0
+    assert any(res.stats["drafted_per_step"][pause:]), "drafting never resumed after the pause"

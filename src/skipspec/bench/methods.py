@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..config import SearchConfig, SwiftConfig
+from ..config import SamplingParams, SearchConfig, SwiftConfig
 from ..errors import ConfigError
 from .records import GenSettings, Outcome
 
@@ -54,8 +54,9 @@ class MethodContext:
 
 
 class Method(Protocol):
-    """Generates for one prompt. It may also have `prepare(max_context: int)`, called once before
-    timing so that no request of the run pays a one-off cost (cache allocation, graph capture)."""
+    """Generates for one prompt. It may also have `prepare(max_context: int, settings: GenSettings)`,
+    called once before timing so that no request of the run pays a one-off cost (cache
+    allocation, graph capture)."""
 
     def generate(self, ids: Sequence[int], settings: GenSettings) -> Outcome: ...
 
@@ -87,13 +88,17 @@ class EngineMethod:
         self.decoder = SwiftDecoder(ctx.model, config, stop_token_ids=ctx.stop_ids)
         self.mode = mode
 
-    def prepare(self, max_context: int) -> None:
-        """Allocate the cache and capture the graphs for contexts up to `max_context` tokens."""
+    def prepare(self, max_context: int, settings: GenSettings | None = None) -> None:
+        """Allocate the cache and capture the graphs for contexts up to `max_context` tokens, for
+        the run's sampling settings (a sampled run's steps are other graphs than greedy ones)."""
         warmup = getattr(self.decoder, "warmup", None)
         if warmup is not None:
             # Only this method's one-off costs, where the decoder can be told the method (so the
-            # cold start reported per method is its own).
-            told = {"methods": (self.mode,)} if "methods" in inspect.signature(warmup).parameters else {}
+            # cold start reported per method is its own) and the sampling.
+            accepted = inspect.signature(warmup).parameters
+            told: dict = {"methods": (self.mode,)} if "methods" in accepted else {}
+            if settings is not None and "sampling" in accepted:
+                told["sampling"] = (_sampling(settings),)
             warmup(max_context=max_context, **told)
             return
         # A request of that length sizes the cache the same way. Plain decoding, so no drafter
@@ -105,9 +110,10 @@ class EngineMethod:
         executor = self.decoder.executor
         captures, capture_time = getattr(executor, "captures", 0), getattr(executor, "capture_time", 0.0)
         start = time.perf_counter()
+        sampling = _sampling(settings)
         stream = self.decoder.stream(
             list(ids), settings.max_new_tokens, method=self.mode,
-            do_sample=settings.do_sample, temperature=settings.temperature or 1.0, seed=settings.seed,
+            do_sample=sampling.do_sample, temperature=sampling.temperature, seed=sampling.seed,
         )  # fmt: skip
         arrivals, seen = [], 0
         for _ in stream:
@@ -119,6 +125,11 @@ class EngineMethod:
         stats["graph_captures"] = stats.get("graph_captures", captures) - captures
         stats["capture_time"] = stats.get("capture_time", capture_time) - capture_time
         return Outcome(tuple(res.tokens), stats, tuple(arrivals))
+
+
+def _sampling(settings: GenSettings) -> SamplingParams:
+    """The engine's sampling parameters for a run's settings (temperature 0: greedy)."""
+    return SamplingParams(do_sample=settings.do_sample, temperature=settings.temperature or 1.0, seed=settings.seed)
 
 
 class _Arrivals:

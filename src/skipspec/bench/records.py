@@ -108,7 +108,7 @@ class Outcome:
 class WarmUp:
     """What a method paid before timing started (its cold start), each part None when not run.
 
-    prepare_s: `method.prepare(max_context)` (cache and graphs at the run's longest context).
+    prepare_s: `method.prepare(max_context, settings)` (cache and graphs at the run's longest context).
     generate_s: the short untimed generation. graph_captures: graphs captured during it.
     """
 

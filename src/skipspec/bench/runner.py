@@ -120,7 +120,7 @@ def warm_up(
     """`prepare` (when the method has it), then one short untimed generation (when warmup_tokens > 0)."""
     prepare_s = generate_s = captures = None
     if hasattr(method, "prepare") and prompts:
-        _, prepare_s = timed(device, method.prepare, max_context(prompts, settings))
+        _, prepare_s = timed(device, method.prepare, max_context(prompts, settings), settings)
     if warmup_tokens and prompts:
         warm = replace(settings, max_new_tokens=min(warmup_tokens, settings.max_new_tokens))
         outcome, generate_s = timed(device, method.generate, prompts[0].ids, warm)

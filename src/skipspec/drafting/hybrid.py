@@ -12,10 +12,19 @@ expected tokens per second,
 taking each source's nodes in its own order (so every node's parent is in). On a GPU a verify of
 64 nodes costs little more than one of 1, so trees grow wide; on a CPU every node costs nearly a
 token's compute, so trees stay narrow; when nothing is worth its cost the step is plain.
+
+That choice prices the verify alone. What a drafting step really costs also holds the host's
+work (proposing, merging, staging the tree, learning from the result), which on a fast GPU is
+a fifth to a half of a small model's step, and which a run of plain steps does not pay: those
+are launched back to back, the host's work hidden behind the GPU's. So `RateWatch` compares
+tokens per second of whole drafting steps, as they ran, with plain runs' own, and where
+drafting is the slower it pauses it for a run of plain steps, longer each time it is found
+slower again.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -190,8 +199,69 @@ def _bucket(size: int) -> int:
     return 1 << max(size - 1, 0).bit_length()
 
 
+class RateWatch:
+    """Whether drafting steps, as they really ran, give more tokens per second than plain runs.
+
+    Drafting steps are judged over a sliding window of `window` steps (tokens committed over
+    their wall seconds, host work included); the yardstick is the seconds of a plain-run step
+    (a moving average of the runs seen; before any, the caller's estimate). When the window's
+    rate is under plain decoding's, drafting pauses for `pause` plain steps, doubled each time
+    the first full window after a pause is found slower again (up to `max_pause`: text changes,
+    and a long-paused source may pay again), and back to `pause` once one pays.
+
+    >>> w = RateWatch(window=2, pause=4)
+    >>> w.drafted(2, 2.0, plain_estimate=1.0); w.drafted(1, 2.0, plain_estimate=1.0); w.plain_steps()
+    4
+    >>> for _ in range(4): w.plain(1.0)
+    >>> w.plain_steps(), w.pauses
+    (0, 1)
+    """
+
+    def __init__(self, window: int = 32, pause: int = 16, max_pause: int = 128, decay: float = 0.9) -> None:
+        if not (window >= 1 and 1 <= pause <= max_pause and 0.0 <= decay < 1.0):
+            raise ConfigError(
+                f"bad RateWatch settings: window={window}, pause={pause}, max_pause={max_pause}, decay={decay}"
+            )
+        self.pause, self.max_pause, self.decay = pause, max_pause, decay
+        self.steps: deque[tuple[int, float]] = deque(maxlen=window)
+        self.plain_seconds: float | None = None
+        self.pauses = 0  # pauses started, for the statistics
+        self._left = 0  # plain steps still to run in the current pause
+        self._next = pause  # the next pause's length
+        self._fresh = True  # no verdict since the last pause (or the start)
+
+    def drafted(self, tokens: int, seconds: float, plain_estimate: float) -> None:
+        """One drafting step committed `tokens` in `seconds` (a plain-run step costs about
+        `plain_estimate` seconds while no plain run has been timed)."""
+        self.steps.append((tokens, seconds))
+        if len(self.steps) < (self.steps.maxlen or 0):
+            return
+        plain = self.plain_seconds if self.plain_seconds is not None else plain_estimate
+        total = sum(s for _, s in self.steps)
+        if sum(t for t, _ in self.steps) * plain >= total:
+            if self._fresh:
+                self._next, self._fresh = self.pause, False
+            return
+        self._left = self._next
+        self._next = min(2 * self._next, self.max_pause)
+        self._fresh = True
+        self.pauses += 1
+        self.steps.clear()
+
+    def plain(self, seconds: float) -> None:
+        """One step of a plain run took `seconds` (the host's work between steps included)."""
+        old = self.plain_seconds
+        self.plain_seconds = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+        self._left = max(self._left - 1, 0)
+
+    def plain_steps(self) -> int:
+        """Plain steps the current pause still wants (0: draft)."""
+        return self._left
+
+
 class NodeAllocator:
-    """Per-step choice of the nodes a hybrid step verifies (see the module docstring).
+    """Per-step choice of the nodes a hybrid step verifies, and whether to draft at all (see
+    the module docstring).
 
     Every `PLAIN_EVERY`-th step is plain whatever the worth, so the plain step's own cost, the
     yardstick of every choice, stays measured.
@@ -204,6 +274,7 @@ class NodeAllocator:
         self.names = tuple(names)
         self.worth = [NodeWorth(self.config) for _ in self.names]
         self.step_seconds = StepSeconds()
+        self.watch = RateWatch()
         self._steps = 0
 
     def plan(self, trees: Sequence[DraftTree | None], parents: Sequence[Sequence[int]], costs: np.ndarray) -> list[int]:
@@ -222,3 +293,7 @@ class NodeAllocator:
         """The step verified `kept[s]` nodes of source s and accepted `paths[s]` of them."""
         for w, n, path in zip(self.worth, kept, paths):
             w.record(n, path)
+
+    def plain_steps(self) -> int:
+        """Plain steps to run before drafting again (`RateWatch`)."""
+        return self.watch.plain_steps()

@@ -268,21 +268,26 @@ class SwiftDecoder:
                 TokenView(tokens, len(tokens)), len(req.prompt), budget, remaining - 1,
                 self.adapter.vocab_size, sampling, ex,
             )  # fmt: skip
-            run = _plain_run(drafters, remaining)
+            run = _plain_run(drafters, allocator, remaining)
             if run:
-                # Steps no drafter wants to draft for: back to back, the next one already in flight.
+                # Steps no drafter wants to draft for, or drafting does not pay: back to back, the
+                # next one already in flight.
                 t = time.perf_counter()
                 for step in ex.plain_steps(run, sampling):
-                    c.verify_time += time.perf_counter() - t
+                    waited = time.perf_counter() - t
+                    c.verify_time += waited
                     c.count_step(step, None)
                     new, done = self._emit(tokens, step.tokens, req)
                     yield new
                     if done:
                         return
+                    t = time.perf_counter()
                     result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
                     for d in drafters:
                         d.observe(ctx, result)
                     ctx = _advanced(ctx, step.tokens)
+                    if allocator is not None:
+                        allocator.watch.plain(waited + time.perf_counter() - t)
                     t = time.perf_counter()
                 continue
             t = time.perf_counter()
@@ -294,10 +299,11 @@ class SwiftDecoder:
             step = ex.verify(tree, sampling)
             if step.fault is not None:
                 raise DrafterError(describe_fault(step.fault, owners, self.adapter.vocab_size))
+            t3 = time.perf_counter()
             c.draft_time += t2 - t
-            c.verify_time += time.perf_counter() - t2
+            c.verify_time += t3 - t2
             if allocator is not None:
-                allocator.step_seconds.record(ex.verify_size(tree.size if tree else 0), time.perf_counter() - t2)
+                allocator.step_seconds.record(ex.verify_size(tree.size if tree else 0), t3 - t2)
             c.draft_forwards += ex.draft_calls - calls
             calls = ex.draft_calls
             paths = owners.paths(step.path)
@@ -306,11 +312,16 @@ class SwiftDecoder:
             yield new
             if done:
                 return
-            if allocator is not None:
-                allocator.observe(owners.kept, paths)
+            t4 = time.perf_counter()
             for proposal, own in zip(proposals, paths):
                 result = StepResult(step.tokens, proposal.tree, step.topk, step.verified, own, step.host)
                 proposal.drafter.observe(ctx, result)
+            if allocator is not None:
+                allocator.observe(owners.kept, paths)
+                # The whole step as it ran, the consumer's time excepted.
+                seconds = t3 - t + time.perf_counter() - t4
+                plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
+                allocator.watch.drafted(len(step.tokens), seconds, plain_estimate=plain)
 
     def _allocate(
         self, allocator: NodeAllocator, proposals: list[Proposal], costs: CostModel, context: int, budget: int
@@ -422,11 +433,15 @@ def _prefix(tree: DraftTree | None, n: int) -> DraftTree | None:
     return tree if n >= len(tree) else DraftTree(tree.tokens[:n], tree.parents[:n])
 
 
-def _plain_run(drafters: list[Drafter], remaining: int) -> int:
-    """How many of the next steps are plain for every drafter (0: ask them)."""
+def _plain_run(drafters: list[Drafter], allocator: NodeAllocator | None, remaining: int) -> int:
+    """How many of the next steps are plain: for every drafter, or while the allocator finds
+    drafting slower than plain steps (0: ask the drafters)."""
     if not drafters:
         return remaining
-    return min(min(d.plain_steps() if hasattr(d, "plain_steps") else 0 for d in drafters), remaining)
+    run = min(d.plain_steps() if hasattr(d, "plain_steps") else 0 for d in drafters)
+    if allocator is not None:
+        run = max(run, allocator.plain_steps())
+    return min(run, remaining)
 
 
 def _share(ctx: DraftContext, budget: int, i: int, n: int) -> DraftContext:
