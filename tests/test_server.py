@@ -481,9 +481,10 @@ class _ColdDecoder(ToyDecoder):
         self.go = threading.Event()
         self.warmed_for = None
         self.warmed_sampling = None
+        self.warmed_methods = None
 
-    def warmup(self, max_context=None, sampling=()):
-        self.warmed_for, self.warmed_sampling = max_context, tuple(sampling)
+    def warmup(self, max_context=None, sampling=(), methods=None):
+        self.warmed_for, self.warmed_sampling, self.warmed_methods = max_context, tuple(sampling), methods
         assert self.go.wait(TIMEOUT)
 
 
@@ -521,6 +522,17 @@ def test_a_model_of_unknown_context_length_warms_up_with_a_short_request(tok):
     assert backend.max_context is None
     backend.warmup()  # a sized warm-up needs a size: it would refuse, and /health never turn 200
     assert decoder.warmed_for is None and len(requests) == 1
+
+
+def test_warm_up_pays_only_the_served_methods_one_time_costs(tok):
+    model = tiny(tok)
+    stops = tokenizer_stop_token_ids(tok, model)
+    decoder = _ColdDecoder(skipspec.SwiftDecoder(model, FIXED, stop_token_ids=stops))
+    decoder.go.set()
+    Backend(model, tok, decoder, name="tiny", stop_token_ids=stops, max_context=64, method="ar").warmup()
+    assert decoder.warmed_methods == ("ar",)
+    Backend(model, tok, decoder, name="tiny", stop_token_ids=stops, max_context=64).warmup()
+    assert decoder.warmed_methods is None  # the decoder's own default method
 
 
 def test_load_run_reports_throughput_and_latency_percentiles(server):

@@ -15,7 +15,7 @@ import torch
 from ..drafting import DraftContext, Drafter, DraftTree
 from ..errors import DrafterError
 from ..runtime.executor import Part, TreeInput
-from ..tree.merge import MergedTree, merge_trees, split_path
+from ..tree.merge import MergedTree, check_parents, merge_trees, split_path
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,7 @@ def check_tree(tree: DraftTree, name: str, max_nodes: int, vocab_size: int, devi
         bad = next(t for t in tokens if not 0 <= t < vocab_size)
         raise DrafterError(f"drafter {name!r} proposed token {bad}, outside the vocabulary [0, {vocab_size})")
     if isinstance(parents, list):
-        for i, p in enumerate(parents):
-            if not -1 <= p < i:
-                raise DrafterError(
-                    f"drafter {name!r}: node {i} has parent {p}; a parent must be -1 (the root) or an earlier node"
-                )
+        check_parents(name, parents)
     return tokens, parents, n
 
 

@@ -128,8 +128,10 @@ class Backend:
         if hasattr(self.decoder, "warmup") and self.max_context is not None:
             from ..verify import SAMPLING_PROGRAMS
 
-            # Requests bring any sampling settings: every program, so that none of them captures.
-            self.decoder.warmup(max_context=self.max_context, sampling=SAMPLING_PROGRAMS)
+            # Requests bring any sampling settings: every program, so that none of them captures;
+            # and only the served method's one-time costs (plain decoding measures no step costs).
+            methods = {"methods": (self.method,)} if self.method is not None else {}
+            self.decoder.warmup(max_context=self.max_context, sampling=SAMPLING_PROGRAMS, **methods)
             return
         # An engine without warm-up, or a model of unknown context length (nothing to size the
         # cache for): one short request sets it up the way a real one would.

@@ -76,10 +76,14 @@ def _device_of(tree: TreeLike) -> torch.device:
     return tree.parents.device if on_host else tree.tokens.device
 
 
-def _check_parents(name: str, parents: Sequence[int]) -> None:
+def check_parents(name: str, parents: Sequence[int]) -> None:
+    """DrafterError naming drafter `name` unless every node's parent is -1 (the root) or an
+    earlier node: what makes a list of parents a tree in which parents come first."""
     for i, p in enumerate(parents):
         if not -1 <= p < i:
-            raise DrafterError(f"drafter {name!r}: node {i}'s parent is {p}, not -1 or an earlier node")
+            raise DrafterError(
+                f"drafter {name!r}: node {i} has parent {p}; a parent must be -1 (the root) or an earlier node"
+            )
 
 
 def _priority(lengths: Sequence[int], interleave: bool) -> list[tuple[int, int]]:
@@ -122,7 +126,7 @@ def merge_trees(
             raise DrafterError(f"drafter {name!r}: {n} tokens but {_length(tree.parents)} parents")
         parents = _host_list(tree.parents) if _on_host(tree.parents) else None
         if parents is not None and not checked:
-            _check_parents(name, parents)
+            check_parents(name, parents)
         host.append((_host_list(tree.tokens), parents) if parents is not None and _on_host(tree.tokens) else None)
         lengths.append(n)
         source_parents.append(None if parents is None else tuple(parents))
