@@ -105,3 +105,8 @@ def test_same_seed_same_sample():
     a = dec.generate([1, 2], 15, do_sample=True, seed=11).tokens
     b = dec.generate([1, 2], 15, do_sample=True, seed=11).tokens
     assert a == b
+
+
+def test_plain_decoding_spends_no_host_time_drafting():
+    s = make_decoder().generate([4, 5, 6], 20, method="ar").stats
+    assert s["draft_time"] == 0.0 and s["host_share"] == 0.0

@@ -11,6 +11,7 @@ happened. Seeded sampling gives the same tokens whatever the method or drafter.
 from __future__ import annotations
 
 import random
+import time
 
 import pytest
 import torch
@@ -207,3 +208,24 @@ def test_the_example_drafter_runs_and_is_lossless():
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "identical to plain decoding" in out.stdout
+
+
+class SlowLearner:
+    """Drafts nothing useful and takes 5 ms to learn from every step."""
+
+    name = "slow-learner"
+
+    def propose(self, ctx: DraftContext) -> DraftTree | None:
+        return DraftTree([0], [-1])
+
+    def observe(self, ctx: DraftContext, result: StepResult) -> None:
+        time.sleep(0.005)
+
+
+def test_host_share_counts_what_drafters_spend_learning_from_each_step():
+    model = tiny_model("llama")
+    dec = SwiftDecoder(model, SwiftConfig(), stop_token_ids=[])
+    s = dec.generate([4, 5, 6], 12, drafters=[SlowLearner()]).stats
+    # Every step but the last is observed (the request ends before learning from its last step).
+    assert s["draft_time"] >= 0.005 * (s["verify_steps"] - 1)
+    assert s["host_share"] == pytest.approx(s["draft_time"] / (s["draft_time"] + s["verify_time"]))

@@ -150,8 +150,9 @@ def markdown_report(result: BenchResult, plots: Sequence[str] = (), notes: Seque
         "",
         "## Drafting per method",
         "",
-        "Mean tree nodes: draft nodes verified per step. Host share: host time drafting over drafting + "
-        "verifying. Accepted / drafted by source: draft tokens per drafter, over the first repeat of each prompt.",
+        "Mean tree nodes: draft nodes verified per step. Host share: host time drafting (proposing, merging, "
+        "learning from each result) over drafting + verifying. Accepted / drafted by source: draft tokens per "
+        "drafter, over the first repeat of each prompt.",
         "",
         drafting_table(summary),
         "",

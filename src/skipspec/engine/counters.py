@@ -17,7 +17,9 @@ class Counters:
     accepted: int = 0
     verified_tokens: int = 0
     prefill_time: float = 0.0
-    draft_time: float = 0.0  # host time proposing and assembling trees (drafters' forwards included)
+    # Host time drafting: proposing and assembling trees (drafters' forwards included) and the
+    # drafters' learning from each step's result (the search's scoring forwards included).
+    draft_time: float = 0.0
     verify_time: float = 0.0
     accepted_per_step: list[int] = field(default_factory=list)
     # Tree nodes per verify step: 0 tells a plain step from a rejected draft.

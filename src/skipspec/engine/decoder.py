@@ -281,13 +281,16 @@ class SwiftDecoder:
                     yield new
                     if done:
                         return
-                    t = time.perf_counter()
-                    result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
-                    for d in drafters:
-                        d.observe(ctx, result)
-                    ctx = _advanced(ctx, step.tokens)
-                    if allocator is not None:
-                        allocator.watch.plain(waited + time.perf_counter() - t)
+                    if drafters:
+                        t = time.perf_counter()
+                        result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
+                        for d in drafters:
+                            d.observe(ctx, result)
+                        ctx = _advanced(ctx, step.tokens)
+                        observed = time.perf_counter() - t
+                        c.draft_time += observed
+                        if allocator is not None:
+                            allocator.watch.plain(waited + observed)
                     t = time.perf_counter()
                 continue
             t = time.perf_counter()
@@ -318,10 +321,12 @@ class SwiftDecoder:
                 proposal.drafter.observe(ctx, result)
             if allocator is not None:
                 allocator.observe(owners.kept, paths)
+            observed = time.perf_counter() - t4
+            c.draft_time += observed
+            if allocator is not None:
                 # The whole step as it ran, the consumer's time excepted.
-                seconds = t3 - t + time.perf_counter() - t4
                 plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
-                allocator.watch.drafted(len(step.tokens), seconds, plain_estimate=plain)
+                allocator.watch.drafted(len(step.tokens), t3 - t + observed, plain_estimate=plain)
 
     def _allocate(
         self, allocator: NodeAllocator, proposals: list[Proposal], costs: CostModel, context: int, budget: int
