@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -248,6 +248,8 @@ class SwiftDecoder:
         scratch: int,
         c: Counters,
     ) -> Iterator[list[int]]:
+        """Prefill, then steps until done: a run of plain steps where no drafter drafts or
+        drafting does not pay, else one speculative step. Yields each step's new tokens."""
         ex, sampling = self.executor, req.sampling
         for d in drafters:
             if hasattr(d, "begin"):
@@ -260,9 +262,9 @@ class SwiftDecoder:
         yield emitted
         if self._done(emitted, req.max_new_tokens):
             return
-        calls = ex.draft_calls
         costs = self.step_costs() if allocator is not None else None
-        while True:
+        done = False
+        while not done:
             remaining = req.max_new_tokens - (len(tokens) - len(req.prompt))
             ctx = DraftContext(
                 TokenView(tokens, len(tokens)), len(req.prompt), budget, remaining - 1,
@@ -270,63 +272,80 @@ class SwiftDecoder:
             )  # fmt: skip
             run = _plain_run(drafters, allocator, remaining)
             if run:
-                # Steps no drafter wants to draft for, or drafting does not pay: back to back, the
-                # next one already in flight.
-                t = time.perf_counter()
-                for step in ex.plain_steps(run, sampling):
-                    waited = time.perf_counter() - t
-                    c.verify_time += waited
-                    c.count_step(step, None)
-                    new, done = self._emit(tokens, step.tokens, req)
-                    yield new
-                    if done:
-                        return
-                    if drafters:
-                        t = time.perf_counter()
-                        result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
-                        for d in drafters:
-                            d.observe(ctx, result)
-                        ctx = _advanced(ctx, step.tokens)
-                        observed = time.perf_counter() - t
-                        c.draft_time += observed
-                        if allocator is not None:
-                            allocator.watch.plain(waited + observed)
-                    t = time.perf_counter()
-                continue
-            t = time.perf_counter()
-            proposals = [Proposal(d, d.propose(_share(ctx, budget, i, len(drafters)))) for i, d in enumerate(drafters)]
-            if allocator is not None:
-                proposals = self._allocate(allocator, proposals, costs, len(tokens), budget)
-            tree, owners = assemble(proposals, ctx)
-            t2 = time.perf_counter()
-            step = ex.verify(tree, sampling)
-            if step.fault is not None:
-                raise DrafterError(describe_fault(step.fault, owners, self.adapter.vocab_size))
-            t3 = time.perf_counter()
-            c.draft_time += t2 - t
-            c.verify_time += t3 - t2
-            if allocator is not None:
-                allocator.step_seconds.record(ex.verify_size(tree.size if tree else 0), t3 - t2)
-            c.draft_forwards += ex.draft_calls - calls
-            calls = ex.draft_calls
-            paths = owners.paths(step.path)
-            c.count_step(step, tree, owners, paths)
+                done = yield from self._plain_steps(run, ctx, req, tokens, drafters, allocator, c)
+            else:
+                done = yield from self._speculative_step(ctx, req, tokens, drafters, allocator, costs, c)
+
+    def _plain_steps(
+        self, run: int, ctx: DraftContext, req: Request, tokens: list[int], drafters: list[Drafter],
+        allocator: NodeAllocator | None, c: Counters,
+    ) -> Generator[list[int], None, bool]:  # fmt: skip
+        """`run` plain steps that no drafter wants to draft for, or while drafting does not pay:
+        back to back, the next one already in flight. The drafters observe each. Returns whether
+        the request is done."""
+        t = time.perf_counter()
+        for step in self.executor.plain_steps(run, req.sampling):
+            waited = time.perf_counter() - t
+            c.verify_time += waited
+            c.count_step(step, None)
             new, done = self._emit(tokens, step.tokens, req)
             yield new
             if done:
-                return
-            t4 = time.perf_counter()
-            for proposal, own in zip(proposals, paths):
-                result = StepResult(step.tokens, proposal.tree, step.topk, step.verified, own, step.host)
-                proposal.drafter.observe(ctx, result)
-            if allocator is not None:
-                allocator.observe(owners.kept, paths)
-            observed = time.perf_counter() - t4
-            c.draft_time += observed
-            if allocator is not None:
-                # The whole step as it ran, the consumer's time excepted.
-                plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
-                allocator.watch.drafted(len(step.tokens), t3 - t + observed, plain_estimate=plain)
+                return True
+            if drafters:
+                t = time.perf_counter()
+                result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
+                for d in drafters:
+                    d.observe(ctx, result)
+                ctx = _advanced(ctx, step.tokens)
+                observed = time.perf_counter() - t
+                c.draft_time += observed
+                if allocator is not None:
+                    allocator.watch.plain(waited + observed)
+            t = time.perf_counter()
+        return False
+
+    def _speculative_step(
+        self, ctx: DraftContext, req: Request, tokens: list[int], drafters: list[Drafter],
+        allocator: NodeAllocator | None, costs: CostModel | None, c: Counters,
+    ) -> Generator[list[int], None, bool]:  # fmt: skip
+        """Propose, verify, emit, observe: one step of speculative decoding. Returns whether the
+        request is done."""
+        ex = self.executor
+        calls, t = ex.draft_calls, time.perf_counter()
+        proposals = [Proposal(d, d.propose(_share(ctx, i, len(drafters)))) for i, d in enumerate(drafters)]
+        if allocator is not None:
+            proposals = self._allocate(allocator, proposals, costs, len(tokens), ctx.max_nodes)
+        tree, owners = assemble(proposals, ctx)
+        t2 = time.perf_counter()
+        step = ex.verify(tree, req.sampling)
+        if step.fault is not None:
+            raise DrafterError(describe_fault(step.fault, owners, self.adapter.vocab_size))
+        t3 = time.perf_counter()
+        c.draft_time += t2 - t
+        c.verify_time += t3 - t2
+        c.draft_forwards += ex.draft_calls - calls
+        if allocator is not None:
+            allocator.step_seconds.record(ex.verify_size(tree.size if tree else 0), t3 - t2)
+        paths = owners.paths(step.path)
+        c.count_step(step, tree, owners, paths)
+        new, done = self._emit(tokens, step.tokens, req)
+        yield new
+        if done:
+            return True
+        t4 = time.perf_counter()
+        for proposal, own in zip(proposals, paths):
+            result = StepResult(step.tokens, proposal.tree, step.topk, step.verified, own, step.host)
+            proposal.drafter.observe(ctx, result)
+        if allocator is not None:
+            allocator.observe(owners.kept, paths)
+        observed = time.perf_counter() - t4
+        c.draft_time += observed
+        if allocator is not None:
+            # The whole step as it ran, the consumer's time excepted.
+            plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
+            allocator.watch.drafted(len(step.tokens), t3 - t + observed, plain_estimate=plain)
+        return False
 
     def _allocate(
         self, allocator: NodeAllocator, proposals: list[Proposal], costs: CostModel, context: int, budget: int
@@ -449,11 +468,11 @@ def _plain_run(drafters: list[Drafter], allocator: NodeAllocator | None, remaini
     return min(run, remaining)
 
 
-def _share(ctx: DraftContext, budget: int, i: int, n: int) -> DraftContext:
+def _share(ctx: DraftContext, i: int, n: int) -> DraftContext:
     """Drafter i's context: its share of the node budget (`assemble.share`, which checks it)."""
     if n <= 1:
         return ctx
-    return DraftContext(ctx.tokens, ctx.prompt_len, share(budget, i, n), ctx.max_depth,
+    return DraftContext(ctx.tokens, ctx.prompt_len, share(ctx.max_nodes, i, n), ctx.max_depth,
                         ctx.vocab_size, ctx.sampling, ctx.executor)  # fmt: skip
 
 
