@@ -104,7 +104,7 @@ def test_bad_config(bad):
 
 def _slow_window(watch: RateWatch, plain: float = 1.0) -> None:
     """A full window of drafting steps at half plain decoding's rate."""
-    for _ in range(watch.steps.maxlen):
+    for _ in range(watch.rate.steps.maxlen):
         watch.drafted(1, 2.0 * plain, plain_estimate=plain)
 
 

@@ -88,7 +88,7 @@ class EngineMethod:
         self.decoder = SwiftDecoder(ctx.model, config, stop_token_ids=ctx.stop_ids)
         self.mode = mode
 
-    def prepare(self, max_context: int, settings: GenSettings | None = None) -> None:
+    def prepare(self, max_context: int, settings: GenSettings) -> None:
         """Allocate the cache and capture the graphs for contexts up to `max_context` tokens, for
         the run's sampling settings (a sampled run's steps are other graphs than greedy ones)."""
         warmup = getattr(self.decoder, "warmup", None)
@@ -97,7 +97,7 @@ class EngineMethod:
             # cold start reported per method is its own) and the sampling.
             accepted = inspect.signature(warmup).parameters
             told: dict = {"methods": (self.mode,)} if "methods" in accepted else {}
-            if settings is not None and "sampling" in accepted:
+            if "sampling" in accepted:
                 told["sampling"] = (_sampling(settings),)
             warmup(max_context=max_context, **told)
             return

@@ -24,13 +24,13 @@ slower again.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import ConfigError
+from ..search.online import RealizedRate
 from .base import DraftTree
 
 
@@ -223,7 +223,7 @@ class RateWatch:
                 f"bad RateWatch settings: window={window}, pause={pause}, max_pause={max_pause}, decay={decay}"
             )
         self.pause, self.max_pause, self.decay = pause, max_pause, decay
-        self.steps: deque[tuple[int, float]] = deque(maxlen=window)
+        self.rate = RealizedRate(window)
         self.plain_seconds: float | None = None
         self.pauses = 0  # pauses started, for the statistics
         self._left = 0  # plain steps still to run in the current pause
@@ -233,12 +233,11 @@ class RateWatch:
     def drafted(self, tokens: int, seconds: float, plain_estimate: float) -> None:
         """One drafting step committed `tokens` in `seconds` (a plain-run step costs about
         `plain_estimate` seconds while no plain run has been timed)."""
-        self.steps.append((tokens, seconds))
-        if len(self.steps) < (self.steps.maxlen or 0):
+        self.rate.add(tokens, seconds)
+        speedup = self.rate.speedup(self.plain_seconds if self.plain_seconds is not None else plain_estimate)
+        if speedup is None:  # the window is not full yet
             return
-        plain = self.plain_seconds if self.plain_seconds is not None else plain_estimate
-        total = sum(s for _, s in self.steps)
-        if sum(t for t, _ in self.steps) * plain >= total:
+        if speedup >= 1.0:
             if self._fresh:
                 self._next, self._fresh = self.pause, False
             return
@@ -246,7 +245,7 @@ class RateWatch:
         self._next = min(2 * self._next, self.max_pause)
         self._fresh = True
         self.pauses += 1
-        self.steps.clear()
+        self.rate.reset()
 
     def plain(self, seconds: float) -> None:
         """One step of a plain run took `seconds` (the host's work between steps included)."""
@@ -293,7 +292,3 @@ class NodeAllocator:
         """The step verified `kept[s]` nodes of source s and accepted `paths[s]` of them."""
         for w, n, path in zip(self.worth, kept, paths):
             w.record(n, path)
-
-    def plain_steps(self) -> int:
-        """Plain steps to run before drafting again (`RateWatch`)."""
-        return self.watch.plain_steps()

@@ -464,7 +464,7 @@ def _plain_run(drafters: list[Drafter], allocator: NodeAllocator | None, remaini
         return remaining
     run = min(d.plain_steps() if hasattr(d, "plain_steps") else 0 for d in drafters)
     if allocator is not None:
-        run = max(run, allocator.plain_steps())
+        run = max(run, allocator.watch.plain_steps())
     return min(run, remaining)
 
 

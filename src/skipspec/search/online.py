@@ -72,7 +72,7 @@ _MAX_RELOOK_DOUBLINGS = 5
 
 
 class RealizedRate:
-    """Tokens and modelled seconds of the last `steps` verify steps of one set.
+    """Tokens and seconds (modelled or measured) of the last `steps` steps, against plain decoding's rate.
 
     >>> r = RealizedRate(2)
     >>> r.add(3, 1.0); r.speedup(plain_cost=0.5) is None
