@@ -36,7 +36,7 @@ class NgramConfig:
 
     min_ngram: int = 2
     max_ngram: int = 4
-    max_depth: int = 10
+    max_depth: int = 20
     max_matches: int = 8
 
     def __post_init__(self) -> None:
