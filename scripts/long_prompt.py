@@ -4,9 +4,10 @@
     skipspec bench --model SmolLM2-135M-Instruct.Q4_1.gguf --suite long4k.txt ...
 
 The first turns of the summarization and RAG questions, alternately, joined by spaces (newlines
-too: a text suite holds one prompt per line), as many as fit in `--tokens` tokens of the model's tokenizer, then an instruction to summarise
-them. What it measures: the host's cost per step at a long context (the n-gram index, staging a
-tree over a long cache), on text that drafts copy from.
+too: a text suite holds one prompt per line), as many as fit in `--tokens` tokens of the model's
+tokenizer, then an instruction to summarise them. What it measures: the host's cost per step at
+a long context (the n-gram index, staging a tree over a long cache), on text that drafts copy
+from.
 """
 
 from __future__ import annotations
