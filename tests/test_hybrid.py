@@ -96,7 +96,32 @@ def test_every_32nd_plan_is_plain():
     assert plans[-1] == [0] and all(p == [1] for p in plans[:-1])
 
 
-@pytest.mark.parametrize("bad", [{"prior": 0.0}, {"fade": 1.5}, {"weight": 0}, {"max_nodes": 0}, {"decay": -1}])
+def test_offers_follow_what_the_allocator_keeps():
+    alloc = NodeAllocator(["a", "b"], HybridConfig(offer_window=4, min_offer=8))
+    assert [alloc.offer(s, 80) for s in (0, 1)] == [80, 80]  # no window seen yet: the whole share
+    for kept in ([3, 0], [10, 2], [5, 1], [2, 0]):
+        alloc.observe(kept, [(), ()])
+    assert [alloc.offer(s, 80) for s in (0, 1)] == [20, 8]  # twice the window's most, at least 8
+    alloc.observe([20, 8], [(), ()])  # both took all they were offered
+    assert [alloc.offer(s, 80) for s in (0, 1)] == [40, 16]
+    assert alloc.offer(0, 30) == 30  # never above the share
+    for _ in range(4):
+        alloc.observe([1, 1], [(), ()])
+    assert alloc.offer(0, 80) == 8  # the large kept trees left the window
+
+
+def test_offers_off_ask_for_the_whole_share():
+    alloc = NodeAllocator(["a"], HybridConfig(offer_window=0))
+    for _ in range(40):
+        alloc.observe([1], [()])
+    assert alloc.offer(0, 80) == 80
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"prior": 0.0}, {"fade": 1.5}, {"weight": 0}, {"max_nodes": 0}, {"decay": -1}, {"offer_window": -1},
+     {"min_offer": 0}, {"offer_window": True}],
+)  # fmt: skip
 def test_bad_config(bad):
     with pytest.raises(ConfigError):
         HybridConfig(**bad)
@@ -169,3 +194,32 @@ def test_a_paused_decoder_runs_plain_steps_then_drafts_again_with_the_same_token
     assert res.stats["drafted_per_step"][:pause] == [0] * pause
     assert watch.plain_seconds is not None and watch.plain_seconds > 0
     assert any(res.stats["drafted_per_step"][pause:]), "drafting never resumed after the pause"
+
+
+def test_a_decoder_asks_drafters_for_what_its_allocator_keeps_and_stays_lossless():
+    """After a window of steps, a drafter whose wide proposals are mostly cut is asked for fewer
+    nodes (never fewer than the allocator took): the output stays plain decoding's."""
+    model = tiny_model("llama")
+    prompt = torch.tensor([[5, 6, 7, 8, 9] * 8])
+    plain = SwiftDecoder(model, stop_token_ids=[]).generate(prompt, 80, method="ar").tokens
+    dec = SwiftDecoder(model, stop_token_ids=[])
+    alloc = dec._allocators["recycle"] = NodeAllocator(["recycle"], HybridConfig(offer_window=4, min_offer=2))
+    alloc.watch.drafted = lambda *args, **kwargs: None  # the tiny model's timings must not pause it
+    recycle = dec._builtin["recycle"]
+    asked, inner = [], recycle.propose
+
+    def propose(ctx):
+        asked.append(ctx.max_nodes)
+        return inner(ctx)
+
+    recycle.propose = propose
+    res = dec.generate(prompt, 80, method="recycle")
+    assert res.tokens == plain
+    window = alloc.config.offer_window
+    assert len(asked) > window + 4
+    assert asked[0] == asked[window - 1], "the whole share is offered until a window is seen"
+    kept = res.stats["drafted_per_step"]
+    later = asked[window + 1 :]
+    assert min(later) < asked[0], "the offer never shrank"
+    assert all(a >= alloc.config.min_offer or a == asked[0] for a in later)
+    assert max(kept) <= asked[0]

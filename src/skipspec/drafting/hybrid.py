@@ -24,6 +24,7 @@ slower again.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,6 +47,13 @@ class HybridConfig:
     decay:    all evidence fades by this factor every step, used or not (drafts' quality drifts
               with the text, and a source left out long enough is tried again)
     max_nodes: nodes tracked per source (the largest tree a source may propose)
+    offer_window, min_offer: a source is asked for twice the most nodes a step kept of it over
+              the last `offer_window` drafting steps, at least `min_offer` (and never more than
+              its share of the budget). A step keeps a small part of a wide proposal (a
+              recycling template of 80 nodes, of which ~16 are worth verifying): proposing,
+              capping and choosing among the rest is host time on the critical path. A source
+              whose offer was all kept is offered twice as many at the next step. 0: always
+              ask for the whole share.
     """
 
     prior: float = 0.9
@@ -53,6 +61,8 @@ class HybridConfig:
     weight: float = 2.0
     decay: float = 0.99
     max_nodes: int = 256
+    offer_window: int = 32
+    min_offer: int = 16
 
     def __post_init__(self) -> None:
         for name, low, high in (("prior", 0.0, 1.0), ("fade", 0.0, 1.0), ("decay", 0.0, 1.0)):
@@ -61,8 +71,10 @@ class HybridConfig:
                 raise ConfigError(f"{name} must be in ({low}, {high}], got {value!r}")
         if not (isinstance(self.weight, (int, float)) and self.weight > 0):
             raise ConfigError(f"weight must be > 0, got {self.weight!r}")
-        if not (isinstance(self.max_nodes, int) and self.max_nodes >= 1):
-            raise ConfigError(f"max_nodes must be an integer >= 1, got {self.max_nodes!r}")
+        for name, low in (("max_nodes", 1), ("offer_window", 0), ("min_offer", 1)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 class NodeWorth:
@@ -275,6 +287,25 @@ class NodeAllocator:
         self.step_seconds = StepSeconds()
         self.watch = RateWatch()
         self._steps = 0
+        window = self.config.offer_window
+        self._kept = [deque(maxlen=window) for _ in self.names] if window else None
+
+    def offer(self, source: int, share: int) -> int:
+        """Nodes to ask source `source` for, at most its `share` of the budget (see
+        `HybridConfig.offer_window`); the whole share until a window of steps has been seen.
+
+        >>> alloc = NodeAllocator(["a"], HybridConfig(offer_window=2, min_offer=4))
+        >>> alloc.offer(0, 80)
+        80
+        >>> alloc.observe([3], [()]); alloc.observe([1], [()]); alloc.offer(0, 80)
+        6
+        >>> alloc.observe([6], [()]); alloc.offer(0, 80)   # all 6 kept: twice as many
+        12
+        """
+        kept = self._kept[source] if self._kept is not None else None
+        if kept is None or len(kept) < kept.maxlen:
+            return share
+        return min(share, max(self.config.min_offer, 2 * max(kept)))
 
     def plan(self, trees: Sequence[DraftTree | None], parents: Sequence[Sequence[int]], costs: np.ndarray) -> list[int]:
         """Nodes to keep of each source's tree (a prefix of it); parents: each tree's host parents;
@@ -292,3 +323,6 @@ class NodeAllocator:
         """The step verified `kept[s]` nodes of source s and accepted `paths[s]` of them."""
         for w, n, path in zip(self.worth, kept, paths):
             w.record(n, path)
+        if self._kept is not None:
+            for window, n in zip(self._kept, kept):
+                window.append(n)

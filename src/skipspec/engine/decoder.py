@@ -313,7 +313,7 @@ class SwiftDecoder:
         request is done."""
         ex = self.executor
         calls, t = ex.draft_calls, time.perf_counter()
-        proposals = [Proposal(d, d.propose(_share(ctx, i, len(drafters)))) for i, d in enumerate(drafters)]
+        proposals = [Proposal(d, d.propose(_share(ctx, i, len(drafters), allocator))) for i, d in enumerate(drafters)]
         if allocator is not None:
             proposals = self._allocate(allocator, proposals, costs, len(tokens), ctx.max_nodes)
         tree, owners = assemble(proposals, ctx)
@@ -468,11 +468,15 @@ def _plain_run(drafters: list[Drafter], allocator: NodeAllocator | None, remaini
     return min(run, remaining)
 
 
-def _share(ctx: DraftContext, i: int, n: int) -> DraftContext:
-    """Drafter i's context: its share of the node budget (`assemble.share`, which checks it)."""
-    if n <= 1:
+def _share(ctx: DraftContext, i: int, n: int, allocator: NodeAllocator | None) -> DraftContext:
+    """Drafter i's context: its share of the node budget (`assemble.share`, which checks it), or
+    less where the allocator keeps little of what the drafter proposes (`NodeAllocator.offer`)."""
+    budget = share(ctx.max_nodes, i, n)
+    if allocator is not None:
+        budget = allocator.offer(i, budget)
+    if budget == ctx.max_nodes:
         return ctx
-    return DraftContext(ctx.tokens, ctx.prompt_len, share(ctx.max_nodes, i, n), ctx.max_depth,
+    return DraftContext(ctx.tokens, ctx.prompt_len, budget, ctx.max_depth,
                         ctx.vocab_size, ctx.sampling, ctx.executor)  # fmt: skip
 
 
