@@ -31,16 +31,18 @@ from skipspec.runtime.executor import Reading
 
 
 class PhaseTimes:
-    """Seconds and calls per phase, gathered by wrapping callables in place."""
+    """Seconds and calls per phase, gathered by wrapping callables in place (`restore` puts them back)."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = collections.defaultdict(float)
         self.calls: collections.Counter = collections.Counter()
+        self._wrapped: list[tuple[object, str, object]] = []
 
     def wrap(self, owner, name: str, label: str) -> None:
         if not hasattr(owner, name):
             return
         inner = getattr(owner, name)
+        self._wrapped.append((owner, name, vars(owner).get(name)))  # None: found on a class above
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
@@ -51,6 +53,20 @@ class PhaseTimes:
                 self.calls[label] += 1
 
         setattr(owner, name, timed)
+
+    def replace(self, owner, name: str, value) -> None:
+        """Set `owner.name` to `value` until `restore`."""
+        self._wrapped.append((owner, name, vars(owner).get(name)))
+        setattr(owner, name, value)
+
+    def restore(self) -> None:
+        """Put every wrapped callable back, the last wrapped first."""
+        while self._wrapped:
+            owner, name, original = self._wrapped.pop()
+            if original is None:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
 
     def add(self, label: str, seconds: float) -> None:
         self.seconds[label] += seconds
@@ -90,7 +106,7 @@ def instrument(dec: SwiftDecoder, times: PhaseTimes) -> None:
             times.add("device wait", time.perf_counter() - start)
             return out
 
-        executor._launch_verify = launch_then_wait
+        times.replace(executor, "_launch_verify", launch_then_wait)
 
 
 def main() -> None:
@@ -132,7 +148,10 @@ def main() -> None:
 
     times = PhaseTimes()
     instrument(dec, times)
-    _, stats = run(args.method)
+    try:
+        _, stats = run(args.method)
+    finally:
+        times.restore()
     print(times.table(sum(s["verify_steps"] for s in stats)))
 
     from torch.profiler import ProfilerActivity, profile
