@@ -80,12 +80,16 @@ class PhaseTimes:
         return "\n".join(rows)
 
 
-def instrument(dec: SwiftDecoder, times: PhaseTimes) -> None:
-    """Wrap the decode loop's phases of `dec` (and the classes it calls) to time them."""
+def instrument(dec: SwiftDecoder, method: str, times: PhaseTimes) -> None:
+    """Wrap the decode loop's phases of `dec` running `method` (and the classes it calls) to time them."""
     for name, drafter in dec._builtin.items():
         times.wrap(drafter, "propose", f"{name}.propose")
         times.wrap(drafter, "observe", f"{name}.observe")
     times.wrap(dec, "_allocate", "allocate")
+    times.wrap(dec, "_verify_costs", "allocate: verify costs")
+    allocator = dec._allocator(method)
+    if allocator is not None:
+        times.wrap(allocator, "plan", "allocate: plan")
     times.wrap(decoder_module, "assemble", "assemble")
     times.wrap(dec, "_emit", "emit")
     times.wrap(Counters, "count_step", "count_step")
@@ -147,7 +151,7 @@ def main() -> None:
     print(f"ar {plain:.1f} tokens/s, {args.method} {speed:.1f} tokens/s ({speed / plain:.2f}x), {tau:.2f} tokens per step")
 
     times = PhaseTimes()
-    instrument(dec, times)
+    instrument(dec, args.method, times)
     try:
         _, stats = run(args.method)
     finally:
