@@ -42,7 +42,6 @@ class PhaseTimes:
         if not hasattr(owner, name):
             return
         inner = getattr(owner, name)
-        self._wrapped.append((owner, name, vars(owner).get(name)))  # None: found on a class above
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
@@ -52,11 +51,11 @@ class PhaseTimes:
                 self.seconds[label] += time.perf_counter() - start
                 self.calls[label] += 1
 
-        setattr(owner, name, timed)
+        self.replace(owner, name, timed)
 
     def replace(self, owner, name: str, value) -> None:
         """Set `owner.name` to `value` until `restore`."""
-        self._wrapped.append((owner, name, vars(owner).get(name)))
+        self._wrapped.append((owner, name, vars(owner).get(name)))  # None: found on a class above
         setattr(owner, name, value)
 
     def restore(self) -> None:
