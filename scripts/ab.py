@@ -9,6 +9,9 @@ A variant is a method, optionally followed by `+setting=value` parts:
                                          `RecycleConfig` field changed
     hybrid.<field>=V                     the node allocator's `HybridConfig` field
     watch=off                            the allocator's rate watch never pauses drafting
+    runtime.<field>=V                    the decoder's `RuntimeConfig` field (say
+                                         `runtime.mode='static'+runtime.device_drafting=True`
+                                         to run drafting steps on a CPU)
 The first variant is the yardstick (normally `ar`).
 
 `--cost-model h200` prices every verify with an H200's measured SmolLM2 step times (1.05 ms a plain
@@ -22,7 +25,8 @@ For each temperature: one decoder per variant, each warmed up for the run's long
 its sampling program; then every prompt through every variant (the order rotating per prompt),
 stopping where the chat turn ends, as `skipspec bench` does. Prints, per repeat, tokens/s over the
 yardstick overall and per category (with tokens per step), tokens per step, tree nodes,
-milliseconds per step and the host's share of them, and the watch's pauses. A development tool: `skipspec bench` makes the
+milliseconds per step and the host's share of them, the share of steps drafted on the device, and
+the watch's pauses. A development tool: `skipspec bench` makes the
 tables of docs/benchmarks.md; this isolates what the bench cannot switch.
 """
 
@@ -32,6 +36,7 @@ import argparse
 import ast
 import collections
 import dataclasses
+import re
 import time
 import types
 
@@ -46,6 +51,7 @@ from skipspec.drafting.ngram import NgramDrafter
 from skipspec.drafting.recycle import RecycleDrafter
 from skipspec.engine.stops import tokenizer_stop_token_ids
 from skipspec.prompts import encode_prompt
+from skipspec.runtime import RuntimeConfig
 
 DRAFTERS = {"ngram": NgramDrafter, "recycle": RecycleDrafter}
 
@@ -64,12 +70,14 @@ class Variant:
     drafters: dict[str, dict]  # drafter name -> config fields changed
     hybrid: dict  # HybridConfig fields changed
     watch: bool
+    runtime: dict  # RuntimeConfig fields
 
     @classmethod
     def parse(cls, spec: str) -> Variant:
         method, *parts = spec.split("+")
         drafters: dict[str, dict] = collections.defaultdict(dict)
         hybrid: dict = {}
+        runtime: dict = {}
         watch = True
         for part in parts:
             key, sep, raw = part.partition("=")
@@ -86,12 +94,16 @@ class Variant:
                 drafters[owner][field] = value
             elif owner == "hybrid":
                 hybrid[field] = value
+            elif owner == "runtime":
+                runtime[field] = value
             else:
-                raise SystemExit(f"variant {spec!r}: unknown setting {key!r} (ngram.*, recycle.*, hybrid.*, watch)")
-        return cls(spec, method, dict(drafters), hybrid, watch)
+                raise SystemExit(
+                    f"variant {spec!r}: unknown setting {key!r} (ngram.*, recycle.*, hybrid.*, runtime.*, watch)"
+                )
+        return cls(spec, method, dict(drafters), hybrid, watch, runtime)
 
     def decoder(self, model, stops, longest: int, sampling: SamplingParams, h200_costs: bool) -> SwiftDecoder:
-        dec = SwiftDecoder(model, SwiftConfig(), stop_token_ids=stops)
+        dec = SwiftDecoder(model, SwiftConfig(), stop_token_ids=stops, runtime=RuntimeConfig(**self.runtime))
         if h200_costs:
             dec._verify_costs = types.MethodType(_h200_verify_costs, dec)
         for name, fields in self.drafters.items():
@@ -129,7 +141,7 @@ def main() -> None:
     p.add_argument("--cost-model", choices=("measured", "h200"), default="measured")
     p.add_argument("--device", default=None)
     args = p.parse_args()
-    variants = [Variant.parse(s) for s in args.variants.split(",")]
+    variants = [Variant.parse(s) for s in re.split(r",(?![^()]*\))", args.variants)]  # commas in (a, b) stay
 
     model, tok = skipspec.load(args.model, device=args.device)
     cuda = next(model.parameters()).device.type == "cuda"
@@ -147,6 +159,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             tokens, seconds = collections.Counter(), collections.Counter()
             steps, nodes, host = collections.Counter(), collections.Counter(), collections.Counter()
+            device = collections.Counter()
             for i, (x, q) in enumerate(zip(ids, prompts)):
                 for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
                     sync()
@@ -161,19 +174,20 @@ def main() -> None:
                     steps[v.spec] += out.stats["verify_steps"]
                     steps[(v.spec, q.category)] += out.stats["verify_steps"]
                     nodes[v.spec] += out.stats["drafted_tokens"]
+                    device[v.spec] += out.stats["drafting_steps"]
                     host[v.spec] += out.stats["draft_time"]
-            _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, decoders)
+            _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, device, decoders)
 
 
-def _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, decoders) -> None:
+def _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, device, decoders) -> None:
     def rate(key) -> float:
         return tokens[key] / seconds[key]
 
     base = variants[0].spec
     print(f"\ntemperature {temperature}, repeat {repeat + 1}: {base} {rate(base):.1f} tokens/s")
-    print(f"| variant | vs {base} | tokens per step | nodes | ms per step | host share | "
+    print(f"| variant | vs {base} | tokens per step | nodes | ms per step | host share | drafted on device | "
           + " | ".join(categories) + " | pauses |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|" + "---:|" * len(categories) + "---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(categories) + "---:|")
     for v in variants:
         n = steps[v.spec]
         per = " | ".join(
@@ -183,7 +197,8 @@ def _report(temperature, repeat, variants, categories, tokens, seconds, steps, n
         alloc = decoders[v.spec]._allocators.get(v.method)
         pauses = alloc.watch.pauses if alloc is not None and not isinstance(alloc.watch, NoWatch) else "–"
         print(f"| {v.spec} | {rate(v.spec) / rate(base):.2f}x | {tokens[v.spec] / n:.2f} | {nodes[v.spec] / n:.1f} | "
-              f"{seconds[v.spec] / n * 1e3:.3f} | {host[v.spec] / seconds[v.spec]:.0%} | {per} | {pauses} |")  # fmt: skip
+              f"{seconds[v.spec] / n * 1e3:.3f} | {host[v.spec] / seconds[v.spec]:.0%} | {device[v.spec] / n:.0%} | "
+              f"{per} | {pauses} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 
 import pytest
 import torch
@@ -182,6 +183,30 @@ def test_random_tree_drafter_on_the_graph_path_gives_plain_output(family):
     assert produced / steps > 1.8
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_drafting_steps_on_the_graph_path_give_plain_output(family):
+    """Trees drafted inside the captured step (the default on a GPU for the methods that draft
+    from text), steps launched ahead of the host's read-back: plain decoding's tokens."""
+    model = _cuda_model(family)
+    rng = random.Random(f"gpu-drafting-{family}")
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=GRAPHS)
+    eager = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=EAGER)
+    drafting, accepted, steps = Counter(), 0, 0
+    for case in range(4):
+        unit = [rng.randrange(97) for _ in range(rng.randint(2, 8))]
+        prompt = (unit * 8)[: rng.randint(4, 50)]
+        want = eager.generate(prompt, 60, method="ar").tokens
+        for method in ("recycle", "ngram", "hybrid"):
+            res = dec.generate(prompt, 60, method=method)
+            assert res.tokens == want, f"{family} case {case} {method}"
+            drafting[method] += res.stats["drafting_steps"]
+            accepted += res.stats["accepted_tokens"]
+            steps += res.stats["verify_steps"]
+    # Hybrid's fixed skip set drafts on the host; the rate watch may pause the others for plain runs.
+    assert drafting["recycle"] > 0 and drafting["ngram"] > 0, drafting
+    assert accepted > steps // 4, "drafts were hardly ever accepted: the test checks little"
+
+
 def test_a_device_tree_with_a_bad_token_raises_and_the_decoder_goes_on():
     from test_drafter_protocol import Malformed
 
@@ -208,7 +233,7 @@ def test_after_warmup_no_request_captures_or_compiles(tmp_path, monkeypatch):  #
     # A fixed skip set: a set the search chooses later has its draft step captured between steps
     # (`prepare_draft`), which is off the critical path but would count here.
     dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=GRAPHS)
-    seconds = dec.warmup(256, methods=("hybrid", "swift", "ar"))
+    seconds = dec.warmup(256, methods=("hybrid", "swift", "ar", "ngram", "recycle"))
     assert seconds > 0
     captures, compiles = dec.executor.captures, dynamo_utils.counters["stats"]["unique_graphs"]
     rng = random.Random("warm")

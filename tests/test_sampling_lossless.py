@@ -217,3 +217,38 @@ def test_sampling_over_branching_trees_matches_target_distribution(model, mode):
         accepted += res.stats["accepted_tokens"]
     assert accepted > SAMPLES // 2, "the random trees were hardly ever accepted: the test checks little"
     assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA
+
+
+class NeverPlain:
+    """A rate watch that never turns drafting off."""
+
+    pauses = 0
+
+    def plain_steps(self) -> int:
+        return 0
+
+    def drafted(self, tokens, seconds, plain_estimate) -> None:
+        pass
+
+    def plain(self, seconds) -> None:
+        pass
+
+
+def test_sampling_over_trees_drafted_on_the_device_matches_target_distribution(model):
+    """Drafting steps (`runtime.device_drafting`, run uncaptured on the CPU): prompt lookup and
+    recycling trees laid out with holes, drafted from the last step's state, drawn per node."""
+    from skipspec.runtime import RuntimeConfig
+
+    setting = SETTINGS[1]
+    dist = exact_distribution(model, **setting)
+    runtime = RuntimeConfig(mode="static", device_drafting=True, device_lookup=(2, 3), device_template=7)
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=runtime)
+    dec._allocator("recycle").watch = NeverPlain()  # the rate watch times steps: keep the draws' path fixed
+    counts, drafting, accepted = Counter(), 0, 0
+    for i in range(SAMPLES):
+        res = dec.generate(PROMPT, LENGTH, do_sample=True, seed=13 * 100003 + i, method="recycle", **setting)
+        counts[tuple(res.tokens)] += 1
+        drafting += res.stats["drafting_steps"]
+        accepted += res.stats["accepted_tokens"]
+    assert drafting >= SAMPLES and accepted > SAMPLES // 2, (drafting, accepted)
+    assert chi_square_pvalue(counts, dist, SAMPLES) > ALPHA

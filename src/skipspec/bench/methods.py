@@ -28,7 +28,7 @@ from .records import GenSettings, Outcome
 
 #: Engine stats copied into a record (the rest are recomputed by the benchmark or not needed).
 ENGINE_STAT_KEYS = (
-    "verify_steps", "mean_accepted", "accepted_tokens", "drafted_tokens", "accepted_per_step",
+    "verify_steps", "drafting_steps", "mean_accepted", "accepted_tokens", "drafted_tokens", "accepted_per_step",
     "draft_time", "verify_time", "optimize_time", "skip_attn", "skip_mlp", "mean_tree_nodes", "host_share",
     "drafted_by_source", "accepted_by_source", "graph_captures", "capture_time",
 )  # fmt: skip

@@ -129,6 +129,8 @@ class PromptRecord:
     time_s: median wall time of `times` (prefill included, device synchronized).
     verify_steps / mean_accepted: forwards after the prefill and tokens per such forward
     (Spec-Bench's tau, bonus token included); None when the method cannot count them.
+    drafting_steps: those of the verify steps whose tree was drafted on the device
+    (`runtime.device_drafting`); None when the method cannot count them.
     accepted_tokens / drafted_tokens: draft tokens accepted / proposed; None when unknown.
     mean_tree_nodes: draft tree nodes verified per verify step; host_share: host drafting time over
     drafting + verifying time; drafted_by_source / accepted_by_source: draft tokens per drafter
@@ -149,6 +151,7 @@ class PromptRecord:
     times: tuple[float, ...]
     tokens: tuple[int, ...]
     verify_steps: int | None = None
+    drafting_steps: int | None = None
     mean_accepted: float | None = None
     accepted_tokens: int | None = None
     drafted_tokens: int | None = None

@@ -65,6 +65,7 @@ def make_record(p: EncodedPrompt, method: str, outcomes: Sequence[Outcome], time
         times=tuple(times),
         tokens=outcomes[0].tokens,
         verify_steps=s.get("verify_steps"),
+        drafting_steps=s.get("drafting_steps"),
         mean_accepted=s.get("mean_accepted"),
         accepted_tokens=s.get("accepted_tokens"),
         drafted_tokens=s.get("drafted_tokens"),

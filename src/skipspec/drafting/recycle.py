@@ -170,45 +170,59 @@ class RecycleDrafter:
         self.name = name
         self.config = config if config is not None else RecycleConfig()
         self.table: np.ndarray | None = None
+        self.version = 0  # bumped by every change to the table (see `tag`)
         self._templates: dict[int, TreeTemplate] = {}  # by max depth
         self._mark: RequestMark | None = None
 
+    @property
+    def tag(self) -> tuple[int, int]:
+        """Names the table's current contents: a copy made under this tag (a device copy for
+        drafting steps, `runtime.device_drafting`) is current while the tag is unchanged."""
+        return id(self.table), self.version
+
     def propose(self, ctx: DraftContext) -> DraftTree | None:
-        table = self._table_for(ctx)
+        table = self.table_for(ctx)
         depth = min(self.config.max_depth, ctx.max_depth)
         if ctx.max_nodes <= 0 or depth <= 0:
             return None
-        tree = expand(table, int(ctx.tokens[-1]), self._template(depth), ctx.max_nodes)
+        tree = expand(table, int(ctx.tokens[-1]), self.template(depth=depth), ctx.max_nodes)
         return tree if len(tree) else None
 
     def observe(self, ctx: DraftContext, result: StepResult) -> None:
-        table = self._table_for(ctx)
+        self.table_for(ctx)
         if result.host is not None:  # read back with the step: no sync here
-            verified, topk = result.host
-            record_topk(table, verified, topk[:, : self.config.k])
+            self.learn(*result.host)
             return
         if result.topk is None or result.verified is None:
             return
         topk = result.topk[:, : self.config.k]
         # One device-to-host copy: the verified tokens ride along as the first column.
         rows = torch.cat([result.verified.reshape(-1, 1).to(topk.dtype), topk], dim=1).cpu().numpy()
-        record_topk(table, rows[:, 0], rows[:, 1:])
+        self.learn(rows[:, 0], rows[:, 1:])
 
-    def _template(self, depth: int) -> TreeTemplate:
+    def learn(self, verified: np.ndarray, topk: np.ndarray) -> None:
+        """Record a step's top-k (host arrays, `record_topk`) in the current table."""
+        record_topk(self.table, verified, topk[:, : self.config.k])
+        self.version += 1
+
+    def template(self, size: int | None = None, depth: int | None = None) -> TreeTemplate:
+        """The drafter's template: its first `size` nodes (all: None), no deeper than `depth`."""
+        depth = self.config.max_depth if depth is None else min(depth, self.config.max_depth)
         template = self._templates.get(depth)
         if template is None:
             cfg = self.config
             template = build_template(cfg.template_size, cfg.rank_probs, max_depth=depth, max_children=cfg.k)
             self._templates[depth] = template
-        return template
+        return template if size is None or size >= len(template) else template.prefix(size)
 
-    def _table_for(self, ctx: DraftContext) -> np.ndarray:
+    def table_for(self, ctx: DraftContext) -> np.ndarray:
         """The table, (re)made for this vocabulary, seeded once at each new request."""
         if self.table is None or self.table.shape[0] != ctx.vocab_size:
             self.table = new_table(ctx.vocab_size, self.config.k)
             self._mark = None
         if self._mark is None or not self._mark.continued_by(ctx.tokens, ctx.prompt_len):
             self._mark = RequestMark.of(ctx.tokens, ctx.prompt_len)
+            self.version += 1
             if self.config.seed_from_prompt:
                 prompt = ctx.tokens[: ctx.prompt_len]
                 seed_table(self.table, prompt.cpu().numpy() if isinstance(prompt, torch.Tensor) else np.asarray(prompt))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..runtime.executor import TreeInput, Verified
@@ -11,6 +12,7 @@ from ..runtime.executor import TreeInput, Verified
 @dataclass
 class Counters:
     verify_steps: int = 0
+    drafting_steps: int = 0  # verify steps whose tree was drafted on the device
     draft_forwards: int = 0
     drafted: int = 0  # tree nodes verified, root excluded
     depth: int = 0  # the trees' depths: the most drafted tokens the steps could have accepted
@@ -31,6 +33,14 @@ class Counters:
         """One verify step over `tree` (None: a plain step) that committed `step.tokens`;
         `paths`: the accepted nodes per proposal (`Owners.paths`)."""
         nodes = tree.size if tree is not None else 0
+        self._count(step, nodes)
+        if nodes:
+            for name, kept, own in zip(owners.names, owners.kept, paths):
+                if kept:
+                    self.drafted_by_source[name] += kept
+                    self.accepted_by_source[name] += len(own)
+
+    def _count(self, step: Verified, nodes: int) -> None:
         accepted = len(step.tokens) - 1
         self.verify_steps += 1
         self.drafted += nodes
@@ -39,17 +49,26 @@ class Counters:
         self.verified_tokens += len(step.tokens)
         self.accepted_per_step.append(accepted)
         self.drafted_per_step.append(nodes)
-        if nodes:
-            for name, kept, own in zip(owners.names, owners.kept, paths):
-                if kept:
-                    self.drafted_by_source[name] += kept
-                    self.accepted_by_source[name] += len(own)
+
+    def count_ranges(self, step: Verified, ranges: Sequence[tuple[str, int, int]]) -> None:
+        """One drafting step (`runtime.device_drafting`) that committed `step.tokens`; `ranges`:
+        (drafter name, first node, nodes) of each drafter's part of the tree's fixed layout, whose
+        holes (token -1) count as nothing drafted."""
+        drafted = step.host[0][1:] if step.host is not None else step.verified[1:].cpu().numpy()
+        kept = [int((drafted[start : start + n] >= 0).sum()) for _, start, n in ranges]
+        self._count(step, sum(kept))
+        self.drafting_steps += 1
+        for (name, start, n), nodes in zip(ranges, kept):
+            if nodes:
+                self.drafted_by_source[name] += nodes
+                self.accepted_by_source[name] += sum(start <= i < start + n for i in step.path)
 
     def summary(self, new_tokens: int, elapsed: float) -> dict:
         decode_time = self.draft_time + self.verify_time
         steps = self.verify_steps
         return {
             "verify_steps": steps,
+            "drafting_steps": self.drafting_steps,
             "draft_forwards": self.draft_forwards,
             "drafted_tokens": self.drafted,
             "accepted_tokens": self.accepted,

@@ -19,6 +19,7 @@ from ..model.adapter import ModelAdapter
 from ..model.skipset import SkipSet
 from ..parallel import executor_for
 from ..runtime import Executor, RuntimeConfig, StaticExecutor
+from ..runtime.device_drafting import DeviceTreeShape
 from ..runtime.executor import new_seed
 from ..runtime.factory import ExecutorSpec
 from ..search import FixedSkipPolicy, SearchPolicy, SkipPolicy
@@ -32,6 +33,9 @@ from .stops import default_stop_token_ids
 
 #: Nodes drafters passed with `drafters=` may propose together in one step, at the least.
 MIN_USER_NODES = 24
+#: Drafting steps (trees drafted on the device) run back to back, at most, before the loop looks
+#: again at what should run: each run's first and last step leave the GPU waiting for the host.
+DRAFTING_RUN = 64
 
 
 def resolve_skip_set(config: SwiftConfig, num_layers: int) -> SkipSet:
@@ -162,13 +166,14 @@ class SwiftDecoder:
         )
         chosen = self._drafters(req.method) if drafters is None else _checked_drafters(drafters)
         allocator = self._allocator(req.method) if drafters is None else None
+        shape = self._device_shape(req.method) if drafters is None else None
         budget = self.config.max_tree_nodes if drafters is None else max(MIN_USER_NODES, self.config.max_tree_nodes)
         scratch = max((getattr(d, "scratch_slots", 0) for d in chosen), default=0)
         # Fail before any work when the cache and step workspace cannot fit on the device.
         self.executor.check(len(req.prompt), req.max_new_tokens, scratch, sampling.do_sample)
         counters = Counters()
         start = time.perf_counter()
-        chunks = self._run(req, chosen, allocator, budget, scratch, counters)
+        chunks = self._run(req, chosen, allocator, budget, scratch, shape, counters)
         if streamer is not None:
             chunks = _feed_streamer(chunks, streamer, req.prompt, self.adapter.device)
         return TokenStream(chunks, lambda tokens: self._stats(req, chosen, counters, tokens, time.perf_counter() - start))
@@ -186,8 +191,9 @@ class SwiftDecoder:
         Measures the step costs (or loads them from the store) when a method needs them, and on
         the fast path allocates the KV cache once for requests of up to `max_context` tokens
         (prompt and output; as vLLM does at start-up) and captures every step shapes can demand:
-        verify steps of every tree bucket and the current skip set's draft step, for each
-        sampling program of `sampling`, and the search's scoring forwards. A program is greedy,
+        verify steps of every tree bucket, the current skip set's draft step and the drafting
+        steps of `methods` (`RuntimeConfig.device_drafting`), for each sampling program of
+        `sampling`, and the search's scoring forwards. A program is greedy,
         sampling, or sampling with top-k and top-p filtering (`skipspec.verify.sampling_program`;
         `skipspec.verify.SAMPLING_PROGRAMS` lists all three): temperature, top-p, top-k and seed
         are inputs of the captured steps, so one capture serves every value, and settings that
@@ -211,9 +217,11 @@ class SwiftDecoder:
         scratch = max((getattr(d, "scratch_slots", 0) for d in drafters), default=0)
         skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
         skips = (skip,) if skip is not None else ()  # a search with no set yet drafts nothing
-        steps = self.executor.warmup_steps(max_context, scratch, programs, skips)
+        shapes = tuple(dict.fromkeys(s for s in map(self._device_shape, methods) if s is not None))
+        extra = {"drafting": shapes} if shapes else {}  # only a StaticExecutor has drafting steps
+        steps = self.executor.warmup_steps(max_context, scratch, programs, skips, **extra)
         with _progress(progress, steps, "warm-up") as tick:
-            self.executor.warmup(max_context, scratch, programs, skips, tick)
+            self.executor.warmup(max_context, scratch, programs, skips, tick, **extra)
         return time.perf_counter() - start
 
     def _drafters(self, method: str) -> list[Drafter]:
@@ -227,6 +235,26 @@ class SwiftDecoder:
         if method not in self._allocators:
             self._allocators[method] = NodeAllocator([d.name for d in self._drafters(method)])
         return self._allocators[method]
+
+    def _device_shape(self, method: str) -> DeviceTreeShape | None:
+        """The tree drafting steps lay out for a built-in `method`; None when they do not run
+        (the method drafts no text, the executor has no drafting steps, or the runtime turned them off)."""
+        ex, rc = self.executor, self.runtime_config
+        if method not in ("ngram", "recycle", "hybrid") or not isinstance(ex, StaticExecutor):
+            return None
+        if not rc.resolved_device_drafting(self.mode):
+            return None
+        room = ex.tree_buckets[-1] - 1
+        ngram, recycle = self._builtin["ngram"], self._builtin["recycle"]
+        chains, depth = rc.device_lookup if method != "recycle" else (0, 0)
+        depth = min(depth, ngram.config.max_depth, room)
+        chains = min(chains, room // depth) if depth else 0
+        nodes = min(rc.device_template, room - chains * depth) if method != "ngram" else 0
+        template = recycle.template(nodes) if nodes else None
+        if not (chains * depth or nodes):
+            return None
+        cfg = ngram.config
+        return DeviceTreeShape.of(template, recycle.config.k, chains, depth, cfg.min_ngram, cfg.max_ngram)
 
     def step_costs(self) -> CostModel:
         """Measured costs of this decoder's steps (the search's, when it has them; else measured
@@ -246,10 +274,12 @@ class SwiftDecoder:
         allocator: NodeAllocator | None,
         budget: int,
         scratch: int,
+        shape: DeviceTreeShape | None,
         c: Counters,
     ) -> Iterator[list[int]]:
         """Prefill, then steps until done: a run of plain steps where no drafter drafts or
-        drafting does not pay, else one speculative step. Yields each step's new tokens."""
+        drafting does not pay, else a run of drafting steps (`shape`: trees drafted on the
+        device) where they may run, else one speculative step. Yields each step's new tokens."""
         ex, sampling = self.executor, req.sampling
         for d in drafters:
             if hasattr(d, "begin"):
@@ -271,8 +301,11 @@ class SwiftDecoder:
                 self.adapter.vocab_size, sampling, ex,
             )  # fmt: skip
             run = _plain_run(drafters, allocator, remaining)
+            drafting = self._drafting_run(shape, drafters, remaining) if not run else 0
             if run:
                 done = yield from self._plain_steps(run, ctx, req, tokens, drafters, allocator, c)
+            elif drafting:
+                done = yield from self._drafting_steps(drafting, shape, ctx, req, tokens, drafters, allocator, costs, c)
             else:
                 done = yield from self._speculative_step(ctx, req, tokens, drafters, allocator, costs, c)
 
@@ -304,6 +337,84 @@ class SwiftDecoder:
                     allocator.watch.plain(waited + observed)
             t = time.perf_counter()
         return False
+
+    def _drafting_run(self, shape: DeviceTreeShape | None, drafters: list[Drafter], remaining: int) -> int:
+        """How many drafting steps to run now (0: none). Layer skipping drafts on the host: while
+        its search has a set, hybrid steps run there. While it has none, its search observes the
+        drafting steps as it observes plain steps; a step that may score (in the cache, past the
+        committed length) runs alone, with no step launched ahead of it."""
+        if shape is None:
+            return 0
+        run = min(DRAFTING_RUN, remaining)
+        layer_skip = self._builtin["layer_skip"]
+        if layer_skip in drafters:
+            if self.policy.skip_set() is not None:
+                return 0
+            run = min(run, max(1, layer_skip.plain_steps()))
+        return run
+
+    def _drafting_steps(
+        self, run: int, shape: DeviceTreeShape, ctx: DraftContext, req: Request, tokens: list[int],
+        drafters: list[Drafter], allocator: NodeAllocator | None, costs: CostModel | None, c: Counters,
+    ) -> Generator[list[int], None, bool]:  # fmt: skip
+        """`run` drafting steps back to back (`StaticExecutor.drafting_steps`). The drafters
+        observe each, as after plain steps: recycling's host table learns what the device table
+        learnt, so the device copy stays current. Returns whether the request is done."""
+        ex = self.executor
+        t = time.perf_counter()
+        mirror = self._device_successors(shape, ctx)
+        parts = (("ngram", 0, shape.lookup_nodes), ("recycle", shape.lookup_nodes, len(shape.template_parents)))
+        ranges = [(self._builtin[name].name, start, n) for name, start, n in parts if n]
+        steps = ex.drafting_steps(run, req.sampling, shape, tokens, mirror)
+        c.draft_time += time.perf_counter() - t
+        t = time.perf_counter()
+        unseen = None  # a step's read-back that the table learnt from and the drafters did not yet
+        with contextlib.closing(steps):  # its end mirrors a step that ran ahead: now, not at collection
+            try:
+                for step in steps:
+                    waited = time.perf_counter() - t
+                    c.verify_time += waited
+                    c.count_ranges(step, ranges)
+                    new, done = self._emit(tokens, step.tokens, req)
+                    unseen = step.host
+                    yield new
+                    if done:
+                        return True
+                    t = time.perf_counter()
+                    result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
+                    for d in drafters:
+                        d.observe(ctx, result)
+                    unseen = None
+                    ctx = _advanced(ctx, step.tokens)
+                    if mirror is not None:
+                        ex.mark_successors(self._builtin["recycle"].tag)
+                    observed = time.perf_counter() - t
+                    c.draft_time += observed
+                    if allocator is not None:
+                        plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
+                        allocator.watch.drafted(len(step.tokens), waited + observed, plain_estimate=plain)
+                    t = time.perf_counter()
+            finally:
+                if unseen is not None and mirror is not None:  # the request ended there
+                    mirror(unseen)
+        return False
+
+    def _device_successors(self, shape: DeviceTreeShape, ctx: DraftContext):
+        """Make the device's successor table recycling's current one (a copy only when the host
+        table changed since the device's last matched it); returns how the host mirrors a step
+        that ran ahead of the loop (None: `shape` recycles nothing)."""
+        if not shape.template_parents:
+            return None
+        ex, recycle = self.executor, self._builtin["recycle"]
+        table = recycle.table_for(ctx)  # seeded from this request's prompt
+        if ex.successors_tag != recycle.tag:
+            ex.load_successors(table, recycle.tag)
+
+        def mirror(host: tuple[np.ndarray, np.ndarray]) -> None:
+            recycle.learn(*host)
+            ex.mark_successors(recycle.tag)
+
+        return mirror
 
     def _speculative_step(
         self, ctx: DraftContext, req: Request, tokens: list[int], drafters: list[Drafter],

@@ -60,6 +60,14 @@ class RuntimeConfig:
     SmolLM2-135M forward of 2..64 tokens takes 0.5-0.75x the time, one token 0.9x, so a verify of
     8 tokens costs 0.8-1.1 plain steps instead of 1.35-1.55; Qwen2.5-1.5B's matrices run 2..64 rows
     at 0.2-0.7x (`scripts/cpu_linear_probe.py`). Off on other devices and dtypes whatever it is set to.
+    device_drafting: let methods "ngram", "recycle" and "hybrid" run *drafting steps*, which draft
+    their tree on the device inside the captured step (prompt lookup over the token history,
+    token recycling through a device copy of the successor table; `runtime.device_drafting`), so
+    the next step is launched before the host reads this one and host work overlaps the GPU's.
+    "hybrid" runs them while layer skipping has no set that pays. None = on with CUDA graphs;
+    "static" mode runs them when set True (how their logic is tested on a CPU); never eager.
+    device_lookup: (chains, tokens per chain) of a drafting step's prompt-lookup part.
+    device_template: nodes of a drafting step's recycling part (the template's best prefix).
     """
 
     mode: str = "auto"
@@ -75,6 +83,9 @@ class RuntimeConfig:
     decode_kernel: bool | None = None
     tree_kernel: bool | None = None
     cpu_packed_linear: bool | None = None
+    device_drafting: bool | None = None
+    device_lookup: tuple[int, int] = (2, 16)
+    device_template: int = 31
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -93,6 +104,11 @@ class RuntimeConfig:
             raise ConfigError(f"capacity_step must be an integer >= 1, got {self.capacity_step!r}")
         if not 0.0 < self.memory_margin <= 1.0:
             raise ConfigError(f"memory_margin must be in (0, 1], got {self.memory_margin!r}")
+        lookup = self.device_lookup
+        if not (isinstance(lookup, tuple) and len(lookup) == 2 and all(_count(v) for v in lookup)):
+            raise ConfigError(f"device_lookup must be (chains, tokens per chain), integers >= 0, got {lookup!r}")
+        if not _count(self.device_template):
+            raise ConfigError(f"device_template must be an integer >= 0, got {self.device_template!r}")
 
     @staticmethod
     def _resolved(setting: bool | None, default: bool, mode: str) -> bool:
@@ -127,6 +143,10 @@ class RuntimeConfig:
         """Whether multi-token steps' attention runs skipspec's decode kernel in `mode`."""
         return self._resolved(self.tree_kernel, self._kernel_default(mode), mode)
 
+    def resolved_device_drafting(self, mode: str) -> bool:
+        """Whether drafting steps run in `mode` (a resolved mode)."""
+        return self._resolved(self.device_drafting, mode == "graphs", mode)
+
     def resolved_mode(self, device: torch.device) -> str:
         """The mode that runs on `device`: "auto" decided, "graphs" refused off CUDA."""
         if self.mode == "auto":
@@ -145,3 +165,7 @@ class RuntimeConfig:
         if self.cpu_packed_linear is None and not torch.backends.mkldnn.enabled:
             return False  # the user turned oneDNN off
         return packed_linear_available()
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -19,11 +19,12 @@ from ..verify import GREEDY, SAMPLING_PROGRAMS, SamplingProgram, sampling_progra
 from .buckets import bucket_for, pack_tree, packed_length, powers_of_two, round_up
 from .config import RuntimeConfig
 from .decode_attention import register as register_decode_attention
+from .device_drafting import HOLE, DeviceTreeShape, DraftingInputs
 from .executor import Reading, TreeInput, Verified
 from .graphs import GraphCache, StepGraph
 from .layers import stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
-from .steps import NO_SKIP, PLAIN_STEP_FUNCTIONS, StepInputs, draft_step, score_step, verify_step
+from .steps import NO_SKIP, PLAIN_STEP_FUNCTIONS, StepInputs, draft_step, drafting_step, score_step, verify_step
 from .timing import StepTimer
 from .transfer import Readback, Uploader
 from .weights import pack_weights
@@ -106,6 +107,15 @@ class StaticExecutor:
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(len(SAMPLING_PROGRAMS) * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(2 * len(self.score_buckets))  # plain and measuring
+        self._draftings: GraphCache = GraphCache(2 * len(SAMPLING_PROGRAMS))  # per (tree shape, program)
+        # Drafting steps' buffers (`runtime.device_drafting`): the token history and the successor
+        # table, shared by every tree shape, and each shape's own; made on first use per cache.
+        self._history: torch.Tensor | None = None
+        self._table: torch.Tensor | None = None
+        self._shapes: dict[DeviceTreeShape, DraftingInputs] = {}
+        self._table_tag = None  # what the host said the device table holds (`load_successors`)
+        self._history_upload: Uploader | None = None
+        self._history_valid = 0  # leading history entries that hold this request's tokens
         self._pinned = False  # set by `warmup`: the cache is kept for every request that fits
         self._tree_upload = Uploader(packed_length(self.tree_buckets[-1]), adapter.device)
         self._keep_upload = Uploader(2 * adapter.num_layers, adapter.device)
@@ -116,7 +126,11 @@ class StaticExecutor:
 
     @property
     def captures(self) -> int:
-        return self._drafts.captures + self._verifies.captures + self._scores.captures
+        return sum(graphs.captures for graphs in self._graph_caches)
+
+    @property
+    def _graph_caches(self) -> tuple[GraphCache, ...]:
+        return self._drafts, self._verifies, self._scores, self._draftings
 
     def _capacity(self, prompt_len: int, max_new_tokens: int, scratch: int) -> int:
         # A verify at the last committed slot writes a whole bucket, and a scoring forward writes its
@@ -170,9 +184,12 @@ class StaticExecutor:
 
     def release(self) -> None:
         """Drop the cache, buffers and graphs (their memory returns to PyTorch's allocator)."""
-        for graphs in (self._drafts, self._verifies, self._scores):
+        for graphs in self._graph_caches:
             graphs.clear()
         self.cache = self.inputs = self._pool = self._sublayers = None
+        self._history = self._table = self._table_tag = None
+        self._history_valid = 0
+        self._shapes.clear()
 
     @property
     def fused(self) -> bool:
@@ -215,7 +232,7 @@ class StaticExecutor:
             )
             self._compiled = None
             self._sublayers = self._bind_both(self.cache)
-            for graphs in (self._drafts, self._verifies, self._scores):
+            for graphs in self._graph_caches:
                 graphs.clear()  # steps captured with the compiled sublayers go too
             return self._capture(self._bound(program, wide, fns), mutable)
         finally:
@@ -234,11 +251,12 @@ class StaticExecutor:
         programs: Sequence[SamplingProgram],
         skips: Sequence[SkipSet],
         tick=None,
+        drafting: Sequence[DeviceTreeShape] = (),
     ) -> None:
         """Allocate the cache for `max_context` tokens once and capture every step shapes can demand:
-        verify steps of every tree bucket and draft steps of `skips`, each per program in
-        `programs`, scoring forwards of every bucket (when `scratch`: the search runs, which also
-        measures). Later requests that fit run no capture and no compile on their critical path,
+        verify steps of every tree bucket, draft steps of `skips` and drafting steps of the tree
+        shapes `drafting`, each per program in `programs`, scoring forwards of every bucket (when
+        `scratch`: the search runs, which also measures). Later requests that fit run no capture and no compile on their critical path,
         whatever their sampling values. `tick(label)` reports progress, `warmup_steps` times."""
         tick = tick or (lambda label: None)
         self._pinned = False
@@ -254,6 +272,11 @@ class StaticExecutor:
             for skip in skips:
                 self._draft(skip, program, start=True)
                 tick("draft")
+            for shape in drafting:
+                self.committed = self._history_valid = 0
+                self._stage_drafting(shape, [0])
+                self.drafting_graph(shape, program)
+                tick(f"drafting {self.drafting_bucket(shape)}")
         # Scoring steps serve the chunked prefill as well as the search (which also measures).
         for bucket in self.score_buckets:
             n, device = min(bucket, self.cache.capacity // 2), self.adapter.device
@@ -270,10 +293,15 @@ class StaticExecutor:
             tick(f"prefill {length}")
 
     def warmup_steps(
-        self, max_context: int, scratch: int, programs: Sequence[SamplingProgram], skips: Sequence[SkipSet]
+        self,
+        max_context: int,
+        scratch: int,
+        programs: Sequence[SamplingProgram],
+        skips: Sequence[SkipSet],
+        drafting: Sequence[DeviceTreeShape] = (),
     ) -> int:
         """How many times `warmup` with these arguments ticks."""
-        graphs = len(programs) * (len(self.tree_buckets) + len(skips)) + len(self.score_buckets)
+        graphs = len(programs) * (len(self.tree_buckets) + len(skips) + len(drafting)) + len(self.score_buckets)
         return graphs + len(self._eager_prefill_lengths(max_context, scratch))
 
     def _eager_prefill_lengths(self, max_context: int, scratch: int) -> range:
@@ -315,6 +343,7 @@ class StaticExecutor:
         logits = self._prefill_chunked(prompt) if n <= self.chunked_prefill_limit else self._prefill_eager(prompt)
         inp.root.copy_(target_tokens(logits, sampling_program(sampling), inp.sampling, inp.cols[n : n + 1]).view(1))
         self.committed = n
+        self._history_valid = 0
         return int(inp.root.item())  # the prefill's one host sync
 
     @property
@@ -437,6 +466,145 @@ class StaticExecutor:
             taken += 1
             self.committed = start + taken
             yield Verified([token], (), top, root, host=host)
+
+    # -- drafting steps: trees drafted on the device (`runtime.device_drafting`) -----------------
+
+    def drafting_bucket(self, shape: DeviceTreeShape) -> int:
+        """The tree bucket a drafting step of `shape` verifies: what it costs (as `verify_size`)."""
+        return bucket_for(shape.size + 1, self.tree_buckets)
+
+    @property
+    def successors_tag(self):
+        """The tag of the host table the device's successor table holds (`load_successors`,
+        `mark_successors`); None when unknown (never loaded, re-made, or a step ran past the host)."""
+        return self._table_tag
+
+    @torch.inference_mode()
+    def load_successors(self, table: np.ndarray, tag) -> None:
+        """Copy a host successor table (V, k) (`drafting.recycle`) into the drafting steps' one."""
+        device_table = self._successors(table.shape[1])
+        device_table[: table.shape[0]].copy_(torch.from_numpy(table))
+        self._table_tag = tag
+
+    def mark_successors(self, tag) -> None:
+        """Record that the device table now matches the host table of `tag`: the host learnt what
+        the drafting steps learnt, from their read-back top-k."""
+        if self._table is not None:
+            self._table_tag = tag
+
+    def _successors(self, k: int) -> torch.Tensor:
+        if self._table is None or self._table.shape[1] != k:
+            a = self.adapter
+            self._table = torch.full((a.vocab_size + 1, k), HOLE, dtype=torch.long, device=a.device)
+            self._table_tag = None
+            self._shapes.clear()  # their inputs and graphs hold the old table
+            self._draftings.clear()
+        return self._table
+
+    def _drafting_inputs(self, shape: DeviceTreeShape) -> DraftingInputs:
+        inputs = self._shapes.get(shape)
+        if inputs is None:
+            table = self._successors(shape.k)
+            if self._history is None:
+                size = self.cache.capacity + self.tree_buckets[-1]
+                self._history = torch.zeros(size, dtype=torch.long, device=self.adapter.device)
+                self._history_upload = Uploader(size, self.adapter.device)
+            inputs = self._shapes[shape] = DraftingInputs.of(shape, self._history, table, self.drafting_bucket(shape))
+        return inputs
+
+    def drafting_graph(self, shape: DeviceTreeShape, program: SamplingProgram = GREEDY) -> StepGraph:
+        """The drafting step of `shape`; stage it first (`_stage_drafting`: a first-use capture runs it once)."""
+        inp, drafting, bucket = self.inputs, self._drafting_inputs(shape), self.drafting_bucket(shape)
+        step = functools.partial(
+            drafting_step, self.adapter, self.cache, inp, drafting, shape, bucket, program, self.verify_topk
+        )
+        mutable = (inp.root, inp.tree, drafting.history, drafting.table)
+        return self._draftings.get((shape, program), lambda: self._step(step, bucket > 1, mutable=mutable, fns=True))
+
+    def _stage_drafting(self, shape: DeviceTreeShape, tokens: Sequence[int]) -> None:
+        """The context into the history, and a tree frame of `shape`'s bucket at the committed length."""
+        bucket, history = self.drafting_bucket(shape), self._drafting_inputs(shape).history
+        # Drafting steps write the tokens they commit into the history themselves: only what
+        # other steps committed since (plain and host-drafted ones) goes up.
+        valid = self._history_valid
+        self._history_upload.upload(tokens[valid:], history[valid:])
+        layout = pack_tree(self.committed, [0] + [HOLE] * (bucket - 1), [-1] + [0] * (bucket - 1), bucket)
+        self._tree_upload.upload(layout, self.inputs.tree)
+
+    @torch.inference_mode()
+    def drafting_steps(
+        self,
+        limit: int,
+        sampling: SamplingParams,
+        shape: DeviceTreeShape,
+        tokens: Sequence[int],
+        ran_ahead: Callable[[tuple[np.ndarray, np.ndarray]], None] | None = None,
+    ) -> Iterator[Verified]:
+        """Up to `limit` drafting steps from the committed state, each drafting its tree on the
+        device, verifying and committing it, and learning from it (`steps.drafting_step`).
+
+        tokens: the whole sequence so far, the root last (`committed + 1` tokens): what prompt
+        lookup matches against. With a template, load the successor table first
+        (`load_successors`). Steps are pipelined as in `plain_steps`: the next one is launched
+        before the host waits for the last, which needs nothing from the host, as long as the
+        cache has room for the last to commit its whole depth and the next to write its tree
+        (near the end of the cache they run one at a time). A consumer that stops early leaves
+        one step in flight: it writes past the committed length only, and `ran_ahead` gets its
+        read-back (verified tokens, top-k), for the host to mirror what the table learnt from it.
+        """
+        if len(tokens) != self.committed + 1:
+            raise ValueError(f"drafting_steps needs the {self.committed + 1} tokens so far, got {len(tokens)}")
+        cuda = self.mode == "graphs"
+        bucket, program = self.drafting_bucket(shape), sampling_program(sampling)
+        self._stage_drafting(shape, tokens)
+        step = self.drafting_graph(shape, program)
+        room, capacity = shape.depth + 1, self.cache.capacity
+        packs = [torch.empty(packed_length(bucket) + 3, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        outputs: list[tuple | None] = [None, None]
+        events = [torch.cuda.Event() if cuda else None for _ in range(2)]
+        launched = taken = 0
+        committed = self.committed
+
+        def launch() -> None:
+            nonlocal launched
+            packed, top, verified = step()
+            slot = launched % 2
+            packs[slot].copy_(packed, non_blocking=cuda)
+            outputs[slot] = (top.clone(), verified.clone(), self._readback.enqueue(1 + slot, verified, top))
+            if cuda:
+                events[slot].record()
+            launched += 1
+
+        self._history_valid = 0  # until the run ends, steps in flight write it
+        try:
+            launch()
+            while taken < launched:
+                if launched < limit and committed + room + bucket <= capacity:
+                    launch()
+                if cuda:
+                    events[taken % 2].synchronize()  # the step's one host sync, one step behind the GPU
+                reading = Reading.of(packs[taken % 2].tolist(), bucket)
+                if reading.fault is not None:
+                    raise RuntimeError(f"a drafting step laid out a malformed tree: {reading.fault}")
+                top, verified, host = outputs[taken % 2]
+                taken += 1
+                committed += reading.length
+                self.committed = committed
+                yield reading.verified(top, verified, host)
+                if taken == launched < limit and committed + bucket <= capacity:
+                    launch()
+        finally:
+            # A step in flight rewrites the root's entry with the same token, and only writes past it.
+            self._history_valid = self.committed + 1
+            # A consumer that stopped early (the request is done) leaves one step in flight. Its
+            # table update is the host's to mirror, or the device table no longer matches it.
+            if launched > taken:
+                if ran_ahead is None:
+                    self._table_tag = None
+                else:
+                    if cuda:
+                        events[taken % 2].synchronize()  # the next step on the stream waits for it anyway
+                    ran_ahead(outputs[taken % 2][2])
 
     def verify_size(self, nodes: int) -> int:
         """Trees are padded to their bucket: a verify of `nodes` costs the bucket's forward."""

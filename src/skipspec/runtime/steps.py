@@ -18,6 +18,7 @@ from ..model.cache import KVCache
 from ..model.skipset import NO_SKIP, SkipSet
 from ..tree import TreeFrame, doublings, tree_frame
 from ..verify import SamplingInputs, SamplingProgram, process_logits, verify_tree
+from .device_drafting import DeviceTreeShape, DraftingInputs, draft_tree, learn
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,16 @@ class StepInputs:
         return doublings((self.tree.shape[0] - 2) // 2)
 
 
-def static_tree_frame(inp: StepInputs, bucket: int, vocab_size: int) -> TreeFrame:
+def static_tree_frame(inp: StepInputs, bucket: int, vocab_size: int, holes: bool = False) -> TreeFrame:
     """The verify frame of the tree staged in `inp.tree` (`buckets.pack_tree`), over the whole cache.
 
     The root's token is the one on the device (`inp.root`): the host never needs to know it.
+    holes: tokens of -1 are nodes left out (`tree.tree_frame`), as drafting steps lay trees out.
     """
     committed, n = inp.tree[0], inp.tree[1]
     tokens = torch.cat([inp.root, inp.tree[3 : 2 + bucket]])
     parents = inp.tree[2 + bucket : 2 + 2 * bucket]
-    return tree_frame(committed, n, tokens, parents, inp.cols, vocab_size, inp.rounds)
+    return tree_frame(committed, n, tokens, parents, inp.cols, vocab_size, inp.rounds, holes)
 
 
 def verify_tail(
@@ -133,6 +135,8 @@ class StepFunctions:
     frame: Callable = static_tree_frame
     verify_tail: Callable = verify_tail
     draft_tail: Callable = draft_tail
+    draft_tree: Callable = draft_tree
+    learn: Callable = learn
 
 
 PLAIN_STEP_FUNCTIONS = StepFunctions()
@@ -147,13 +151,14 @@ def verify_step(
     topk: int,
     sublayers: Sublayers | None = None,
     fns: StepFunctions = PLAIN_STEP_FUNCTIONS,
+    holes: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Full-model forward over the padded tree, acceptance, and the commit of the accepted path.
 
     Returns `(Verdict.packed, Verdict.topk, the frame's tokens)` for this bucket; rewrites `inp.root`
     with the bonus token.
     """
-    f = fns.frame(inp, bucket, adapter.vocab_size)
+    f = fns.frame(inp, bucket, adapter.vocab_size, holes)
     slots = inp.tree[0] + inp.cols[:bucket]
     cache.prepare_slots(slots, cache.capacity)
     logits = adapter.forward_static(
@@ -164,6 +169,30 @@ def verify_step(
         # Move B slots whatever the path length: entries past it land past the committed length.
         cache.move_slots(slots[0] + path.clamp(max=bucket - 1), slots)
     return packed, top, f.tokens
+
+
+def drafting_step(
+    adapter: ModelAdapter,
+    cache: KVCache,
+    inp: StepInputs,
+    drafting: DraftingInputs,
+    shape: DeviceTreeShape,
+    bucket: int,
+    program: SamplingProgram,
+    topk: int,
+    sublayers: Sublayers | None = None,
+    fns: StepFunctions = PLAIN_STEP_FUNCTIONS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draft a tree on the device, verify it, learn from it (`runtime.device_drafting`).
+
+    Reads the committed length from `inp.tree[0]`, the root from `inp.root`, the context from
+    `drafting.history`; leaves all three, and the successor table, as the next step needs them,
+    so steps can be replayed back to back with nothing from the host. Returns `verify_step`'s.
+    """
+    fns.draft_tree(inp.tree, inp.root, drafting, shape, bucket)
+    packed, top, tokens = verify_step(adapter, cache, inp, bucket, program, topk, sublayers, fns, holes=True)
+    fns.learn(inp.tree, drafting, shape, packed, tokens, top, bucket)
+    return packed, top, tokens
 
 
 def draft_step(

@@ -69,7 +69,14 @@ class TreeFrame:
 
 
 def tree_frame(
-    committed, n, tokens: torch.Tensor, parents: torch.Tensor, cols: torch.Tensor, vocab_size: int, rounds: int
+    committed,
+    n,
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    cols: torch.Tensor,
+    vocab_size: int,
+    rounds: int,
+    holes: bool = False,
 ) -> TreeFrame:
     """The frame of a tree whose first `n` of `B` rows are real (node 0: the root).
 
@@ -77,13 +84,16 @@ def tree_frame(
     buffer); tokens, parents: (B,) as the drafters gave them, unchecked; cols: (C,) 0..C-1.
     Malformed rows are reported in `fault` and neutralised (a bad parent hangs the node under the
     root, a bad token never matches), so the forward stays in bounds whatever a drafter proposed.
+    holes: a token of -1 marks a node left out of a fixed layout (`runtime.device_drafting`), not
+    a fault; it is never accepted, like padding.
     """
     b = tokens.shape[0]
     index = cols[:b]
     real = index < n
     parent_ok = (parents >= 0) & (parents < index) | (index == 0)
     token_ok = (tokens >= 0) & (tokens < vocab_size)
-    bad = real & ~(parent_ok & token_ok)
+    token_fine = (token_ok | (tokens == -1)) if holes else token_ok
+    bad = real & ~(parent_ok & token_fine)
     kind = torch.where(parent_ok, 2, 1)
     first = torch.where(bad, index, b).min().view(1)
     fault = torch.cat([torch.where(first < b, first, -1), kind.index_select(0, first.clamp(max=b - 1))])

@@ -45,6 +45,14 @@ class TreeTemplate:
     def __len__(self) -> int:
         return len(self.parents)
 
+    def prefix(self, size: int) -> TreeTemplate:
+        """The first `size` nodes: the best template of that size (see the module docstring).
+
+        >>> build_template(4, (0.6, 0.3)).prefix(2).parents
+        (-1, 0)
+        """
+        return TreeTemplate(self.parents[:size], self.ranks[:size], self.depths[:size], self.values[:size])
+
     @property
     def expected_accepted(self) -> float:
         """Expected drafted tokens accepted per step (the bonus token not counted)."""

@@ -1,0 +1,304 @@
+"""Drafting on the device (`runtime.device_drafting`): each tensor function against the host
+drafter it mirrors, then drafting steps in the decode loop against plain decoding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from test_search import flat_costs
+from tiny_models import FAMILIES, tiny_model
+
+from skipspec import SwiftConfig, SwiftDecoder
+from skipspec.drafting.ngram import scan_matches
+from skipspec.drafting.recycle import UNKNOWN, expand, new_table, record_topk
+from skipspec.errors import ConfigError
+from skipspec.runtime import RuntimeConfig
+from skipspec.runtime.device_drafting import (
+    HOLE,
+    DeviceTreeShape,
+    chain_trie,
+    grow_template,
+    lookup_chains,
+    record_successors,
+    template_paths,
+)
+from skipspec.tree.template import build_template
+
+
+def _paths(tokens: list[int], parents: list[int]) -> list[tuple[int, ...]]:
+    """Each node's tokens from the root down."""
+    out: list[tuple[int, ...]] = []
+    for t, p in zip(tokens, parents):
+        out.append((out[p] if p >= 0 else ()) + (t,))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_lookup_finds_the_matches_a_full_scan_finds(seed):
+    rng = random.Random(seed)
+    vocab = rng.choice([2, 3, 5, 20])
+    n = rng.randint(1, 60)
+    tokens = [rng.randrange(vocab) for _ in range(n)]
+    shape = DeviceTreeShape(min_ngram=rng.randint(1, 3), max_ngram=rng.randint(3, 5), chains=rng.randint(1, 5),
+                            chain_depth=rng.randint(1, 8))  # fmt: skip
+    history = torch.tensor(tokens + [rng.randrange(vocab) for _ in range(20)])  # garbage past the length
+    got = lookup_chains(history, torch.tensor([n]), shape).tolist()
+    matches = scan_matches(tokens, shape.min_ngram, shape.max_ngram, shape.chains)
+    want = [tokens[end + 1 : end + 1 + shape.chain_depth] for _, end in matches]
+    want = [row + [HOLE] * (shape.chain_depth - len(row)) for row in want]
+    want += [[HOLE] * shape.chain_depth] * (shape.chains - len(want))
+    assert got == want, (tokens, shape)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_chain_trie_holds_every_distinct_prefix_once(seed):
+    rng = random.Random(seed)
+    m, length = rng.randint(1, 5), rng.randint(1, 6)
+    rows = []
+    for _ in range(m):
+        cut = rng.randint(0, length)  # a chain ends where the context does: holes after
+        row = [rng.randrange(3) for _ in range(cut)] + [HOLE] * (length - cut)
+        if rows and rng.random() < 0.5:  # share a prefix with an earlier chain
+            other = rng.choice(rows)
+            k = rng.randint(0, length)
+            row = other[:k] + row[k:]
+            row = row[: row.index(HOLE)] + [HOLE] * (length - row.index(HOLE)) if HOLE in row else row
+        rows.append(row)
+    tokens, parents = (t.tolist() for t in chain_trie(torch.tensor(rows)))
+    assert all(p < i for i, p in enumerate(parents))
+    real = [i for i, t in enumerate(tokens) if t != HOLE]
+    assert all(parents[i] < 0 or tokens[parents[i]] != HOLE for i in real), "a node hangs under a hole"
+    paths = _paths(tokens, parents)
+    got = [paths[i] for i in real]
+    want = {tuple(row[:d]) for row in rows for d in range(1, length + 1) if HOLE not in row[:d]}
+    assert len(got) == len(set(got)) and set(got) == want
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_grown_template_is_the_host_expansion_with_holes_in_place(seed):
+    rng = random.Random(seed)
+    vocab, k = 12, 3
+    table = new_table(vocab, k)
+    for row in range(vocab):
+        for r in range(k):
+            if rng.random() < 0.6:
+                table[row, r] = rng.randrange(vocab)
+    template = build_template(rng.randint(1, 30), (0.5, 0.3, 0.1), max_children=k)
+    root = rng.randrange(vocab)
+    host = expand(table, root, template, len(template))
+    device = torch.full((vocab + 1, k), HOLE)
+    device[:vocab] = torch.from_numpy(table)
+    paths = torch.tensor(template_paths(template.parents, template.ranks))
+    grown = grow_template(device, torch.tensor([root]), paths).tolist()
+    assert [t for t in grown if t != HOLE] == host.tokens
+    # A hole's descendants are holes.
+    assert all(grown[i] == HOLE for i, p in enumerate(template.parents) if p >= 0 and grown[p] == HOLE)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_recorded_successors_are_the_host_tables(seed):
+    rng = random.Random(seed)
+    vocab, k, width = 10, 3, rng.choice([2, 3, 5])
+    host = new_table(vocab, k)
+    device = torch.full((vocab + 1, k), HOLE)
+    for _ in range(4):
+        n = rng.randint(1, 12)
+        verified = [rng.choice([HOLE, *range(vocab)]) for _ in range(n)]
+        topk = [[rng.randrange(vocab + 3) for _ in range(width)] for _ in range(n)]  # ids past the vocabulary too
+        record_topk(host, np.array(verified), np.array(topk)[:, :k])
+        record_successors(device, torch.tensor(verified), torch.tensor(topk))
+        assert (device[:vocab].numpy() == host).all()
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ConfigError, match="drafts nothing"):
+        DeviceTreeShape()
+    with pytest.raises(ConfigError, match="template node 1"):
+        DeviceTreeShape(template_parents=(-1, 1), template_ranks=(0, 0))
+    with pytest.raises(ConfigError, match="max_ngram"):
+        DeviceTreeShape(min_ngram=3, max_ngram=2, chains=1, chain_depth=1)
+    with pytest.raises(ConfigError, match="device_lookup"):
+        RuntimeConfig(device_lookup=(2,))
+    with pytest.raises(ConfigError, match="device_template"):
+        RuntimeConfig(device_template=-1)
+
+
+# -- drafting steps in the decode loop --------------------------------------------------------------
+
+DRAFTING = RuntimeConfig(mode="static", device_drafting=True, device_lookup=(2, 6), device_template=9)
+
+
+def _decoder(model, runtime=DRAFTING, stop=()) -> SwiftDecoder:
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=list(stop), runtime=runtime)
+    dec._costs = flat_costs(model.config.num_hidden_layers, per_node=0.001)
+    return dec
+
+
+def _repetitive_prompt(rng: random.Random) -> list[int]:
+    unit = [rng.randrange(97) for _ in range(rng.randint(2, 8))]
+    return (unit * 8)[: rng.randint(4, 50)]
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_drafting_steps_give_plain_decodings_tokens(family):
+    """Greedy, float32: every method that drafts from text, its trees drafted on the device."""
+    model = tiny_model(family)
+    rng = random.Random(f"drafting-{family}")
+    dec, plain = _decoder(model), SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[])
+    steps = accepted = 0
+    for case in range(6):
+        prompt = _repetitive_prompt(rng)
+        max_new = rng.randint(1, 40)
+        want = plain.generate(prompt, max_new, method="ar").tokens
+        for method in ("recycle", "ngram", "hybrid"):
+            res = dec.generate(prompt, max_new, method=method)
+            assert res.tokens == want, f"{family} case {case} {method}: prompt={prompt}"
+            if method != "hybrid":  # hybrid runs them only while layer skipping has no set
+                assert res.stats["drafting_steps"] == res.stats["verify_steps"]
+            steps += res.stats["verify_steps"]
+            accepted += res.stats["accepted_tokens"]
+    assert accepted > steps // 4, "drafts were hardly ever accepted: the test checks little"
+
+
+def test_stop_tokens_and_the_end_of_the_cache_cut_drafting_runs_where_plain_decoding_stops():
+    """The cache sized exactly (capacity_step 1): a step running ahead of the host must never write
+    past it, and tokens after a stop token are never emitted."""
+    model = tiny_model("llama")
+    rng = random.Random("drafting-edges")
+    runtime = RuntimeConfig(mode="static", device_drafting=True, device_lookup=(2, 6), device_template=9, capacity_step=1)
+    for case in range(10):
+        stop = [rng.randrange(97)] if case % 2 else []
+        dec, plain = _decoder(model, runtime, stop), SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=stop)
+        prompt = _repetitive_prompt(rng)
+        max_new = rng.randint(20, 60)
+        for _ in range(2):  # the second request finds the table the first one filled: long accepted paths
+            res = dec.generate(prompt, max_new, method="recycle")
+            assert res.tokens == plain.generate(prompt, max_new, method="ar").tokens, f"case {case}: {prompt}"
+
+
+def test_the_device_table_stays_the_host_table():
+    """Recycling's host table learns from each drafting step's read-back top-k what the device
+    table learnt, so a later run needs no upload: also from the step in flight when a request ends."""
+    model = tiny_model("llama")
+    dec = _decoder(model)
+    recycle, ex = dec._builtin["recycle"], dec.executor
+    rng = random.Random("table")
+    for _ in range(3):
+        dec.generate(_repetitive_prompt(rng), 30, method="recycle")
+        assert ex.successors_tag == recycle.tag
+        assert (ex._table[: recycle.table.shape[0]].numpy() == recycle.table).all()
+    stream = dec.stream(_repetitive_prompt(rng), 30, method="recycle")
+    next(iter(stream))  # the prefill's token
+    next(iter(stream))  # a drafting step's, the next one already launched
+    stream.close()
+    assert ex.successors_tag == recycle.tag
+    assert (ex._table[: recycle.table.shape[0]].numpy() == recycle.table).all()
+
+
+def test_warmup_captures_the_drafting_steps_so_requests_capture_nothing():
+    model = tiny_model("llama")
+    dec = _decoder(model)
+    dec.warmup(128, methods=("hybrid", "recycle"))
+    captures = dec.executor.captures
+    dec.generate(_repetitive_prompt(random.Random(1)), 30, method="recycle")
+    dec.generate(_repetitive_prompt(random.Random(2)), 30, method="hybrid")
+    assert dec.executor.captures == captures
+
+
+def test_drafting_steps_are_off_in_eager_mode_and_by_request():
+    model = tiny_model("llama")
+    prompt = _repetitive_prompt(random.Random(3))
+    for runtime in (RuntimeConfig(mode="eager", device_drafting=True), RuntimeConfig(mode="static", device_drafting=False)):
+        res = _decoder(model, runtime).generate(prompt, 20, method="recycle")
+        assert res.stats["drafting_steps"] == 0
+
+
+class Alternating:
+    """A rate watch that asks for 2 plain steps after every drafting run."""
+
+    pauses = 0
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def plain_steps(self) -> int:
+        self.calls += 1
+        return 2 if self.calls % 2 == 0 else 0
+
+    def drafted(self, tokens, seconds, plain_estimate) -> None:
+        pass
+
+    def plain(self, seconds) -> None:
+        pass
+
+
+def test_the_device_history_holds_the_tokens_when_plain_steps_come_between_drafting_runs(monkeypatch):
+    """Drafting steps write what they commit into the device's token history; what plain steps
+    committed in between is uploaded at the next run, so prompt lookup sees the real context."""
+    import skipspec.engine.decoder as decoder_module
+
+    monkeypatch.setattr(decoder_module, "DRAFTING_RUN", 3)
+    model = tiny_model("llama")
+    dec, plain = _decoder(model), SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[])
+    rng = random.Random("history")
+    for method in ("ngram", "recycle"):
+        dec._allocator(method).watch = Alternating()
+        for _ in range(3):
+            prompt = _repetitive_prompt(rng)
+            res = dec.generate(prompt, 40, method=method)
+            assert res.tokens == plain.generate(prompt, 40, method="ar").tokens
+            assert 0 < res.stats["drafting_steps"] < res.stats["verify_steps"], "no plain steps came between"
+            # Up to the end of the last drafting run (later plain steps go up with the next run;
+            # its last step may have committed past the request's budget).
+            seen = prompt + res.tokens
+            valid = min(dec.executor._history_valid, len(seen))
+            assert valid > len(prompt)
+            assert dec.executor._history[:valid].tolist() == seen[:valid]
+
+
+class NoSetYet:
+    """A layer-skip policy with no set, which wants to observe a step (as a search round that
+    may score would) every third step and only counts the others."""
+
+    scratch_slots = 0
+    optimize_time = 0.0
+
+    def __init__(self) -> None:
+        self.observed = 0
+
+    def begin(self, prompt_len, max_new_tokens) -> None:
+        self.count = self.observed = 0
+
+    def skip_set(self):
+        return None
+
+    def plain_steps(self) -> int:
+        return 0 if self.count % 3 == 0 else 2
+
+    def observe(self, ctx) -> None:
+        self.count += 1
+        self.observed += 1
+
+    def stats(self) -> dict:
+        return {}
+
+
+def test_hybrid_runs_drafting_steps_while_layer_skipping_has_no_set():
+    """With no skip set, hybrid's trees are drafted on the device, and the layer-skip drafter
+    observes every step, as it observes plain steps."""
+    model = tiny_model("qwen2")
+    policy = NoSetYet()
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=DRAFTING, policy=policy)
+    dec._costs = flat_costs(model.config.num_hidden_layers, per_node=0.001)
+    plain = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[])
+    rng = random.Random("hybrid-no-set")
+    for _ in range(3):
+        prompt = _repetitive_prompt(rng)
+        res = dec.generate(prompt, 40, method="hybrid")
+        assert res.tokens == plain.generate(prompt, 40, method="ar").tokens
+        assert res.stats["drafting_steps"] == res.stats["verify_steps"] > 0
+        assert set(res.stats["drafted_by_source"]) <= {"ngram", "recycle"}
+        assert policy.observed == res.stats["verify_steps"] - 1  # each step but the one that ended the request
