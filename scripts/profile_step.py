@@ -3,7 +3,8 @@
     python scripts/profile_step.py --model SmolLM2-135M-Instruct.Q4_1.gguf --suite spec-bench,humaneval \
         --method hybrid --limit 1 --max-new-tokens 256 [--device cuda]
 
-Runs plain decoding and `--method` on the suite's prompts (one decoder, warmed up first), prints
+Runs plain decoding and `--method` on the suite's prompts (one decoder, warmed up first; trees
+drafted on the host unless `--device-drafting`, see `RuntimeConfig.device_drafting`), prints
 their speed, then repeats the method with each phase of the decode loop timed by wrapping it
 (drafters' propose/observe, the node allocator, assembling the tree, staging and launching the
 step, the wait for the device, the read-back), per step, and ends with torch.profiler's host-side
@@ -27,6 +28,7 @@ from skipspec.bench.suites import load_suites
 from skipspec.engine.assemble import Owners
 from skipspec.engine.counters import Counters
 from skipspec.prompts import encode_prompt
+from skipspec.runtime import RuntimeConfig
 from skipspec.runtime.executor import Reading
 
 
@@ -120,6 +122,11 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--device", default=None)
+    p.add_argument(
+        "--device-drafting", action="store_true",
+        help="let the method run drafting steps (trees drafted on the device, the GPU default); without it "
+        "its trees are drafted on the host, whose phases this tool times",
+    )  # fmt: skip
     args = p.parse_args()
 
     model, tok = skipspec.load(args.model, device=args.device)
@@ -127,7 +134,7 @@ def main() -> None:
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     prompts = load_suites(args.suite.split(","), limit=args.limit)
     ids = [encode_prompt(tok, q.text, q.chat) for q in prompts]
-    dec = SwiftDecoder(model, SwiftConfig())
+    dec = SwiftDecoder(model, SwiftConfig(), runtime=RuntimeConfig(device_drafting=args.device_drafting))
     longest = max(len(x) for x in ids) + args.max_new_tokens
     print(f"warm-up {dec.warmup(longest, methods=('ar', args.method)):.1f} s")
 

@@ -37,4 +37,5 @@ fi
 export PYTHONPATH="$(realpath "$OVERLAY")${PYTHONPATH:+:$PYTHONPATH}"
 python -c "import transformers; assert transformers.__version__ == '${TF_VERSION}', transformers.__version__"
 python -m pytest -q tests/test_greedy_lossless.py tests/test_kv_cache.py tests/test_api.py tests/test_runtime_weights.py \
-  tests/test_no_deprecations.py tests/test_gguf_cache.py tests/test_cli.py tests/test_bad_input.py tests/test_tensor_parallel.py
+  tests/test_device_drafting.py tests/test_no_deprecations.py tests/test_gguf_cache.py tests/test_cli.py \
+  tests/test_bad_input.py tests/test_tensor_parallel.py

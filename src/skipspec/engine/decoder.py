@@ -18,7 +18,7 @@ from ..errors import DrafterError, InputError
 from ..model.adapter import ModelAdapter
 from ..model.skipset import SkipSet
 from ..parallel import executor_for
-from ..runtime import Executor, RuntimeConfig, StaticExecutor
+from ..runtime import Executor, RuntimeConfig, StaticExecutor, Verified
 from ..runtime.device_drafting import DeviceTreeShape
 from ..runtime.executor import new_seed
 from ..runtime.factory import ExecutorSpec
@@ -327,10 +327,7 @@ class SwiftDecoder:
                 return True
             if drafters:
                 t = time.perf_counter()
-                result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
-                for d in drafters:
-                    d.observe(ctx, result)
-                ctx = _advanced(ctx, step.tokens)
+                ctx = _observed(ctx, step, drafters)
                 observed = time.perf_counter() - t
                 c.draft_time += observed
                 if allocator is not None:
@@ -381,11 +378,7 @@ class SwiftDecoder:
                     if done:
                         return True
                     t = time.perf_counter()
-                    result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
-                    for d in drafters:
-                        d.observe(ctx, result)
-                    unseen = None
-                    ctx = _advanced(ctx, step.tokens)
+                    ctx, unseen = _observed(ctx, step, drafters), None
                     if mirror is not None:
                         ex.mark_successors(self._builtin["recycle"].tag)
                     observed = time.perf_counter() - t
@@ -589,6 +582,15 @@ def _share(ctx: DraftContext, i: int, n: int, allocator: NodeAllocator | None) -
         return ctx
     return DraftContext(ctx.tokens, ctx.prompt_len, budget, ctx.max_depth,
                         ctx.vocab_size, ctx.sampling, ctx.executor)  # fmt: skip
+
+
+def _observed(ctx: DraftContext, step: Verified, drafters: list[Drafter]) -> DraftContext:
+    """Every drafter observes a step whose tree it did not propose (a plain or drafting step);
+    returns the context after it."""
+    result = StepResult(step.tokens, None, step.topk, step.verified, host=step.host)
+    for d in drafters:
+        d.observe(ctx, result)
+    return _advanced(ctx, step.tokens)
 
 
 def _advanced(ctx: DraftContext, accepted: list[int]) -> DraftContext:
