@@ -159,3 +159,24 @@ def test_a_draft_with_another_vocabulary_is_refused(model_dir, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "vocabulary of 101" in result.output and "97" in result.output
+
+
+def test_no_device_drafting_reaches_every_engine_method(model_dir, tmp_path):
+    """`--no-device-drafting` is recorded with the run and turns drafting steps off in the engine's
+    decoders (on a CPU they are off anyway: its steps run eagerly)."""
+    from skipspec.bench.methods import EngineMethod, MethodContext
+    from skipspec.config import SwiftConfig
+
+    suite = write_suite(tmp_path / "q.jsonl")
+    out = tmp_path / "out"
+    args = ["bench", "--model", str(model_dir), "--suite", str(suite), "--methods", "ar,recycle", "-n", "4",
+            "--out", str(out), "--device", "cpu", "--no-progress", "--no-plots", "--no-device-drafting"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    data = json.loads((out / "results.json").read_text())
+    assert data["config"]["device_drafting"] is False
+    assert all(r["drafting_steps"] == 0 for r in data["records"])
+    model = tiny_model("llama")
+    for flag, setting in ((True, None), (False, False)):
+        method = EngineMethod(MethodContext(model, None, (), None, flag), SwiftConfig(optimize=False), "recycle")
+        assert method.decoder.runtime_config.device_drafting is setting

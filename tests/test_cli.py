@@ -172,3 +172,4 @@ def test_bench_says_which_plots_it_wrote_and_why_not_the_others(folder, tmp_path
 def test_chat_without_template_is_an_error(folder):
     res = run("generate", "--model", folder, "--prompt", "w5", "--chat")
     assert res.exit_code == 2 and "chat template" in res.output
+

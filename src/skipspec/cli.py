@@ -171,11 +171,16 @@ def generate(
     fuse: bool = typer.Option(
         True, "--fuse/--no-fuse", help="With graphs, compile fused sublayer kernels (a few seconds once, then faster steps)."
     ),
+    device_drafting: bool = typer.Option(
+        True, "--device-drafting/--no-device-drafting",
+        help="With graphs, draft n-gram and recycling trees inside the captured step (default); else on the host.",
+    ),  # fmt: skip
     tensor_parallel: bool = typer.Option(False, "--tensor-parallel", help=TP_HELP),
 ) -> None:
     """Generate text, streaming it, and end with a one-line speed summary."""
     from . import SamplingParams, SwiftConfig, load, parallel
     from .loading import locate
+    from .runtime import RuntimeConfig
 
     try:
         _check_common(max_new_tokens, temperature, device, dtype)
@@ -184,6 +189,10 @@ def generate(
         sampling = SamplingParams(
             do_sample=temperature > 0, temperature=temperature or 1.0, top_p=top_p, top_k=top_k, seed=seed
         )
+        runtime = RuntimeConfig(
+            mode="auto" if graphs else "eager", fuse=None if fuse else False,
+            device_drafting=None if device_drafting else False,
+        )  # fmt: skip
         source = locate(model)
         _check_skip_range(source, cfg)
     except SkipSpecError as e:
@@ -195,16 +204,14 @@ def generate(
         _fail(e)
     # Under tensor parallelism rank 0 generates and prints; the other ranks run its steps with it.
     parallel.run(mdl, lambda: _generate(mdl, tok, prompt, chat, max_new_tokens, method, cfg, asdict(sampling), as_json,
-                                        compare, graphs, fuse))  # fmt: skip
+                                        compare, runtime))  # fmt: skip
 
 
-def _generate(mdl, tok, prompt, chat, max_new_tokens, method, cfg, sampling, as_json, compare, graphs, fuse):
+def _generate(mdl, tok, prompt, chat, max_new_tokens, method, cfg, sampling, as_json, compare, runtime):
     from . import SamplingParams, SwiftDecoder
     from .engine.stops import tokenizer_stop_token_ids
-    from .runtime import RuntimeConfig
 
     try:
-        runtime = RuntimeConfig(mode="auto" if graphs else "eager", fuse=None if fuse else False)
         dec = SwiftDecoder(mdl, cfg, stop_token_ids=tokenizer_stop_token_ids(tok, mdl), runtime=runtime)
         ids = encode_prompt(tok, prompt, chat)
         # One-time costs (step-cost measurement, graph captures, compiles) before anything is timed.
@@ -311,6 +318,10 @@ def bench(
     threads: int | None = typer.Option(None, "--threads", help="torch CPU threads (default: torch's choice)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots (needs matplotlib)."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar on stderr (needs tqdm)."),
+    device_drafting: bool = typer.Option(
+        True, "--device-drafting/--no-device-drafting",
+        help="With graphs, draft n-gram and recycling trees inside the captured step (default); else on the host.",
+    ),  # fmt: skip
     tensor_parallel: bool = typer.Option(False, "--tensor-parallel", help=TP_HELP),
 ) -> None:
     """Time methods side by side on a prompt suite; write results.json, report.md and plots."""
@@ -329,7 +340,7 @@ def bench(
             settings=GenSettings(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed),
             repeats=repeats, out=out, device=device, dtype=dtype, threads=threads, plots=plots,
             progress=progress, draft_model=draft_model, command=shlex.join(["skipspec", *sys.argv[1:]]),
-            tensor_parallel=tensor_parallel,
+            tensor_parallel=tensor_parallel, device_drafting=device_drafting,
         )  # fmt: skip
         specs = resolve_methods(config.methods, BENCH_METHODS)
         if tensor_parallel:

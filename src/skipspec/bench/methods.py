@@ -45,12 +45,14 @@ class MethodContext:
     """What every method is built from: one model object shared by all methods of a run.
 
     draft: the draft model of `BenchConfig.draft_model` (None when none was asked for).
+    device_drafting: `BenchConfig.device_drafting`, for the engine's methods.
     """
 
     model: torch.nn.Module
     tokenizer: Any
     stop_ids: tuple[int, ...]
     draft: torch.nn.Module | None = None
+    device_drafting: bool = True
 
 
 class Method(Protocol):
@@ -84,8 +86,10 @@ class EngineMethod:
 
     def __init__(self, ctx: MethodContext, config: SwiftConfig, mode: str) -> None:
         from ..engine import SwiftDecoder
+        from ..runtime import RuntimeConfig
 
-        self.decoder = SwiftDecoder(ctx.model, config, stop_token_ids=ctx.stop_ids)
+        runtime = RuntimeConfig(device_drafting=None if ctx.device_drafting else False)
+        self.decoder = SwiftDecoder(ctx.model, config, stop_token_ids=ctx.stop_ids, runtime=runtime)
         self.mode = mode
 
     def prepare(self, max_context: int, settings: GenSettings) -> None:

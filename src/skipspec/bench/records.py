@@ -52,6 +52,8 @@ class BenchConfig:
     command: the exact command line, recorded with the results.
     tensor_parallel: load the model split over the ranks torchrun started (`skipspec.parallel`); rank
     0 runs the bench and writes the results, the other ranks run its steps with it.
+    device_drafting: the engine's methods may draft their trees on the device
+    (`RuntimeConfig.device_drafting`: on a GPU, the default); False drafts every tree on the host.
     """
 
     model: str
@@ -71,6 +73,7 @@ class BenchConfig:
     draft_model: str | None = None
     command: str = ""
     tensor_parallel: bool = False
+    device_drafting: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "suites", tuple(self.suites))

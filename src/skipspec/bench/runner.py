@@ -209,7 +209,7 @@ def _run_loaded(config: BenchConfig, specs: Sequence[MethodSpec], prompts, model
     if draft is not None:
         env["draft_model"] = config.draft_model
         env["draft_parameters"] = sum(p.numel() for p in draft.parameters())
-    ctx = MethodContext(model, tokenizer, tuple(tokenizer_stop_token_ids(tokenizer, model)), draft)
+    ctx = MethodContext(model, tokenizer, tuple(tokenizer_stop_token_ids(tokenizer, model)), draft, config.device_drafting)
     env["stop_ids"] = list(ctx.stop_ids)
     methods = {s.name: s.factory(ctx) for s in specs}
     encoded = encode_all(tokenizer, prompts)
