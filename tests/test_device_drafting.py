@@ -199,12 +199,20 @@ def test_the_device_table_stays_the_host_table():
 
 
 def test_warmup_captures_the_drafting_steps_so_requests_capture_nothing():
+    """Every method that drafts from text, in every sampling program: all kept after warm-up."""
+    from skipspec.verify import SAMPLING_PROGRAMS
+
     model = tiny_model("llama")
     dec = _decoder(model)
-    dec.warmup(128, methods=("hybrid", "recycle"))
+    dec.warmup(128, methods=("hybrid", "ngram", "recycle"), sampling=SAMPLING_PROGRAMS)
     captures = dec.executor.captures
-    dec.generate(_repetitive_prompt(random.Random(1)), 30, method="recycle")
-    dec.generate(_repetitive_prompt(random.Random(2)), 30, method="hybrid")
+    settings = ({}, {"do_sample": True, "seed": 1}, {"do_sample": True, "top_k": 5, "top_p": 0.9, "seed": 1})
+    drafting = 0
+    for i, kwargs in enumerate(settings):
+        for method in ("recycle", "ngram", "hybrid"):
+            res = dec.generate(_repetitive_prompt(random.Random(i)), 30, method=method, **kwargs)
+            drafting += res.stats["drafting_steps"]
+    assert drafting > 0
     assert dec.executor.captures == captures
 
 

@@ -107,7 +107,8 @@ class StaticExecutor:
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(len(SAMPLING_PROGRAMS) * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(2 * len(self.score_buckets))  # plain and measuring
-        self._draftings: GraphCache = GraphCache(2 * len(SAMPLING_PROGRAMS))  # per (tree shape, program)
+        # Per (tree shape, program): a shape per method that drafts from text (ngram, recycle, hybrid).
+        self._draftings: GraphCache = GraphCache(3 * len(SAMPLING_PROGRAMS))
         # Drafting steps' buffers (`runtime.device_drafting`): the token history and the successor
         # table, shared by every tree shape, and each shape's own; made on first use per cache.
         self._history: torch.Tensor | None = None
