@@ -176,6 +176,8 @@ def test_no_device_drafting_reaches_every_engine_method(model_dir, tmp_path):
     data = json.loads((out / "results.json").read_text())
     assert data["config"]["device_drafting"] is False
     assert all(r["drafting_steps"] == 0 for r in data["records"])
+    assert data["summary"]["recycle"]["overall"]["drafting_share"] == 0.0
+    assert "| host share | drafted on the device |" in (out / "report.md").read_text()
     model = tiny_model("llama")
     for flag, setting in ((True, None), (False, False)):
         method = EngineMethod(MethodContext(model, None, (), None, flag), SwiftConfig(optimize=False), "recycle")

@@ -13,6 +13,7 @@ from skipspec.bench.metrics import (
     acceptance_rate,
     accepted_histogram,
     by_source,
+    drafting_share,
     host_share,
     mark_identical,
     mean_accepted,
@@ -130,9 +131,10 @@ def test_tables_show_a_dash_for_missing_metrics():
 def test_tree_nodes_and_host_share_are_weighted_by_steps_and_time():
     rs = [
         rec("hybrid", "p1", "a", 10, 1.0, verify_steps=2, mean_tree_nodes=10.0, host_share=0.5, draft_time=1.0,
-            verify_time=1.0, drafted_by_source={"ngram": 12, "recycle": 8}, accepted_by_source={"ngram": 3}),
+            verify_time=1.0, drafted_by_source={"ngram": 12, "recycle": 8}, accepted_by_source={"ngram": 3},
+            drafting_steps=1),
         rec("hybrid", "p2", "a", 10, 1.0, verify_steps=8, mean_tree_nodes=5.0, host_share=0.1, draft_time=0.2,
-            verify_time=1.8, drafted_by_source={"recycle": 20}, accepted_by_source={"recycle": 4}),
+            verify_time=1.8, drafted_by_source={"recycle": 20}, accepted_by_source={"recycle": 4}, drafting_steps=8),
     ]  # fmt: skip
     assert mean_tree_nodes(rs) == pytest.approx((2 * 10 + 8 * 5) / 10)
     assert host_share(rs) == pytest.approx(1.2 / 4.0)  # total host time over total time, not a mean of shares
@@ -142,7 +144,8 @@ def test_tree_nodes_and_host_share_are_weighted_by_steps_and_time():
     assert mean_tree_nodes(plain) is None and host_share(plain) is None and by_source(plain, "drafted_by_source") is None
     s = summarize(rs)["hybrid"][OVERALL]
     assert s.accepted_by_source == {"ngram": 3, "recycle": 4} and s.mean_tree_nodes == pytest.approx(6.0)
-    assert "| hybrid | 10.00 | – | – | 6.0 | 30% | ngram 3/12, recycle 4/28 |" in drafting_table(summarize(rs))
+    assert drafting_share(rs) == pytest.approx(9 / 10) and drafting_share(plain) is None
+    assert "| hybrid | 10.00 | – | – | 6.0 | 30% | 90% | ngram 3/12, recycle 4/28 |" in drafting_table(summarize(rs))
 
 
 def test_a_chunk_gap_goes_to_its_first_token_and_the_rest_of_the_chunk_gets_zero():

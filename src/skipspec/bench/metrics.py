@@ -40,6 +40,7 @@ class Summary:
     identical_to_ar: float | None
     mean_tree_nodes: float | None = None
     host_share: float | None = None
+    drafting_share: float | None = None  # verify steps whose tree was drafted on the device
     drafted_by_source: Mapping[str, int] | None = None
     accepted_by_source: Mapping[str, int] | None = None
     graph_captures: int | None = None  # captured during the timed runs
@@ -87,6 +88,19 @@ def host_share(records: Iterable[PromptRecord]) -> float | None:
     counted = [r for r in records if r.host_share is not None and r.draft_time is not None and r.verify_time is not None]
     total = sum(r.draft_time + r.verify_time for r in counted)
     return sum(r.draft_time for r in counted) / total if total > 0 else None
+
+
+def drafting_share(records: Iterable[PromptRecord]) -> float | None:
+    """Verify steps whose tree was drafted on the device, over all verify steps of the records
+    that count both (None when none does).
+
+    >>> r = lambda steps, device: PromptRecord("p", "c", "m", 1, 1, 1.0, (1.0,), (), steps, device)
+    >>> drafting_share([r(10, 9), r(30, 30), r(None, None)])
+    0.975
+    """
+    counted = [r for r in records if r.verify_steps is not None and r.drafting_steps is not None]
+    steps = sum(r.verify_steps for r in counted)
+    return sum(r.drafting_steps for r in counted) / steps if steps else None
 
 
 def by_source(records: Iterable[PromptRecord], field: str) -> dict[str, int] | None:
@@ -205,6 +219,7 @@ def summarize(records: Sequence[PromptRecord]) -> dict[str, dict[str, Summary]]:
                 identical_to_ar=identical_fraction(rs),
                 mean_tree_nodes=mean_tree_nodes(rs),
                 host_share=host_share(rs),
+                drafting_share=drafting_share(rs),
                 drafted_by_source=by_source(rs, "drafted_by_source"),
                 accepted_by_source=by_source(rs, "accepted_by_source"),
                 graph_captures=graph_captures(rs),

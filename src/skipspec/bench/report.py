@@ -83,14 +83,15 @@ def _sources(s: Summary) -> str:
 def drafting_table(summary: Mapping[str, Mapping[str, Summary]]) -> str:
     """Per method over all prompts: speed and what its drafting did."""
     head = (
-        "| method | tokens/s | speedup vs ar | mean accepted | mean tree nodes | host share | accepted / drafted by source |"
+        "| method | tokens/s | speedup vs ar | mean accepted | mean tree nodes | host share | drafted on the device "
+        "| accepted / drafted by source |"
     )
-    lines = [head, "|---|" + "---:|" * 5 + "---|"]
+    lines = [head, "|---|" + "---:|" * 6 + "---|"]
     for method, by_cat in summary.items():
         s = by_cat[OVERALL]
         lines.append(
             f"| {method} | {s.tokens_per_s:.2f} | {_fmt(s.speedup_vs_ar, '.2f', 'x')} | {_fmt(s.mean_accepted)} | "
-            f"{_fmt(s.mean_tree_nodes, '.1f')} | {_pct(s.host_share)} | {_sources(s)} |"
+            f"{_fmt(s.mean_tree_nodes, '.1f')} | {_pct(s.host_share)} | {_pct(s.drafting_share)} | {_sources(s)} |"
         )
     return "\n".join(lines)
 
@@ -151,8 +152,9 @@ def markdown_report(result: BenchResult, plots: Sequence[str] = (), notes: Seque
         "## Drafting per method",
         "",
         "Mean tree nodes: draft nodes verified per step. Host share: host time drafting (proposing, merging, "
-        "learning from each result) over drafting + verifying. Accepted / drafted by source: draft tokens per "
-        "drafter, over the first repeat of each prompt.",
+        "learning from each result) over drafting + verifying. Drafted on the device: verify steps whose tree "
+        "was drafted inside the captured step (drafting steps, on a GPU). Accepted / drafted by source: draft "
+        "tokens per drafter, over the first repeat of each prompt.",
         "",
         drafting_table(summary),
         "",
