@@ -218,10 +218,9 @@ class SwiftDecoder:
         skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
         skips = (skip,) if skip is not None else ()  # a search with no set yet drafts nothing
         shapes = tuple(dict.fromkeys(s for s in map(self._device_shape, methods) if s is not None))
-        extra = {"drafting": shapes} if shapes else {}  # only a StaticExecutor has drafting steps
-        steps = self.executor.warmup_steps(max_context, scratch, programs, skips, **extra)
+        steps = self.executor.warmup_steps(max_context, scratch, programs, skips, shapes)
         with _progress(progress, steps, "warm-up") as tick:
-            self.executor.warmup(max_context, scratch, programs, skips, tick, **extra)
+            self.executor.warmup(max_context, scratch, programs, skips, tick, shapes)
         return time.perf_counter() - start
 
     def _drafters(self, method: str) -> list[Drafter]:

@@ -90,13 +90,14 @@ class LeadExecutor:
         self.channel.send("check", self.id, prompt_len, max_new_tokens, scratch, sampling)
         agree(self.channel, lambda: self.inner.check(prompt_len, max_new_tokens, scratch, sampling))
 
-    def warmup(self, max_context: int, scratch: int, programs, skips, tick=None) -> None:
+    def warmup(self, max_context: int, scratch: int, programs, skips, tick=None, drafting=()) -> None:
+        # `drafting` is always empty here: the decoder runs drafting steps on a `StaticExecutor` only.
         # Capturing allocates the cache first: every rank must have the room before any captures.
         self.check(max_context, 0, scratch, any(p.sample for p in programs))
         self.channel.send("warmup", self.id, max_context, scratch, tuple(programs), tuple(skips))
         self.inner.warmup(max_context, scratch, programs, skips, tick)
 
-    def warmup_steps(self, max_context: int, scratch: int, programs, skips) -> int:
+    def warmup_steps(self, max_context: int, scratch: int, programs, skips, drafting=()) -> int:
         return self.inner.warmup_steps(max_context, scratch, programs, skips)  # a count: no rank runs anything
 
     def prefill(self, prompt: Sequence[int], max_new_tokens: int, scratch: int, sampling: SamplingParams, seed: int) -> int:

@@ -35,6 +35,7 @@ from ..tree import doublings, tree_frame
 from ..verify import SamplingInputs, SamplingProgram, sampling_program, target_tokens, verify_tree
 from .config import RuntimeConfig
 from .cpu_linear import packed_sublayers
+from .device_drafting import DeviceTreeShape
 from .steps import draft_tail
 
 #: Token ids, or parent indices, of some tree nodes: host ints or a 1-D device tensor.
@@ -151,14 +152,26 @@ class Executor(Protocol):
         ...
 
     def warmup(
-        self, max_context: int, scratch: int, programs: Sequence[SamplingProgram], skips: Sequence[SkipSet], tick=None
+        self,
+        max_context: int,
+        scratch: int,
+        programs: Sequence[SamplingProgram],
+        skips: Sequence[SkipSet],
+        tick=None,
+        drafting: Sequence[DeviceTreeShape] = (),
     ) -> None:
         """Make every step requests up to `max_context` tokens can demand now, off their critical path:
-        each shape, in each of `programs` (a request's sampling values are inputs of its steps)."""
+        each shape, in each of `programs` (a request's sampling values are inputs of its steps);
+        `drafting`: the tree shapes of drafting steps, for an executor that runs them."""
         ...
 
     def warmup_steps(
-        self, max_context: int, scratch: int, programs: Sequence[SamplingProgram], skips: Sequence[SkipSet]
+        self,
+        max_context: int,
+        scratch: int,
+        programs: Sequence[SamplingProgram],
+        skips: Sequence[SkipSet],
+        drafting: Sequence[DeviceTreeShape] = (),
     ) -> int:
         """How many times `warmup` with these arguments calls `tick` (for a progress bar)."""
         ...
@@ -213,10 +226,10 @@ class EagerExecutor:
     def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
         pass  # the cache is allocated per request, on whatever device the model is
 
-    def warmup(self, max_context: int, scratch: int, programs, skips, tick=None) -> None:
-        pass  # nothing is captured or compiled: shapes are free
+    def warmup(self, max_context: int, scratch: int, programs, skips, tick=None, drafting=()) -> None:
+        pass  # nothing is captured or compiled: shapes are free (and it runs no drafting steps)
 
-    def warmup_steps(self, max_context: int, scratch: int, programs, skips) -> int:
+    def warmup_steps(self, max_context: int, scratch: int, programs, skips, drafting=()) -> int:
         return 0
 
     def prepare_draft(self, skip: SkipSet, params: SamplingParams) -> None:

@@ -257,8 +257,9 @@ class StaticExecutor:
         """Allocate the cache for `max_context` tokens once and capture every step shapes can demand:
         verify steps of every tree bucket, draft steps of `skips` and drafting steps of the tree
         shapes `drafting`, each per program in `programs`, scoring forwards of every bucket (when
-        `scratch`: the search runs, which also measures). Later requests that fit run no capture and no compile on their critical path,
-        whatever their sampling values. `tick(label)` reports progress, `warmup_steps` times."""
+        `scratch`: the search runs, which also measures). Later requests that fit run no capture
+        and no compile on their critical path, whatever their sampling values. `tick(label)`
+        reports progress, `warmup_steps` times."""
         tick = tick or (lambda label: None)
         self._pinned = False
         self.reserve(max_context, 0, scratch, any(p.sample for p in programs))
@@ -564,7 +565,6 @@ class StaticExecutor:
         outputs: list[tuple | None] = [None, None]
         events = [torch.cuda.Event() if cuda else None for _ in range(2)]
         launched = taken = 0
-        committed = self.committed
 
         def launch() -> None:
             nonlocal launched
@@ -580,7 +580,7 @@ class StaticExecutor:
         try:
             launch()
             while taken < launched:
-                if launched < limit and committed + room + bucket <= capacity:
+                if launched < limit and self.committed + room + bucket <= capacity:
                     launch()
                 if cuda:
                     events[taken % 2].synchronize()  # the step's one host sync, one step behind the GPU
@@ -589,10 +589,9 @@ class StaticExecutor:
                     raise RuntimeError(f"a drafting step laid out a malformed tree: {reading.fault}")
                 top, verified, host = outputs[taken % 2]
                 taken += 1
-                committed += reading.length
-                self.committed = committed
+                self.committed += reading.length
                 yield reading.verified(top, verified, host)
-                if taken == launched < limit and committed + bucket <= capacity:
+                if taken == launched < limit and self.committed + bucket <= capacity:
                     launch()
         finally:
             # A step in flight rewrites the root's entry with the same token, and only writes past it.
