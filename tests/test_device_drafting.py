@@ -14,7 +14,9 @@ from tiny_models import FAMILIES, tiny_model
 from skipspec import SwiftConfig, SwiftDecoder
 from skipspec.drafting.ngram import scan_matches
 from skipspec.drafting.recycle import UNKNOWN, expand, new_table, record_topk
+from skipspec.drafting.hybrid import RateWatch
 from skipspec.errors import ConfigError
+from skipspec.model.skipset import SkipSet
 from skipspec.runtime import RuntimeConfig
 from skipspec.runtime.device_drafting import (
     HOLE,
@@ -134,6 +136,8 @@ DRAFTING = RuntimeConfig(mode="static", device_drafting=True, device_lookup=(2, 
 def _decoder(model, runtime=DRAFTING, stop=()) -> SwiftDecoder:
     dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=list(stop), runtime=runtime)
     dec._costs = flat_costs(model.config.num_hidden_layers, per_node=0.001)
+    # Hybrid's host steps keep the set's drafts in: the tiny model's timings must not pause them.
+    dec._allocator("hybrid").skip_watch.drafted = lambda *args, **kwargs: None
     return dec
 
 
@@ -286,6 +290,9 @@ class NoSetYet:
     def plain_steps(self) -> int:
         return 0 if self.count % 3 == 0 else 2
 
+    def quiet_steps(self) -> int:
+        return self.plain_steps()
+
     def observe(self, ctx) -> None:
         self.count += 1
         self.observed += 1
@@ -310,3 +317,47 @@ def test_hybrid_runs_drafting_steps_while_layer_skipping_has_no_set():
         assert res.stats["drafting_steps"] == res.stats["verify_steps"] > 0
         assert set(res.stats["drafted_by_source"]) <= {"ngram", "recycle"}
         assert policy.observed == res.stats["verify_steps"] - 1  # each step but the one that ended the request
+
+
+class SetChosen(NoSetYet):
+    """A layer-skip policy that has chosen a set (skipping every other layer's MLP)."""
+
+    def __init__(self, layers: int) -> None:
+        super().__init__()
+        self.skip = SkipSet.of(mlp=range(0, layers, 2))
+
+    def skip_set(self):
+        return self.skip
+
+    def plain_steps(self) -> int:
+        return 0
+
+
+def test_hybrid_pauses_layer_skipping_where_its_host_steps_lose_to_drafting_steps():
+    """With a set chosen, hybrid steps run on the host with layer-skip drafts merged in, and are
+    timed against drafting steps; while they are found slower, drafting steps run for the pause,
+    then layer skipping joins again. Every output is plain decoding's."""
+    model = tiny_model("llama")
+    layers = model.config.num_hidden_layers
+    policy = SetChosen(layers)
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=DRAFTING, policy=policy)
+    dec._costs = flat_costs(layers, per_node=0.001)
+    plain = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[])
+    alloc = dec._allocator("hybrid")
+    alloc.watch.drafted = lambda *args, **kwargs: None  # the tiny model's timings must not pause drafting
+    watch = alloc.skip_watch = RateWatch(window=1000, pause=3, max_pause=3)  # no verdict but the one forced below
+    prompt = _repetitive_prompt(random.Random("hybrid-set"))
+    res = dec.generate(prompt, 24, method="hybrid")
+    assert res.tokens == plain.generate(prompt, 24, method="ar").tokens
+    assert res.stats["drafting_steps"] == 0, "with a set and no pause every step runs on the host"
+    assert "layer_skip" in res.stats["drafted_by_source"]
+    assert len(watch.rate.steps) > 0 and watch.plain_seconds is None  # judged, with no drafting step yet
+
+    for _ in range(1000):
+        watch.drafted(1, 10.0, plain_estimate=1.0)  # a window far slower than plain: a pause of 3
+    assert watch.plain_steps() == 3
+    res = dec.generate(prompt, 40, method="hybrid")
+    assert res.tokens == plain.generate(prompt, 40, method="ar").tokens
+    assert res.stats["drafting_steps"] == 3, "the pause's steps are drafting steps"
+    assert res.stats["verify_steps"] > 3 and watch.plain_steps() == 0
+    assert watch.plain_seconds is not None and watch.plain_seconds > 0, "drafting steps are the yardstick"

@@ -173,6 +173,21 @@ def test_watch_judges_against_measured_plain_steps_once_it_has_them():
     assert w.plain_steps() == 5
 
 
+def test_watch_judges_against_a_yardstick_of_several_tokens_a_step():
+    """Against drafting steps (`NodeAllocator.skip_watch`) the yardstick is their tokens per second."""
+    w = RateWatch(window=2, pause=5)
+    w.plain(1.0, tokens=3)
+    assert w.plain_seconds == pytest.approx(1 / 3)
+    w.drafted(2, 1.0, plain_estimate=1.0)
+    w.drafted(2, 1.0, plain_estimate=1.0)  # 2 tokens a second, under the yardstick's 3
+    assert w.plain_steps() == 5
+    w = RateWatch(window=2, pause=5)
+    w.plain(1.0, tokens=3)
+    w.drafted(4, 1.0, plain_estimate=1.0)
+    w.drafted(4, 1.0, plain_estimate=1.0)  # 4 a second: it pays
+    assert w.plain_steps() == 0
+
+
 @pytest.mark.parametrize("bad", [{"window": 0}, {"pause": 0}, {"pause": 9, "max_pause": 8}, {"decay": 1.0}])
 def test_watch_rejects_nonsense_settings(bad):
     with pytest.raises(ConfigError):

@@ -80,6 +80,17 @@ def test_search_finds_the_sublayers_that_are_identities(objective):
     assert res.stats["acceptance_rate"] == 1.0 and res.stats["drafted_tokens"] > 0
 
 
+def test_a_settled_search_with_a_set_counts_its_quiet_steps_but_has_no_plain_ones():
+    """Between looks, a step the set did not draft is only counted (`quiet_steps`, which a hybrid
+    decoder runs drafting steps for), but with a set chosen no step is plain (`plain_steps`)."""
+    dec = search_decoder(identity_model(zero_attn=[2, 4], zero_mlp=[3]), "speed", relook_steps=10)
+    run_until_settled(dec)
+    policy = dec.policy
+    assert policy.skip_set() == ZEROED and not policy.search.active
+    assert policy.plain_steps() == 0
+    assert policy.quiet_steps() == policy._idle - 1 > 0
+
+
 def test_speed_search_decodes_plainly_when_every_skip_hurts():
     dec = search_decoder(identity_model(), "speed")
     run_until_settled(dec)

@@ -41,17 +41,18 @@ def random_parents(rng: random.Random, n: int) -> list[int]:
 
 
 def reference_path(parents: list[int], tokens: list[int], targets: list[int]) -> list[int]:
-    """Walk from the root, following the first child whose token is the parent's target."""
+    """Every walk from the root through children whose token is the parent's target; the longest,
+    the one ending at the first node of its depth."""
     children: dict[int, list[int]] = {}
     for i, p in enumerate(parents[1:], start=1):
         children.setdefault(p, []).append(i)
-    path = [0]
-    while True:
-        node = path[-1]
-        nxt = next((c for c in children.get(node, []) if tokens[c] == targets[node]), None)
-        if nxt is None:
-            return path
-        path.append(nxt)
+    walks, best = [[0]], [0]
+    while walks:
+        walk = walks.pop()
+        if (len(walk), -walk[-1]) > (len(best), -best[-1]):
+            best = walk
+        walks += [walk + [c] for c in children.get(walk[-1], []) if tokens[c] == targets[walk[-1]]]
+    return best
 
 
 def test_swift_tree_is_chain_plus_leaf_siblings():
@@ -131,10 +132,14 @@ def test_acceptance_follows_a_branch_under_a_non_chain_node():
     assert path == [0, 3, 4, 5] and bonus == 6 and toks == [0, 3, 4, 5]
 
 
-def test_duplicate_siblings_follow_the_first():
-    # Two children of the root carry token 1; only the second has the right grandchild, but the first is followed.
-    path, bonus, _ = _accept([-1, 0, 0, 2], [0, 1, 1, 7], [1, 5, 7, 8])
-    assert path == [0, 1] and bonus == 5
+def test_duplicate_siblings_are_each_followed_and_the_deepest_path_wins():
+    # Two children of the root carry token 1 (two sources' trees, not merged); only the second
+    # has the right grandchild. Real targets are the same under both copies (the same prefix).
+    path, bonus, _ = _accept([-1, 0, 0, 2], [0, 1, 1, 7], [1, 7, 7, 8])
+    assert path == [0, 2, 3] and bonus == 8
+    # Equally deep through either copy: the first copy's path.
+    path, bonus, _ = _accept([-1, 0, 0, 1, 2], [0, 1, 1, 7, 7], [1, 7, 7, 8, 8])
+    assert path == [0, 1, 3] and bonus == 8
 
 
 @pytest.mark.parametrize("seed", range(60))

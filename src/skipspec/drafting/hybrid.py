@@ -20,6 +20,13 @@ are launched back to back, the host's work hidden behind the GPU's. So `RateWatc
 tokens per second of whole drafting steps, as they ran, with plain runs' own, and where
 drafting is the slower it pauses it for a run of plain steps, longer each time it is found
 slower again.
+
+Layer skipping drafts on the host, one draft forward per depth, while n-gram and recycling trees
+can be drafted on the device inside the verify step (`runtime.device_drafting`), with the next
+step launched before the host reads the last. So when a skip set is chosen the question is not
+whether its drafts beat plain decoding (its search answers that) but whether host steps with its
+drafts merged in beat those drafting steps: a second `RateWatch` asks it, with drafting steps as
+the yardstick, and pauses layer skipping while it loses.
 """
 
 from __future__ import annotations
@@ -215,11 +222,14 @@ class RateWatch:
     """Whether drafting steps, as they really ran, give more tokens per second than plain runs.
 
     Drafting steps are judged over a sliding window of `window` steps (tokens committed over
-    their wall seconds, host work included); the yardstick is the seconds of a plain-run step
-    (a moving average of the runs seen; before any, the caller's estimate). When the window's
-    rate is under plain decoding's, drafting pauses for `pause` plain steps, doubled each time
-    the first full window after a pause is found slower again (up to `max_pause`: text changes,
-    and a long-paused source may pay again), and back to `pause` once one pays.
+    their wall seconds, host work included); the yardstick is the seconds per token of plain-run
+    steps (moving averages of the steps seen, `plain`; before any, the caller's estimate). When
+    the window's rate is under the yardstick's, drafting pauses for `pause` plain steps, doubled
+    each time the first full window after a pause is found slower again (up to `max_pause`: text
+    changes, and a long-paused source may pay again), and back to `pause` once one pays.
+
+    The same rule judges any kind of step against another: `NodeAllocator.skip_watch` times host
+    steps with layer-skip drafts in (`drafted`) against drafting steps (`plain`, with their tokens).
 
     >>> w = RateWatch(window=2, pause=4)
     >>> w.drafted(2, 2.0, plain_estimate=1.0); w.drafted(1, 2.0, plain_estimate=1.0); w.plain_steps()
@@ -236,7 +246,7 @@ class RateWatch:
             )
         self.pause, self.max_pause, self.decay = pause, max_pause, decay
         self.rate = RealizedRate(window)
-        self.plain_seconds: float | None = None
+        self._yardstick: tuple[float, float] | None = None  # (seconds, tokens) of a step, moving averages
         self.pauses = 0  # pauses started, for the statistics
         self._left = 0  # plain steps still to run in the current pause
         self._next = pause  # the next pause's length
@@ -259,11 +269,19 @@ class RateWatch:
         self.pauses += 1
         self.rate.reset()
 
-    def plain(self, seconds: float) -> None:
-        """One step of a plain run took `seconds` (the host's work between steps included)."""
-        old = self.plain_seconds
-        self.plain_seconds = seconds if old is None else self.decay * old + (1 - self.decay) * seconds
+    def plain(self, seconds: float, tokens: int = 1) -> None:
+        """One step of a plain run took `seconds` (the host's work between steps included) and
+        committed `tokens`."""
+        d, old = self.decay, self._yardstick
+        if old is not None:
+            seconds, tokens = d * old[0] + (1 - d) * seconds, d * old[1] + (1 - d) * tokens
+        self._yardstick = (seconds, tokens)
         self._left = max(self._left - 1, 0)
+
+    @property
+    def plain_seconds(self) -> float | None:
+        """Seconds per token of the plain steps seen (None before any)."""
+        return None if self._yardstick is None else self._yardstick[0] / self._yardstick[1]
 
     def plain_steps(self) -> int:
         """Plain steps the current pause still wants (0: draft)."""
@@ -286,6 +304,9 @@ class NodeAllocator:
         self.worth = [NodeWorth(self.config) for _ in self.names]
         self.step_seconds = StepSeconds()
         self.watch = RateWatch()
+        # Host steps with layer-skip drafts in, against drafting steps (see the module docstring):
+        # a shorter window, as such steps run alone, and longer pauses, as a loss costs a lot.
+        self.skip_watch = RateWatch(window=16, pause=32, max_pause=512)
         self._steps = 0
         window = self.config.offer_window
         self._kept = [deque(maxlen=window) for _ in self.names] if window else None

@@ -42,6 +42,10 @@ class LayerSkipDrafter:
         """Steps ahead that are plain for this drafter, whose `observe` only counts (see `SkipPolicy`)."""
         return self.policy.plain_steps() if self.policy.skip_set() is None else 0
 
+    def quiet_steps(self) -> int:
+        """Steps ahead whose `observe` only counts while this drafter drafts none of them (see `SkipPolicy`)."""
+        return self.policy.quiet_steps()
+
     @torch.inference_mode()
     def propose(self, ctx: DraftContext) -> DraftTree | None:
         self._depth = 0

@@ -11,7 +11,7 @@ import torch
 
 from ..config import GenerationResult, SamplingParams, SwiftConfig
 from ..drafting import DraftContext, Drafter, DraftTree, LayerSkipDrafter, StepResult, TokenView
-from ..drafting.hybrid import NodeAllocator
+from ..drafting.hybrid import NodeAllocator, RateWatch
 from ..drafting.ngram import NgramDrafter
 from ..drafting.recycle import RecycleDrafter
 from ..errors import DrafterError, InputError
@@ -300,13 +300,14 @@ class SwiftDecoder:
                 self.adapter.vocab_size, sampling, ex,
             )  # fmt: skip
             run = _plain_run(drafters, allocator, remaining)
-            drafting = self._drafting_run(shape, drafters, remaining) if not run else 0
+            drafting = self._drafting_run(shape, drafters, allocator, remaining) if not run else 0
             if run:
                 done = yield from self._plain_steps(run, ctx, req, tokens, drafters, allocator, c)
             elif drafting:
                 done = yield from self._drafting_steps(drafting, shape, ctx, req, tokens, drafters, allocator, costs, c)
             else:
-                done = yield from self._speculative_step(ctx, req, tokens, drafters, allocator, costs, c)
+                skip_watch = allocator.skip_watch if shape is not None else None  # hybrid, with a set
+                done = yield from self._speculative_step(ctx, req, tokens, drafters, allocator, costs, c, skip_watch)
 
     def _plain_steps(
         self, run: int, ctx: DraftContext, req: Request, tokens: list[int], drafters: list[Drafter],
@@ -334,19 +335,25 @@ class SwiftDecoder:
             t = time.perf_counter()
         return False
 
-    def _drafting_run(self, shape: DeviceTreeShape | None, drafters: list[Drafter], remaining: int) -> int:
+    def _drafting_run(
+        self, shape: DeviceTreeShape | None, drafters: list[Drafter], allocator: NodeAllocator | None, remaining: int
+    ) -> int:
         """How many drafting steps to run now (0: none). Layer skipping drafts on the host: while
-        its search has a set, hybrid steps run there. While it has none, its search observes the
-        drafting steps as it observes plain steps; a step that may score (in the cache, past the
-        committed length) runs alone, with no step launched ahead of it."""
+        its search has a set, hybrid steps run there, unless they were found slower than drafting
+        steps (`NodeAllocator.skip_watch`: then drafting steps run for its pause). Its search
+        observes the drafting steps as it observes plain steps; a step that may score (in the
+        cache, past the committed length) runs alone, with no step launched ahead of it."""
         if shape is None:
             return 0
         run = min(DRAFTING_RUN, remaining)
         layer_skip = self._builtin["layer_skip"]
         if layer_skip in drafters:
             if self.policy.skip_set() is not None:
-                return 0
-            run = min(run, max(1, layer_skip.plain_steps()))
+                paused = allocator.skip_watch.plain_steps()
+                if not paused:
+                    return 0
+                run = min(run, paused)
+            run = min(run, max(1, layer_skip.quiet_steps()))
         return run
 
     def _drafting_steps(
@@ -385,6 +392,7 @@ class SwiftDecoder:
                     if allocator is not None:
                         plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
                         allocator.watch.drafted(len(step.tokens), waited + observed, plain_estimate=plain)
+                        allocator.skip_watch.plain(waited + observed, len(step.tokens))
                     t = time.perf_counter()
             finally:
                 if unseen is not None and mirror is not None:  # the request ended there
@@ -410,10 +418,11 @@ class SwiftDecoder:
 
     def _speculative_step(
         self, ctx: DraftContext, req: Request, tokens: list[int], drafters: list[Drafter],
-        allocator: NodeAllocator | None, costs: CostModel | None, c: Counters,
+        allocator: NodeAllocator | None, costs: CostModel | None, c: Counters, skip_watch: RateWatch | None = None,
     ) -> Generator[list[int], None, bool]:  # fmt: skip
         """Propose, verify, emit, observe: one step of speculative decoding. Returns whether the
-        request is done."""
+        request is done. `skip_watch`: where a step with layer skipping in is judged against
+        drafting steps (None: it is not)."""
         ex = self.executor
         calls, t = ex.draft_calls, time.perf_counter()
         proposals = [Proposal(d, d.propose(_share(ctx, i, len(drafters), allocator))) for i, d in enumerate(drafters)]
@@ -448,6 +457,8 @@ class SwiftDecoder:
             # The whole step as it ran, the consumer's time excepted.
             plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
             allocator.watch.drafted(len(step.tokens), t3 - t + observed, plain_estimate=plain)
+            if skip_watch is not None:
+                skip_watch.drafted(len(step.tokens), t3 - t + observed, plain_estimate=plain)
         return False
 
     def _allocate(

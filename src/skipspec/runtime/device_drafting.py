@@ -173,10 +173,17 @@ def lookup_chains(history: torch.Tensor, length: torch.Tensor, shape: DeviceTree
         run = run & (index >= i) & (here == there)
         matched = matched + run
     score = torch.where(matched >= shape.min_ngram, matched * size + index, -1)
-    best = score.topk(shape.chains)
-    positions = best.indices[:, None] + 1 + torch.arange(shape.chain_depth, device=history.device)[None, :]
+    # The best few by repeated argmax: each a reduction that fuses with the scan above, where a
+    # top-k over the whole history is a sort of several kernels (most of the lookup's time).
+    ends, found = [], []
+    for _ in range(shape.chains):
+        end = score.argmax(dim=0, keepdim=True)
+        ends.append(end)
+        found.append(score.gather(0, end) >= 0)
+        score = torch.where(index == end, -1, score)
+    positions = torch.cat(ends)[:, None] + 1 + torch.arange(shape.chain_depth, device=history.device)[None, :]
     tokens = history.index_select(0, positions.clamp(max=size - 1).flatten()).view(positions.shape)
-    known = (best.values >= 0)[:, None] & (positions <= last)
+    known = torch.cat(found)[:, None] & (positions <= last)
     return torch.where(known, tokens, HOLE)
 
 

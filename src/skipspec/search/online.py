@@ -177,9 +177,16 @@ class SearchPolicy:
         s = self.search
         if not isinstance(s, SpeedSearch) or s.decision() is not None:
             return 0
+        return self.quiet_steps()
+
+    def quiet_steps(self) -> int:
+        s = self.search
+        if not isinstance(s, SpeedSearch):
+            return 0
         if not s.active:
-            # Waiting for the next look with no set to watch: `_observe` only counts these down,
-            # and the step that reaches zero starts a round (scoring in the cache): not that one.
+            # Waiting for the next look: `_observe` only counts these down (a step that layer
+            # skipping did not draft gives the set's watch nothing), and the step that reaches
+            # zero starts a round (scoring in the cache): not that one.
             return max(self._idle - 1, 0)
         return self._unaffordable_steps(s)
 

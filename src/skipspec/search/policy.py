@@ -7,6 +7,7 @@ the request's cache, past the committed slots) within its own time budget.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,6 +60,12 @@ class SkipPolicy(Protocol):
         `StaticRuntime.plain_tokens`). 0 when unsure."""
         ...
 
+    def quiet_steps(self) -> int:
+        """How many of the next steps `observe` would only count, were none of them drafted by
+        layer skipping, whatever `skip_set()` is (a hybrid decoder runs steps drafted from text
+        back to back for that many). 0 when unsure."""
+        ...
+
     def stats(self) -> dict:
         """What the policy did so far (search proposals, chosen set size, ...); {} when there is nothing to say."""
         ...
@@ -84,6 +91,9 @@ class FixedSkipPolicy:
 
     def plain_steps(self) -> int:
         return 0  # it always drafts
+
+    def quiet_steps(self) -> int:
+        return sys.maxsize  # its `observe` does nothing
 
     def stats(self) -> dict:
         return {}

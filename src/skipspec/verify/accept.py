@@ -28,9 +28,14 @@ def accept_longest_path(
 
     tokens (N,) node tokens (root first); parents (N,) with -1 for the root and every parent
     before its children; depths (N,); ancestors (N, N) bool (`tree.tree_ancestors`); targets (N,)
-    the full model's choice at each node. A node counts only if no earlier sibling carries the
-    same correct token, so among duplicate siblings the first is followed and the accepted path
-    is unique.
+    the full model's choice at each node. Of equally deep such nodes the first is taken.
+
+    Duplicate siblings (one token proposed twice under one parent, as two sources' trees drafted
+    on the device are not merged) are each followed: the deepest path wins, through whichever
+    copy. That is exact, for greedy and sampled targets alike: a node's target depends only on
+    the tokens before it (and, sampling, on the seed and its position: `verify.sampling`), so both
+    copies' subtrees are checked against the same targets, and every path accepted is a prefix of
+    the one sequence plain decoding emits.
 
     >>> import torch
     >>> from skipspec.tree import TreeLayout
@@ -45,9 +50,6 @@ def accept_longest_path(
     correct = tokens == targets[parents.clamp(min=0)]
     correct[:1] = True  # a slice fill: no scalar copied to the device
     index = torch.arange(n, device=tokens.device)
-    # An earlier sibling that is also correct carries the same token: it wins.
-    shadowed = ((parents[None, :] == parents[:, None]) & (index[None, :] < index[:, None]) & correct[None, :]).any(dim=1)
-    correct = correct & ~shadowed
     ok = ~(ancestors & ~correct[None, :]).any(dim=1)
     # Index with one-element tensors, never a 0-d one: `x[t]` with a 0-d device tensor reads it
     # back to the host (a hidden sync, and an error inside a CUDA graph capture).
