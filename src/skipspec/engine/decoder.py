@@ -292,6 +292,9 @@ class SwiftDecoder:
         if self._done(emitted, req.max_new_tokens):
             return
         costs = self.step_costs() if allocator is not None else None
+        # Hybrid where trees can be drafted on the device: its host steps, with layer-skip drafts
+        # in, are judged against its drafting steps.
+        skip_watch = allocator.skip_watch if shape is not None and self._builtin["layer_skip"] in drafters else None
         done = False
         while not done:
             remaining = req.max_new_tokens - (len(tokens) - len(req.prompt))
@@ -300,13 +303,14 @@ class SwiftDecoder:
                 self.adapter.vocab_size, sampling, ex,
             )  # fmt: skip
             run = _plain_run(drafters, allocator, remaining)
-            drafting = self._drafting_run(shape, drafters, allocator, remaining) if not run else 0
+            drafting = self._drafting_run(shape, skip_watch, remaining) if not run else 0
             if run:
                 done = yield from self._plain_steps(run, ctx, req, tokens, drafters, allocator, c)
             elif drafting:
-                done = yield from self._drafting_steps(drafting, shape, ctx, req, tokens, drafters, allocator, costs, c)
+                done = yield from self._drafting_steps(
+                    drafting, shape, ctx, req, tokens, drafters, allocator, costs, c, skip_watch
+                )
             else:
-                skip_watch = allocator.skip_watch if shape is not None else None  # hybrid, with a set
                 done = yield from self._speculative_step(ctx, req, tokens, drafters, allocator, costs, c, skip_watch)
 
     def _plain_steps(
@@ -335,34 +339,33 @@ class SwiftDecoder:
             t = time.perf_counter()
         return False
 
-    def _drafting_run(
-        self, shape: DeviceTreeShape | None, drafters: list[Drafter], allocator: NodeAllocator | None, remaining: int
-    ) -> int:
-        """How many drafting steps to run now (0: none). Layer skipping drafts on the host: while
-        its search has a set, hybrid steps run there, unless they were found slower than drafting
-        steps (`NodeAllocator.skip_watch`: then drafting steps run for its pause). Its search
-        observes the drafting steps as it observes plain steps; a step that may score (in the
-        cache, past the committed length) runs alone, with no step launched ahead of it."""
+    def _drafting_run(self, shape: DeviceTreeShape | None, skip_watch: RateWatch | None, remaining: int) -> int:
+        """How many drafting steps to run now (0: none). Layer skipping (hybrid: `skip_watch` is
+        set) drafts on the host: while its search has a set, hybrid steps run there, unless they
+        were found slower than drafting steps (then drafting steps run for the watch's pause). Its
+        search observes the drafting steps as it observes plain steps; a step that may score (in
+        the cache, past the committed length) runs alone, with no step launched ahead of it."""
         if shape is None:
             return 0
         run = min(DRAFTING_RUN, remaining)
-        layer_skip = self._builtin["layer_skip"]
-        if layer_skip in drafters:
+        if skip_watch is not None:
             if self.policy.skip_set() is not None:
-                paused = allocator.skip_watch.plain_steps()
+                paused = skip_watch.plain_steps()
                 if not paused:
                     return 0
                 run = min(run, paused)
-            run = min(run, max(1, layer_skip.quiet_steps()))
+            run = min(run, max(1, self._builtin["layer_skip"].quiet_steps()))
         return run
 
     def _drafting_steps(
         self, run: int, shape: DeviceTreeShape, ctx: DraftContext, req: Request, tokens: list[int],
         drafters: list[Drafter], allocator: NodeAllocator | None, costs: CostModel | None, c: Counters,
+        skip_watch: RateWatch | None,
     ) -> Generator[list[int], None, bool]:  # fmt: skip
         """`run` drafting steps back to back (`StaticExecutor.drafting_steps`). The drafters
         observe each, as after plain steps: recycling's host table learns what the device table
-        learnt, so the device copy stays current. Returns whether the request is done."""
+        learnt, so the device copy stays current. Each step is `skip_watch`'s yardstick (None: no
+        layer skipping to judge). Returns whether the request is done."""
         ex = self.executor
         t = time.perf_counter()
         mirror = self._device_successors(shape, ctx)
@@ -392,7 +395,8 @@ class SwiftDecoder:
                     if allocator is not None:
                         plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
                         allocator.watch.drafted(len(step.tokens), waited + observed, plain_estimate=plain)
-                        allocator.skip_watch.plain(waited + observed, len(step.tokens))
+                    if skip_watch is not None:
+                        skip_watch.plain(waited + observed, len(step.tokens))
                     t = time.perf_counter()
             finally:
                 if unseen is not None and mirror is not None:  # the request ended there
