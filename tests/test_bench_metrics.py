@@ -72,6 +72,23 @@ def test_speedups_are_rate_ratios_per_category_and_overall():
     assert s["ar"][OVERALL].prompts == 3 and s["ar"][OVERALL].new_tokens == 60 and s["ar"][OVERALL].time_s == 7.0
 
 
+def test_decode_speedup_leaves_the_prefill_out():
+    # A long prefill (3 s) that both methods pay, then 10 tokens: ar 1 s after the first token,
+    # hybrid 0.25 s. The request is 4 / 3.25 = 1.23x faster, the decode phase 4x.
+    timed = [
+        rec("ar", "p1", "rag", 11, 4.0, ttft_s=(3.0,)),
+        rec("hybrid", "p1", "rag", 11, 3.25, ttft_s=(3.0,)),
+        rec("hf", "p1", "rag", 11, 5.0),  # no first-token time: no decode rate
+    ]
+    s = summarize(timed)
+    assert s["hybrid"][OVERALL].speedup_vs_ar == pytest.approx(4.0 / 3.25)
+    assert s["hybrid"][OVERALL].decode_tokens_per_s == pytest.approx(40.0)
+    assert s["hybrid"]["rag"].decode_speedup_vs_ar == pytest.approx(4.0)
+    assert s["ar"][OVERALL].decode_speedup_vs_ar == pytest.approx(1.0)
+    assert s["hf"][OVERALL].decode_tokens_per_s is None and s["hf"][OVERALL].decode_speedup_vs_ar is None
+    assert "| hybrid | 3.38 | 1.23x | 1.54x | 4.00x |" in overall_table(s)
+
+
 def test_speedup_is_none_without_the_baseline():
     s = summarize([r for r in RECORDS if r.method != "hf"])
     assert s["swift"]["a"].speedup_vs_hf is None

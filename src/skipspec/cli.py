@@ -368,6 +368,8 @@ def bench(
     for name, by_cat in result.summary.items():
         s = by_cat["overall"]
         vs_ar = f", {s.speedup_vs_ar:.2f}x vs ar" if s.speedup_vs_ar is not None else ""
+        if s.decode_speedup_vs_ar is not None:
+            vs_ar += f" ({s.decode_speedup_vs_ar:.2f}x after the first token)"
         ttft = f", TTFT p50 {s.ttft_p50 * 1000:.0f} ms" if s.ttft_p50 is not None else ""
         err.print(f"[bold]{name}[/]: {s.tokens_per_s:.2f} tokens/s{vs_ar}{ttft}")
     err.print(f"wrote {out}/results.json and {out}/report.md")

@@ -4,6 +4,9 @@ Conventions (as Spec-Bench's own speed script):
 - tokens/s of a method in a category = total new tokens / total time over its prompts (not a mean
   of per-prompt rates, which would overweight short answers);
 - speedup = that rate divided by the baseline method's rate on the same prompts;
+- decode tokens/s = the tokens after the first over the time after the first token: the part of a
+  request that speculative decoding speeds up (the prefill is the same forward for every method,
+  and on a long prompt it can be most of a short answer's time);
 - mean accepted (tau) = tokens per verify step, bonus token included, weighted by steps;
 - acceptance rate = accepted draft tokens / drafted tokens.
 
@@ -48,6 +51,8 @@ class Summary:
     ttft_p99: float | None = None
     itl_p50: float | None = None
     itl_p99: float | None = None
+    decode_tokens_per_s: float | None = None
+    decode_speedup_vs_ar: float | None = None
 
 
 def tokens_per_s(records: Iterable[PromptRecord]) -> float:
@@ -60,6 +65,21 @@ def tokens_per_s(records: Iterable[PromptRecord]) -> float:
     records = list(records)
     time = sum(r.time_s for r in records)
     return sum(r.new_tokens for r in records) / time if time > 0 else 0.0
+
+
+def decode_tokens_per_s(records: Iterable[PromptRecord]) -> float | None:
+    """Tokens after the first over the time after the first token, totals over the records that
+    timed their first token (the median TTFT of a record's repeats); None when none did.
+
+    >>> r = lambda n, t, ttft: PromptRecord("p", "c", "m", 1, n, t, (t,), (), ttft_s=(ttft,))
+    >>> decode_tokens_per_s([r(11, 3.0, 1.0), r(31, 4.0, 1.0)])
+    8.0
+    >>> decode_tokens_per_s([PromptRecord("p", "c", "m", 1, 5, 1.0, (1.0,), ())]) is None
+    True
+    """
+    timed = [r for r in records if r.ttft_s]
+    time = sum(r.time_s - median(r.ttft_s) for r in timed)
+    return sum(max(r.new_tokens - 1, 0) for r in timed) / time if timed and time > 0 else None
 
 
 def mean_accepted(records: Iterable[PromptRecord]) -> float | None:
@@ -174,8 +194,8 @@ def identical_fraction(records: Iterable[PromptRecord]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def speedup(rate: float, baseline: float | None) -> float | None:
-    return rate / baseline if baseline else None
+def speedup(rate: float | None, baseline: float | None) -> float | None:
+    return rate / baseline if rate is not None and baseline else None
 
 
 def mark_identical(records: Sequence[PromptRecord], reference: str = "ar") -> list[PromptRecord]:
@@ -205,6 +225,7 @@ def summarize(records: Sequence[PromptRecord]) -> dict[str, dict[str, Summary]]:
     """method -> category (plus `overall`) -> Summary. Speedups need an `ar` / `hf` run."""
     grouped = group(records)
     rates = {m: {c: tokens_per_s(rs) for c, rs in cats.items()} for m, cats in grouped.items()}
+    decode = {m: {c: decode_tokens_per_s(rs) for c, rs in cats.items()} for m, cats in grouped.items()}
     return {
         m: {
             c: Summary(
@@ -224,6 +245,8 @@ def summarize(records: Sequence[PromptRecord]) -> dict[str, dict[str, Summary]]:
                 accepted_by_source=by_source(rs, "accepted_by_source"),
                 graph_captures=graph_captures(rs),
                 **latency_percentiles(rs),
+                decode_tokens_per_s=decode[m][c],
+                decode_speedup_vs_ar=speedup(decode[m][c], decode.get("ar", {}).get(c)),
             )
             for c, rs in cats.items()
         }
