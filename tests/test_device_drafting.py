@@ -3,6 +3,7 @@ drafter it mirrors, then drafting steps in the decode loop against plain decodin
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import numpy as np
@@ -14,7 +15,7 @@ from tiny_models import FAMILIES, tiny_model
 from skipspec import SwiftConfig, SwiftDecoder
 from skipspec.drafting.ngram import scan_matches
 from skipspec.drafting.recycle import UNKNOWN, expand, new_table, record_topk
-from skipspec.drafting.hybrid import RateWatch
+from skipspec.drafting.hybrid import LayoutChoice, RateWatch
 from skipspec.errors import ConfigError
 from skipspec.model.skipset import SkipSet
 from skipspec.runtime import RuntimeConfig
@@ -25,6 +26,7 @@ from skipspec.runtime.device_drafting import (
     grow_template,
     lookup_chains,
     record_successors,
+    template_accepted,
     template_paths,
 )
 from skipspec.tree.template import build_template
@@ -126,6 +128,67 @@ def test_bad_shapes_are_refused():
         RuntimeConfig(device_lookup=(2,))
     with pytest.raises(ConfigError, match="device_template"):
         RuntimeConfig(device_template=-1)
+
+
+def _accepted_walk(tokens: list[int], parents: list[int], target) -> list[int]:
+    """The deepest path of a tree (root 0 first, holes -1) whose every node's token is `target` of
+    the tokens before it: what acceptance commits, with targets that depend on the prefix only."""
+    best: list[int] = []
+    paths: dict[int, list[int]] = {0: []}
+    for i in range(1, len(tokens)):
+        prefix = paths.get(parents[i])
+        if prefix is not None and tokens[i] == target(tuple(prefix)):
+            paths[i] = prefix + [tokens[i]]
+            best = max(best, paths[i], key=len)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_template_alone_accepts_what_template_accepted_says(seed):
+    """From a step over lookup chains and the template, `template_accepted` tells what a step over
+    the template alone would have accepted: the two trees walked against one target function."""
+    rng = random.Random(seed)
+    vocab = rng.choice([2, 3, 5])  # few tokens: chains and template often agree, and often duplicate
+    template = build_template(rng.choice([5, 9, 15]), (0.5, 0.3, 0.1))
+    shape = DeviceTreeShape.of(template, 3, chains=rng.randint(1, 3), chain_depth=rng.randint(1, 5))
+    secret = {}
+    target = lambda prefix: secret.setdefault(prefix, rng.randrange(vocab))  # noqa: E731
+    chains = torch.tensor([[rng.randrange(vocab) for _ in range(shape.chain_depth)] for _ in range(shape.chains)])
+    lookup_tokens, lookup_parents = chain_trie(chains)
+    template_tokens = [rng.randrange(vocab) if rng.random() < 0.9 else HOLE for _ in template.parents]
+    # The drafting step's numbering: root 0, lookup nodes, then the template's.
+    tokens = [0, *lookup_tokens.tolist(), *template_tokens]
+    parents = [-1, *(lookup_parents + 1).tolist()]
+    parents += [0 if p < 0 else 1 + shape.lookup_nodes + p for p in template.parents]
+    wide = _accepted_walk(tokens, parents, target)
+    alone = [0, *template_tokens], [-1, *[0 if p < 0 else 1 + p for p in template.parents]]
+    narrow = _accepted_walk(*alone, target)
+    assert template_accepted(shape, tokens, wide) == len(narrow)
+
+
+def test_a_drafted_tree_fills_its_whole_bucket_after_a_smaller_one():
+    """Steps of two layouts share one packed tree input: each writes its own node count, tokens
+    and parents, whatever the step before it (of a smaller bucket) left there."""
+    from skipspec.runtime.buckets import pack_tree, packed_length
+    from skipspec.runtime.device_drafting import DraftingInputs, draft_tree
+
+    template = build_template(9, (0.5, 0.3, 0.1))
+    wide = DeviceTreeShape.of(template, 3, chains=2, chain_depth=6)
+    narrow = DeviceTreeShape.of(template, 3)
+    history = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2] + [0] * 40)
+    table = torch.randint(0, 9, (11, 3))
+    tree = torch.tensor(pack_tree(7, [0] + [HOLE] * 15, [-1] + [0] * 15, 16) + [0] * 64)
+    root = torch.tensor([2])
+    draft_tree(tree, root, DraftingInputs.of(narrow, history, table, 16), narrow, 16)
+    assert tree[1] == 16
+    draft_tree(tree, root, DraftingInputs.of(wide, history, table, 32), wide, 32)
+    layout = tree[: packed_length(32)].tolist()
+    assert layout[:2] == [7, 32], "the committed length kept, the node count the wide bucket's"
+    parents = layout[2 + 32 :]
+    assert parents[1 + wide.lookup_nodes :][: len(template.parents)] == [
+        0 if p < 0 else 1 + wide.lookup_nodes + p for p in template.parents
+    ]
+    assert layout[3 : 3 + 6] == [3, 1, 2, HOLE, HOLE, HOLE], "the longest match's continuation, to the context's end"
 
 
 # -- drafting steps in the decode loop --------------------------------------------------------------
@@ -317,6 +380,33 @@ def test_hybrid_runs_drafting_steps_while_layer_skipping_has_no_set():
         assert res.stats["drafting_steps"] == res.stats["verify_steps"] > 0
         assert set(res.stats["drafted_by_source"]) <= {"ngram", "recycle"}
         assert policy.observed == res.stats["verify_steps"] - 1  # each step but the one that ended the request
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_hybrid_steps_of_either_layout_in_any_order_give_plain_decodings_tokens(family, monkeypatch):
+    """Hybrid's drafting steps switch between its two layouts (lookup and template, the template
+    alone) from one step to the next, a step in flight: random picks, greedy and sampling."""
+    rng = random.Random(f"layouts-{family}")
+    ran = [0, 0]
+    monkeypatch.setattr(LayoutChoice, "pick", lambda self: rng.randrange(2))
+    monkeypatch.setattr(LayoutChoice, "wide", lambda self, *args: ran.__setitem__(0, ran[0] + 1))
+    monkeypatch.setattr(LayoutChoice, "narrow", lambda self, *args: ran.__setitem__(1, ran[1] + 1))
+    model = tiny_model(family)
+    runtime = dataclasses.replace(DRAFTING, device_template_alone=True)
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=runtime, policy=NoSetYet())
+    dec._costs = flat_costs(model.config.num_hidden_layers, per_node=0.001)
+    plain = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[])
+    assert len(_decoder(model)._device_layouts("hybrid")) == 1, "one layout unless asked for"
+    wide, narrow = dec._device_layouts("hybrid")
+    assert dec.executor.drafting_bucket(narrow) < dec.executor.drafting_bucket(wide)
+    for case in range(6):
+        prompt = _repetitive_prompt(rng)
+        kwargs = {"do_sample": True, "temperature": 0.8, "seed": case} if case % 2 else {}
+        want = plain.generate(prompt, 40, method="ar", **kwargs).tokens
+        res = dec.generate(prompt, 40, method="hybrid", **kwargs)
+        assert res.tokens == want, f"{family} case {case}: prompt={prompt}"
+        assert res.stats["drafting_steps"] == res.stats["verify_steps"]
+    assert min(ran) > 10, f"steps of each layout: {ran}"
 
 
 class SetChosen(NoSetYet):

@@ -27,6 +27,13 @@ step launched before the host reads the last. So when a skip set is chosen the q
 whether its drafts beat plain decoding (its search answers that) but whether host steps with its
 drafts merged in beat those drafting steps: a second `RateWatch` asks it, with drafting steps as
 the yardstick, and pauses layer skipping while it loses.
+
+A drafting step's tree has a fixed layout: hybrid's holds the lookup chains and the recycling
+template, in a larger bucket than the template alone. Where the text offers lookup little, the
+larger verify costs more than the chains bring. `LayoutChoice` picks, step by step, between the
+two layouts (where `RuntimeConfig.device_template_alone` allows the smaller one); it needs no
+trial of the smaller one, since every step of the larger also says what the template alone
+would have accepted.
 """
 
 from __future__ import annotations
@@ -286,6 +293,66 @@ class RateWatch:
     def plain_steps(self) -> int:
         """Plain steps the current pause still wants (0: draft)."""
         return self._left
+
+
+class LayoutChoice:
+    """Which of two drafting-step layouts to launch next: the wide one (lookup chains and the
+    recycling template) or the narrow one (the template alone, a smaller bucket).
+
+    Every wide step reports the tokens it committed and those the template alone would have
+    (`runtime.device_drafting.template_accepted`): exact, as targets depend only on the prefix.
+    So wide steps alone give both layouts' tokens per step, as moving averages; seconds per step
+    are moving averages of each layout's steps as they ran (the narrow one's, before any ran, the
+    wide one's times `narrow_cost`, the ratio of the two verify costs). Narrow steps run while
+    their rate is the higher, after `min_wide` wide steps, with every `probe`-th step wide so the
+    evidence follows the text.
+
+    >>> c = LayoutChoice(narrow_cost=0.8, probe=3, min_wide=1)
+    >>> c.wide(tokens=3, narrow_tokens=3, seconds=1.0); [c.pick() for _ in range(6)]
+    [1, 1, 0, 1, 1, 0]
+    >>> c.wide(tokens=6, narrow_tokens=1, seconds=1.0); c.pick()   # the chains paid
+    0
+    """
+
+    WIDE, NARROW = 0, 1
+
+    def __init__(self, narrow_cost: float, probe: int = 8, min_wide: int = 4, decay: float = 0.8) -> None:
+        if not (narrow_cost > 0 and probe >= 2 and min_wide >= 1 and 0.0 <= decay < 1.0):
+            raise ConfigError(
+                f"bad LayoutChoice settings: narrow_cost={narrow_cost}, probe={probe}, min_wide={min_wide}, decay={decay}"
+            )
+        self.narrow_cost, self.probe, self.min_wide, self.decay = narrow_cost, probe, min_wide, decay
+        self._tokens = np.zeros(2)  # moving averages of tokens per step: wide, narrow (from wide steps)
+        self._seconds: list[float | None] = [None, None]
+        self._wide_steps = 0
+        self._narrow_run = 0  # narrow picks since the last wide one
+
+    def _average(self, old: float | None, new: float) -> float:
+        return new if old is None else self.decay * old + (1 - self.decay) * new
+
+    def wide(self, tokens: int, narrow_tokens: int, seconds: float) -> None:
+        """A wide step committed `tokens` in `seconds`; the template alone would have committed `narrow_tokens`."""
+        new = np.array([tokens, narrow_tokens], dtype=float)
+        self._tokens = new if self._wide_steps == 0 else self.decay * self._tokens + (1 - self.decay) * new
+        self._seconds[self.WIDE] = self._average(self._seconds[self.WIDE], seconds)
+        self._wide_steps += 1
+
+    def narrow(self, seconds: float) -> None:
+        """A narrow step took `seconds`."""
+        self._seconds[self.NARROW] = self._average(self._seconds[self.NARROW], seconds)
+
+    def pick(self) -> int:
+        """The layout of the step about to be launched: `WIDE` or `NARROW`."""
+        wide_s, narrow_s = self._seconds
+        if self._wide_steps < self.min_wide or wide_s is None or self._narrow_run >= self.probe - 1:
+            self._narrow_run = 0
+            return self.WIDE
+        narrow_s = narrow_s if narrow_s is not None else wide_s * self.narrow_cost
+        if self._tokens[self.NARROW] / narrow_s > self._tokens[self.WIDE] / wide_s:
+            self._narrow_run += 1
+            return self.NARROW
+        self._narrow_run = 0
+        return self.WIDE
 
 
 class NodeAllocator:

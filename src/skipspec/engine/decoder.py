@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
 
@@ -11,7 +12,7 @@ import torch
 
 from ..config import GenerationResult, SamplingParams, SwiftConfig
 from ..drafting import DraftContext, Drafter, DraftTree, LayerSkipDrafter, StepResult, TokenView
-from ..drafting.hybrid import NodeAllocator, RateWatch
+from ..drafting.hybrid import LayoutChoice, NodeAllocator, RateWatch
 from ..drafting.ngram import NgramDrafter
 from ..drafting.recycle import RecycleDrafter
 from ..errors import DrafterError, InputError
@@ -19,7 +20,7 @@ from ..model.adapter import ModelAdapter
 from ..model.skipset import SkipSet
 from ..parallel import executor_for
 from ..runtime import Executor, RuntimeConfig, StaticExecutor, Verified
-from ..runtime.device_drafting import DeviceTreeShape
+from ..runtime.device_drafting import DeviceTreeShape, template_accepted
 from ..runtime.executor import new_seed
 from ..runtime.factory import ExecutorSpec
 from ..search import FixedSkipPolicy, SearchPolicy, SkipPolicy
@@ -166,14 +167,14 @@ class SwiftDecoder:
         )
         chosen = self._drafters(req.method) if drafters is None else _checked_drafters(drafters)
         allocator = self._allocator(req.method) if drafters is None else None
-        shape = self._device_shape(req.method) if drafters is None else None
+        layouts = self._device_layouts(req.method) if drafters is None else ()
         budget = self.config.max_tree_nodes if drafters is None else max(MIN_USER_NODES, self.config.max_tree_nodes)
         scratch = max((getattr(d, "scratch_slots", 0) for d in chosen), default=0)
         # Fail before any work when the cache and step workspace cannot fit on the device.
         self.executor.check(len(req.prompt), req.max_new_tokens, scratch, sampling.do_sample)
         counters = Counters()
         start = time.perf_counter()
-        chunks = self._run(req, chosen, allocator, budget, scratch, shape, counters)
+        chunks = self._run(req, chosen, allocator, budget, scratch, layouts, counters)
         if streamer is not None:
             chunks = _feed_streamer(chunks, streamer, req.prompt, self.adapter.device)
         return TokenStream(chunks, lambda tokens: self._stats(req, chosen, counters, tokens, time.perf_counter() - start))
@@ -217,7 +218,7 @@ class SwiftDecoder:
         scratch = max((getattr(d, "scratch_slots", 0) for d in drafters), default=0)
         skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
         skips = (skip,) if skip is not None else ()  # a search with no set yet drafts nothing
-        shapes = tuple(dict.fromkeys(s for s in map(self._device_shape, methods) if s is not None))
+        shapes = tuple(dict.fromkeys(layout for m in methods for layout in self._device_layouts(m)))
         steps = self.executor.warmup_steps(max_context, scratch, programs, skips, shapes)
         with _progress(progress, steps, "warm-up") as tick:
             self.executor.warmup(max_context, scratch, programs, skips, tick, shapes)
@@ -235,14 +236,16 @@ class SwiftDecoder:
             self._allocators[method] = NodeAllocator([d.name for d in self._drafters(method)])
         return self._allocators[method]
 
-    def _device_shape(self, method: str) -> DeviceTreeShape | None:
-        """The tree drafting steps lay out for a built-in `method`; None when they do not run
-        (the method drafts no text, the executor has no drafting steps, or the runtime turned them off)."""
+    def _device_layouts(self, method: str) -> tuple[DeviceTreeShape, ...]:
+        """The trees drafting steps of a built-in `method` lay out, the widest first; none where they
+        do not run (the method drafts no text, the executor has no drafting steps, or the runtime
+        turned them off). Hybrid's second layout, where the runtime allows it
+        (`RuntimeConfig.device_template_alone`), is its recycling template alone (`LayoutChoice`)."""
         ex, rc = self.executor, self.runtime_config
         if method not in ("ngram", "recycle", "hybrid") or not isinstance(ex, StaticExecutor):
-            return None
+            return ()
         if not rc.resolved_device_drafting(self.mode):
-            return None
+            return ()
         room = ex.tree_buckets[-1] - 1
         ngram, recycle = self._builtin["ngram"], self._builtin["recycle"]
         chains, depth = rc.device_lookup if method != "recycle" else (0, 0)
@@ -251,9 +254,13 @@ class SwiftDecoder:
         nodes = min(rc.device_template, room - chains * depth) if method != "ngram" else 0
         template = recycle.template(nodes) if nodes else None
         if not (chains * depth or nodes):
-            return None
+            return ()
         cfg = ngram.config
-        return DeviceTreeShape.of(template, recycle.config.k, chains, depth, cfg.min_ngram, cfg.max_ngram)
+        wide = DeviceTreeShape.of(template, recycle.config.k, chains, depth, cfg.min_ngram, cfg.max_ngram)
+        if not (rc.device_template_alone and wide.lookup_nodes and nodes):
+            return (wide,)
+        narrow = dataclasses.replace(wide, chains=0, chain_depth=0)
+        return (wide, narrow) if ex.drafting_bucket(narrow) < ex.drafting_bucket(wide) else (wide,)
 
     def step_costs(self) -> CostModel:
         """Measured costs of this decoder's steps (the search's, when it has them; else measured
@@ -273,11 +280,11 @@ class SwiftDecoder:
         allocator: NodeAllocator | None,
         budget: int,
         scratch: int,
-        shape: DeviceTreeShape | None,
+        layouts: tuple[DeviceTreeShape, ...],
         c: Counters,
     ) -> Iterator[list[int]]:
         """Prefill, then steps until done: a run of plain steps where no drafter drafts or
-        drafting does not pay, else a run of drafting steps (`shape`: trees drafted on the
+        drafting does not pay, else a run of drafting steps (`layouts`: trees drafted on the
         device) where they may run, else one speculative step. Yields each step's new tokens."""
         ex, sampling = self.executor, req.sampling
         for d in drafters:
@@ -294,7 +301,8 @@ class SwiftDecoder:
         costs = self.step_costs() if allocator is not None else None
         # Hybrid where trees can be drafted on the device: its host steps, with layer-skip drafts
         # in, are judged against its drafting steps.
-        skip_watch = allocator.skip_watch if shape is not None and self._builtin["layer_skip"] in drafters else None
+        skip_watch = allocator.skip_watch if layouts and self._builtin["layer_skip"] in drafters else None
+        choice = self._layout_choice(layouts, costs, len(tokens))
         done = False
         while not done:
             remaining = req.max_new_tokens - (len(tokens) - len(req.prompt))
@@ -303,12 +311,12 @@ class SwiftDecoder:
                 self.adapter.vocab_size, sampling, ex,
             )  # fmt: skip
             run = _plain_run(drafters, allocator, remaining)
-            drafting = self._drafting_run(shape, skip_watch, remaining) if not run else 0
+            drafting = self._drafting_run(layouts, skip_watch, remaining) if not run else 0
             if run:
                 done = yield from self._plain_steps(run, ctx, req, tokens, drafters, allocator, c)
             elif drafting:
                 done = yield from self._drafting_steps(
-                    drafting, shape, ctx, req, tokens, drafters, allocator, costs, c, skip_watch
+                    drafting, layouts, ctx, req, tokens, drafters, allocator, costs, c, skip_watch, choice
                 )
             else:
                 done = yield from self._speculative_step(ctx, req, tokens, drafters, allocator, costs, c, skip_watch)
@@ -339,13 +347,22 @@ class SwiftDecoder:
             t = time.perf_counter()
         return False
 
-    def _drafting_run(self, shape: DeviceTreeShape | None, skip_watch: RateWatch | None, remaining: int) -> int:
+    def _layout_choice(
+        self, layouts: tuple[DeviceTreeShape, ...], costs: CostModel | None, context: int
+    ) -> LayoutChoice | None:
+        """A request's choice between hybrid's two drafting-step layouts (None: it has one)."""
+        if len(layouts) < 2 or costs is None:
+            return None
+        wide, narrow = (costs.verify_cost(self.executor.drafting_bucket(layout), context) for layout in layouts)
+        return LayoutChoice(narrow_cost=narrow / wide)
+
+    def _drafting_run(self, layouts: tuple[DeviceTreeShape, ...], skip_watch: RateWatch | None, remaining: int) -> int:
         """How many drafting steps to run now (0: none). Layer skipping (hybrid: `skip_watch` is
         set) drafts on the host: while its search has a set, hybrid steps run there, unless they
         were found slower than drafting steps (then drafting steps run for the watch's pause). Its
         search observes the drafting steps as it observes plain steps; a step that may score (in
         the cache, past the committed length) runs alone, with no step launched ahead of it."""
-        if shape is None:
+        if not layouts:
             return 0
         run = min(DRAFTING_RUN, remaining)
         if skip_watch is not None:
@@ -358,20 +375,20 @@ class SwiftDecoder:
         return run
 
     def _drafting_steps(
-        self, run: int, shape: DeviceTreeShape, ctx: DraftContext, req: Request, tokens: list[int],
+        self, run: int, layouts: tuple[DeviceTreeShape, ...], ctx: DraftContext, req: Request, tokens: list[int],
         drafters: list[Drafter], allocator: NodeAllocator | None, costs: CostModel | None, c: Counters,
-        skip_watch: RateWatch | None,
+        skip_watch: RateWatch | None, choice: LayoutChoice | None,
     ) -> Generator[list[int], None, bool]:  # fmt: skip
-        """`run` drafting steps back to back (`StaticExecutor.drafting_steps`). The drafters
-        observe each, as after plain steps: recycling's host table learns what the device table
-        learnt, so the device copy stays current. Each step is `skip_watch`'s yardstick (None: no
-        layer skipping to judge). Returns whether the request is done."""
+        """`run` drafting steps back to back (`StaticExecutor.drafting_steps`), each of the layout
+        `choice` picks (None: the first). The drafters observe each, as after plain steps:
+        recycling's host table learns what the device table learnt, so the device copy stays
+        current. Each step is `skip_watch`'s yardstick (None: no layer skipping to judge).
+        Returns whether the request is done."""
         ex = self.executor
         t = time.perf_counter()
-        mirror = self._device_successors(shape, ctx)
-        parts = (("ngram", 0, shape.lookup_nodes), ("recycle", shape.lookup_nodes, len(shape.template_parents)))
-        ranges = [(self._builtin[name].name, start, n) for name, start, n in parts if n]
-        steps = ex.drafting_steps(run, req.sampling, shape, tokens, mirror)
+        mirror = self._device_successors(layouts[0], ctx)
+        ranges = {layout: self._source_ranges(layout) for layout in layouts}
+        steps = ex.drafting_steps(run, req.sampling, layouts, tokens, mirror, choice.pick if choice else None)
         c.draft_time += time.perf_counter() - t
         t = time.perf_counter()
         unseen = None  # a step's read-back that the table learnt from and the drafters did not yet
@@ -380,7 +397,7 @@ class SwiftDecoder:
                 for step in steps:
                     waited = time.perf_counter() - t
                     c.verify_time += waited
-                    c.count_ranges(step, ranges)
+                    c.count_ranges(step, ranges[step.layout])
                     new, done = self._emit(tokens, step.tokens, req)
                     unseen = step.host
                     yield new
@@ -392,16 +409,24 @@ class SwiftDecoder:
                         ex.mark_successors(self._builtin["recycle"].tag)
                     observed = time.perf_counter() - t
                     c.draft_time += observed
+                    seconds = waited + observed
                     if allocator is not None:
                         plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
-                        allocator.watch.drafted(len(step.tokens), waited + observed, plain_estimate=plain)
+                        allocator.watch.drafted(len(step.tokens), seconds, plain_estimate=plain)
                     if skip_watch is not None:
-                        skip_watch.plain(waited + observed, len(step.tokens))
+                        skip_watch.plain(seconds, len(step.tokens))
+                    if choice is not None:
+                        _judge_layout(choice, step, layouts, seconds)
                     t = time.perf_counter()
             finally:
                 if unseen is not None and mirror is not None:  # the request ended there
                     mirror(unseen)
         return False
+
+    def _source_ranges(self, layout: DeviceTreeShape) -> list[tuple[str, int, int]]:
+        """(drafter name, first node, nodes) of each source's part of a drafting step's tree."""
+        parts = (("ngram", 0, layout.lookup_nodes), ("recycle", layout.lookup_nodes, len(layout.template_parents)))
+        return [(self._builtin[name].name, start, n) for name, start, n in parts if n]
 
     def _device_successors(self, shape: DeviceTreeShape, ctx: DraftContext):
         """Make the device's successor table recycling's current one (a copy only when the host
@@ -611,6 +636,14 @@ def _advanced(ctx: DraftContext, accepted: list[int]) -> DraftContext:
     """The context after a plain step committed `accepted`."""
     return DraftContext(ctx.tokens.grown(len(accepted)), ctx.prompt_len, ctx.max_nodes, ctx.max_depth - len(accepted),
                         ctx.vocab_size, ctx.sampling, ctx.executor)  # fmt: skip
+
+
+def _judge_layout(choice: LayoutChoice, step: Verified, layouts: tuple[DeviceTreeShape, ...], seconds: float) -> None:
+    """Tell `choice` what a drafting step of one of hybrid's two layouts (wide, narrow) did."""
+    if step.layout != layouts[0]:
+        choice.narrow(seconds)
+    elif step.host is not None:  # the tree's tokens, read back with the step
+        choice.wide(len(step.tokens), template_accepted(step.layout, step.host[0], step.tokens[:-1]) + 1, seconds)
 
 
 def _feed_streamer(chunks: Iterator[list[int]], streamer, prompt: tuple[int, ...], device) -> Iterator[list[int]]:

@@ -68,6 +68,10 @@ class RuntimeConfig:
     "static" mode runs them when set True (how their logic is tested on a CPU); never eager.
     device_lookup: (chains, tokens per chain) of a drafting step's prompt-lookup part.
     device_template: nodes of a drafting step's recycling part (the template's best prefix).
+    device_template_alone: let "hybrid" also run drafting steps over its recycling template alone,
+    in a smaller bucket than the template with the lookup chains, wherever its `LayoutChoice`
+    finds that the chains do not pay for the larger verify. Off by default: no GPU run has yet
+    shown it faster (it is exact either way, tested).
     """
 
     mode: str = "auto"
@@ -86,6 +90,7 @@ class RuntimeConfig:
     device_drafting: bool | None = None
     device_lookup: tuple[int, int] = (2, 16)
     device_template: int = 31
+    device_template_alone: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -24,6 +24,7 @@ the functions that update state write into the persistent buffers of `DraftingIn
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +116,29 @@ def template_paths(parents: tuple[int, ...], ranks: tuple[int, ...]) -> list[lis
         paths.append((paths[p] if p >= 0 else []) + [r])
     deepest = max((len(path) for path in paths), default=0)
     return [path + [-1] * (deepest - len(path)) for path in paths]
+
+
+def template_accepted(shape: DeviceTreeShape, tree_tokens: Sequence[int], accepted: Sequence[int]) -> int:
+    """Drafted tokens a step of `shape`'s template alone would have accepted, from a step of
+    `shape` that accepted `accepted` (drafted tokens, the bonus excluded) over a tree of
+    `tree_tokens` (root first).
+
+    A node's target depends only on its prefix (sampling: and on the seed and position), so the
+    template alone accepts its longest path that spells a prefix of `accepted`: the whole tree
+    holds that path, and the deepest accepted path wins.
+
+    >>> shape = DeviceTreeShape(chains=1, chain_depth=2, template_parents=(-1, 0, -1), template_ranks=(0, 0, 1))
+    >>> template_accepted(shape, [0, 5, 6, 5, 7, 8], [5, 6]), template_accepted(shape, [0, 5, 6, 5, 7, 8], [5, 7])
+    (1, 2)
+    """
+    start, best = 1 + shape.lookup_nodes, 0
+    depth: list[int] = []  # per template node: its depth if its path spells a prefix of `accepted`, else 0
+    for i, parent in enumerate(shape.template_parents):
+        d = 1 if parent < 0 else depth[parent] + 1 if depth[parent] else 0
+        ok = 0 < d <= len(accepted) and tree_tokens[start + i] == accepted[d - 1]
+        depth.append(d if ok else 0)
+        best = max(best, depth[-1])
+    return best
 
 
 @dataclass(frozen=True)
@@ -250,8 +274,9 @@ def record_successors(table: torch.Tensor, tokens: torch.Tensor, topk: torch.Ten
 def draft_tree(
     tree: torch.Tensor, root: torch.Tensor, drafting: DraftingInputs, shape: DeviceTreeShape, bucket: int
 ) -> None:
-    """Write the next tree's tokens and parents into the verify step's packed input `tree`
-    (`runtime.buckets.pack_tree`'s layout; its committed length and node count are left as they are)."""
+    """Write the next tree's node count, tokens and parents into the verify step's packed input
+    `tree` (`runtime.buckets.pack_tree`'s layout; its committed length is left as it is), so that
+    steps of layouts of different buckets can follow each other."""
     parts, parents = [], drafting.parents
     if shape.chains:
         chains = lookup_chains(drafting.history, tree[0:1] + 1, shape)
@@ -263,6 +288,7 @@ def draft_tree(
     pad = bucket - 1 - shape.size
     if pad:
         parts.append(torch.full((pad,), HOLE, dtype=torch.long, device=tree.device))
+    tree[1:2].fill_(bucket)
     tree[3 : 2 + bucket].copy_(torch.cat(parts))
     tree[3 + bucket : 2 + 2 * bucket].copy_(parents)
 

@@ -71,6 +71,7 @@ class Verified:
     depth:    the tree's depth: the most drafted tokens the step could have accepted
     host:     (verified, topk) as numpy arrays, read back with the step at no extra sync (None
               where the executor did not); valid until the next step
+    layout:   a drafting step's tree layout (`DeviceTreeShape`); None for other steps
     """
 
     tokens: list[int]
@@ -80,6 +81,7 @@ class Verified:
     fault: tuple[int, int] | None = None
     depth: int = 0
     host: tuple[np.ndarray, np.ndarray] | None = None
+    layout: DeviceTreeShape | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 import warnings
@@ -538,13 +539,17 @@ class StaticExecutor:
         self,
         limit: int,
         sampling: SamplingParams,
-        shape: DeviceTreeShape,
+        layouts: Sequence[DeviceTreeShape],
         tokens: Sequence[int],
         ran_ahead: Callable[[tuple[np.ndarray, np.ndarray]], None] | None = None,
+        pick: Callable[[], int] | None = None,
     ) -> Iterator[Verified]:
         """Up to `limit` drafting steps from the committed state, each drafting its tree on the
         device, verifying and committing it, and learning from it (`steps.drafting_step`).
 
+        layouts: the trees a step may lay out, sharing one successor table (one `k`); `pick()`
+        chooses each step's (an index) when it is launched, the first when None. Each step's
+        `Verified.layout` says which it ran.
         tokens: the whole sequence so far, the root last (`committed + 1` tokens): what prompt
         lookup matches against. With a template, load the successor table first
         (`load_successors`). Steps are pipelined as in `plain_steps`: the next one is launched
@@ -556,22 +561,27 @@ class StaticExecutor:
         """
         if len(tokens) != self.committed + 1:
             raise ValueError(f"drafting_steps needs the {self.committed + 1} tokens so far, got {len(tokens)}")
+        if not layouts or len({layout.k for layout in layouts}) != 1:
+            raise ValueError(f"drafting_steps needs layouts sharing one successor table, got {layouts!r}")
         cuda = self.mode == "graphs"
-        bucket, program = self.drafting_bucket(shape), sampling_program(sampling)
-        self._stage_drafting(shape, tokens)
-        step = self.drafting_graph(shape, program)
-        room, capacity = shape.depth + 1, self.cache.capacity
-        packs = [torch.empty(packed_length(bucket) + 3, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
+        program = sampling_program(sampling)
+        buckets = [self.drafting_bucket(layout) for layout in layouts]
+        self._stage_drafting(layouts[0], tokens)
+        steps = [self.drafting_graph(layout, program) for layout in layouts]
+        # Room for the step in flight to commit its whole depth and the next to write its tree.
+        room, largest, capacity = max(layout.depth for layout in layouts) + 1, max(buckets), self.cache.capacity
+        packs = [torch.empty(packed_length(largest) + 3, dtype=torch.long, pin_memory=cuda) for _ in range(2)]
         outputs: list[tuple | None] = [None, None]
         events = [torch.cuda.Event() if cuda else None for _ in range(2)]
         launched = taken = 0
 
         def launch() -> None:
             nonlocal launched
-            packed, top, verified = step()
+            i = pick() if pick is not None else 0
+            packed, top, verified = steps[i]()
             slot = launched % 2
-            packs[slot].copy_(packed, non_blocking=cuda)
-            outputs[slot] = (top.clone(), verified.clone(), self._readback.enqueue(1 + slot, verified, top))
+            packs[slot][: packed.shape[0]].copy_(packed, non_blocking=cuda)
+            outputs[slot] = (i, top.clone(), verified.clone(), self._readback.enqueue(1 + slot, verified, top))
             if cuda:
                 events[slot].record()
             launched += 1
@@ -580,18 +590,18 @@ class StaticExecutor:
         try:
             launch()
             while taken < launched:
-                if launched < limit and self.committed + room + bucket <= capacity:
+                if launched < limit and self.committed + room + largest <= capacity:
                     launch()
                 if cuda:
                     events[taken % 2].synchronize()  # the step's one host sync, one step behind the GPU
-                reading = Reading.of(packs[taken % 2].tolist(), bucket)
+                i, top, verified, host = outputs[taken % 2]
+                reading = Reading.of(packs[taken % 2].tolist(), buckets[i])
                 if reading.fault is not None:
                     raise RuntimeError(f"a drafting step laid out a malformed tree: {reading.fault}")
-                top, verified, host = outputs[taken % 2]
                 taken += 1
                 self.committed += reading.length
-                yield reading.verified(top, verified, host)
-                if taken == launched < limit and self.committed + bucket <= capacity:
+                yield dataclasses.replace(reading.verified(top, verified, host), layout=layouts[i])
+                if taken == launched < limit and self.committed + largest <= capacity:
                     launch()
         finally:
             # A step in flight rewrites the root's entry with the same token, and only writes past it.
@@ -604,7 +614,7 @@ class StaticExecutor:
                 else:
                     if cuda:
                         events[taken % 2].synchronize()  # the next step on the stream waits for it anyway
-                    ran_ahead(outputs[taken % 2][2])
+                    ran_ahead(outputs[taken % 2][3])
 
     def verify_size(self, nodes: int) -> int:
         """Trees are padded to their bucket: a verify of `nodes` costs the bucket's forward."""
