@@ -243,22 +243,19 @@ def test_a_decoder_asks_drafters_for_what_its_allocator_keeps_and_stays_lossless
 
 def test_layout_choice_runs_the_template_alone_only_while_it_commits_more_per_second():
     wide, narrow = LayoutChoice.WIDE, LayoutChoice.NARROW
-    c = LayoutChoice(narrow_cost=0.8, probe=4, min_wide=2)
+    c = LayoutChoice(probe=4, min_wide=2)
     c.wide(tokens=3, narrow_tokens=3, seconds=1.0)
     assert c.pick() == wide, "too few wide steps to judge"
-    c.wide(tokens=3, narrow_tokens=3, seconds=1.0)
-    # The chains brought nothing: the template alone commits as much, at an estimated 0.8 s a step.
-    assert [c.pick() for _ in range(8)] == [narrow, narrow, narrow, wide] * 2, "every 4th step probes"
-    c.narrow(seconds=1.5)  # measured: slower than the estimate, and than a wide step
-    assert c.pick() == wide
-    c.narrow(seconds=0.5)  # a moving average: 0.8 * 1.5 + 0.2 * 0.5 = 1.3 s, still slower
+    c.wide(tokens=3, narrow_tokens=3, seconds=1.0)  # the chains brought nothing
+    assert [c.pick(), c.pick()] == [narrow, wide], "one narrow step to time it, then wide until it is read"
+    c.narrow(seconds=1.5)  # slower than a wide step: as many tokens, more seconds
     assert c.pick() == wide
     for _ in range(10):
         c.narrow(seconds=0.5)
-    assert c.pick() == narrow
+    assert [c.pick() for _ in range(8)] == [narrow, narrow, narrow, wide] * 2, "every 4th step probes"
     for _ in range(10):  # the chains pay again: 6 tokens a step against 2
         c.wide(tokens=6, narrow_tokens=2, seconds=1.0)
     assert c.pick() == wide
-    for bad in ({"narrow_cost": 0.0}, {"narrow_cost": 1.0, "probe": 1}, {"narrow_cost": 1.0, "decay": 1.0}):
+    for bad in ({"probe": 1}, {"min_wide": 0}, {"decay": 1.0}):
         with pytest.raises(ConfigError):
             LayoutChoice(**bad)

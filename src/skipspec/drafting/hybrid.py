@@ -302,13 +302,15 @@ class LayoutChoice:
     Every wide step reports the tokens it committed and those the template alone would have
     (`runtime.device_drafting.template_accepted`): exact, as targets depend only on the prefix.
     So wide steps alone give both layouts' tokens per step, as moving averages; seconds per step
-    are moving averages of each layout's steps as they ran (the narrow one's, before any ran, the
-    wide one's times `narrow_cost`, the ratio of the two verify costs). Narrow steps run while
-    their rate is the higher, after `min_wide` wide steps, with every `probe`-th step wide so the
+    are moving averages of each layout's steps as they ran. After `min_wide` wide steps one narrow
+    step runs to time it (a verify cost model prices the bare forwards, not whole steps), then
+    narrow steps run while their rate is the higher, with every `probe`-th step wide so the
     evidence follows the text.
 
-    >>> c = LayoutChoice(narrow_cost=0.8, probe=3, min_wide=1)
-    >>> c.wide(tokens=3, narrow_tokens=3, seconds=1.0); [c.pick() for _ in range(6)]
+    >>> c = LayoutChoice(probe=3, min_wide=1)
+    >>> c.wide(tokens=3, narrow_tokens=3, seconds=1.0); c.pick(), c.pick()   # one narrow step to time it
+    (1, 0)
+    >>> c.narrow(seconds=0.8); [c.pick() for _ in range(6)]
     [1, 1, 0, 1, 1, 0]
     >>> c.wide(tokens=6, narrow_tokens=1, seconds=1.0); c.pick()   # the chains paid
     0
@@ -316,12 +318,10 @@ class LayoutChoice:
 
     WIDE, NARROW = 0, 1
 
-    def __init__(self, narrow_cost: float, probe: int = 8, min_wide: int = 4, decay: float = 0.8) -> None:
-        if not (narrow_cost > 0 and probe >= 2 and min_wide >= 1 and 0.0 <= decay < 1.0):
-            raise ConfigError(
-                f"bad LayoutChoice settings: narrow_cost={narrow_cost}, probe={probe}, min_wide={min_wide}, decay={decay}"
-            )
-        self.narrow_cost, self.probe, self.min_wide, self.decay = narrow_cost, probe, min_wide, decay
+    def __init__(self, probe: int = 8, min_wide: int = 4, decay: float = 0.8) -> None:
+        if not (probe >= 2 and min_wide >= 1 and 0.0 <= decay < 1.0):
+            raise ConfigError(f"bad LayoutChoice settings: probe={probe}, min_wide={min_wide}, decay={decay}")
+        self.probe, self.min_wide, self.decay = probe, min_wide, decay
         self._tokens = np.zeros(2)  # moving averages of tokens per step: wide, narrow (from wide steps)
         self._seconds: list[float | None] = [None, None]
         self._wide_steps = 0
@@ -347,7 +347,9 @@ class LayoutChoice:
         if self._wide_steps < self.min_wide or wide_s is None or self._narrow_run >= self.probe - 1:
             self._narrow_run = 0
             return self.WIDE
-        narrow_s = narrow_s if narrow_s is not None else wide_s * self.narrow_cost
+        if narrow_s is None:  # never timed: one step to time it (its read-back is a step behind)
+            self._narrow_run = self.probe - 1
+            return self.NARROW
         if self._tokens[self.NARROW] / narrow_s > self._tokens[self.WIDE] / wide_s:
             self._narrow_run += 1
             return self.NARROW

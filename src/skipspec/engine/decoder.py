@@ -302,7 +302,7 @@ class SwiftDecoder:
         # Hybrid where trees can be drafted on the device: its host steps, with layer-skip drafts
         # in, are judged against its drafting steps.
         skip_watch = allocator.skip_watch if layouts and self._builtin["layer_skip"] in drafters else None
-        choice = self._layout_choice(layouts, costs, len(tokens))
+        choice = LayoutChoice() if len(layouts) > 1 else None  # hybrid's template alone, where allowed
         done = False
         while not done:
             remaining = req.max_new_tokens - (len(tokens) - len(req.prompt))
@@ -346,15 +346,6 @@ class SwiftDecoder:
                     allocator.watch.plain(waited + observed)
             t = time.perf_counter()
         return False
-
-    def _layout_choice(
-        self, layouts: tuple[DeviceTreeShape, ...], costs: CostModel | None, context: int
-    ) -> LayoutChoice | None:
-        """A request's choice between hybrid's two drafting-step layouts (None: it has one)."""
-        if len(layouts) < 2 or costs is None:
-            return None
-        wide, narrow = (costs.verify_cost(self.executor.drafting_bucket(layout), context) for layout in layouts)
-        return LayoutChoice(narrow_cost=narrow / wide)
 
     def _drafting_run(self, layouts: tuple[DeviceTreeShape, ...], skip_watch: RateWatch | None, remaining: int) -> int:
         """How many drafting steps to run now (0: none). Layer skipping (hybrid: `skip_watch` is
