@@ -70,8 +70,8 @@ class RuntimeConfig:
     device_template: nodes of a drafting step's recycling part (the template's best prefix).
     device_template_alone: let "hybrid" also run drafting steps over its recycling template alone,
     in a smaller bucket than the template with the lookup chains, wherever its `LayoutChoice`
-    finds that the chains do not pay for the larger verify. Off by default: no GPU run has yet
-    shown it faster (it is exact either way, tested).
+    finds that the chains do not pay for the larger verify. Off by default until a GPU
+    measurement shows it faster (it is exact either way, tested).
     """
 
     mode: str = "auto"
