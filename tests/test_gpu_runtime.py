@@ -207,6 +207,31 @@ def test_drafting_steps_on_the_graph_path_give_plain_output(family):
     assert accepted > steps // 4, "drafts were hardly ever accepted: the test checks little"
 
 
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_hybrid_drafting_steps_switching_layouts_on_the_graph_path_give_plain_output(family, monkeypatch):
+    """Hybrid's two layouts (`device_template_alone`), picked at random step by step while a step
+    is in flight, each replaying its own captured graph: plain decoding's tokens (greedy, float32;
+    sampled outputs are compared on the static path, `test_device_drafting`)."""
+    from test_device_drafting import NoSetYet, _repetitive_prompt
+    from test_search import flat_costs
+
+    from skipspec.drafting.hybrid import LayoutChoice
+
+    rng = random.Random(f"gpu-layouts-{family}")
+    monkeypatch.setattr(LayoutChoice, "pick", lambda self: rng.randrange(2))
+    model = _cuda_model(family)
+    runtime = RuntimeConfig(mode="graphs", device_template_alone=True)
+    dec = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=runtime, policy=NoSetYet())
+    dec._costs = flat_costs(model.config.num_hidden_layers, per_node=1e-5)
+    assert len(dec._device_layouts("hybrid")) == 2
+    eager = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[], runtime=EAGER)
+    for case in range(4):
+        prompt = _repetitive_prompt(rng)
+        res = dec.generate(prompt, 60, method="hybrid")
+        assert res.tokens == eager.generate(prompt, 60, method="ar").tokens, f"{family} case {case}"
+        assert res.stats["drafting_steps"] == res.stats["verify_steps"] > 0
+
+
 def test_a_device_tree_with_a_bad_token_raises_and_the_decoder_goes_on():
     from test_drafter_protocol import Malformed
 
