@@ -139,10 +139,13 @@ def test_steps_a_round_cannot_pay_for_run_back_to_back_on_the_fast_path(monkeypa
 
     model = identity_model(zero_attn=[2, 4], zero_mlp=[3])  # sets worth finding: the round goes on
     dec = search_decoder(model, "speed", runtime=RuntimeConfig(mode="static"), step_budget=0.5)
-    # A 0.5 ms plain step: each scoring forward (milliseconds of CPU time) puts the credit in debt for
-    # several steps, and the search still scores a few times within these requests on a loaded machine.
+    # A 0.5 ms plain step, and each scoring forward charged 2 ms whatever it took (its wall time on a
+    # loaded machine ran to 6 ms, and then the debt outlasted the requests): the credit is in debt for
+    # several steps after each forward, and the search scores again within these requests.
     dec.policy.costs = flat_costs(dec.policy.adapter.num_layers, unit=5e-4)
     policy, runs = dec.policy, []
+    charge = policy.budget.charge
+    monkeypatch.setattr(policy.budget, "charge", lambda seconds: charge(2e-3))
     original = StaticExecutor.plain_steps
 
     def recording(self, limit, *args):
