@@ -322,8 +322,8 @@ class LayoutChoice:
         if not (probe >= 2 and min_wide >= 1 and 0.0 <= decay < 1.0):
             raise ConfigError(f"bad LayoutChoice settings: probe={probe}, min_wide={min_wide}, decay={decay}")
         self.probe, self.min_wide, self.decay = probe, min_wide, decay
-        self._tokens = np.zeros(2)  # moving averages of tokens per step: wide, narrow (from wide steps)
-        self._seconds: list[float | None] = [None, None]
+        self._tokens: list[float | None] = [None, None]  # tokens per step: wide, narrow (both from wide steps)
+        self._seconds: list[float | None] = [None, None]  # seconds per step of each layout's own steps
         self._wide_steps = 0
         self._narrow_run = 0  # narrow picks since the last wide one
 
@@ -332,8 +332,7 @@ class LayoutChoice:
 
     def wide(self, tokens: int, narrow_tokens: int, seconds: float) -> None:
         """A wide step committed `tokens` in `seconds`; the template alone would have committed `narrow_tokens`."""
-        new = np.array([tokens, narrow_tokens], dtype=float)
-        self._tokens = new if self._wide_steps == 0 else self.decay * self._tokens + (1 - self.decay) * new
+        self._tokens = [self._average(old, new) for old, new in zip(self._tokens, (tokens, narrow_tokens))]
         self._seconds[self.WIDE] = self._average(self._seconds[self.WIDE], seconds)
         self._wide_steps += 1
 

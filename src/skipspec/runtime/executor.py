@@ -113,12 +113,13 @@ class Reading:
         )
 
     def verified(
-        self, topk: torch.Tensor, tokens: torch.Tensor, host: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> Verified:
+        self, topk: torch.Tensor, tokens: torch.Tensor, host: tuple[np.ndarray, np.ndarray] | None = None,
+        layout: DeviceTreeShape | None = None,
+    ) -> Verified:  # fmt: skip
         if self.fault is not None:
-            return Verified([], (), topk, tokens, self.fault)
+            return Verified([], (), topk, tokens, self.fault, layout=layout)
         path = tuple(i - 1 for i in self.path[1:])  # drafted nodes count from 0
-        return Verified(self.path_tokens[1:] + [self.bonus], path, topk, tokens, None, self.depth, host)
+        return Verified(self.path_tokens[1:] + [self.bonus], path, topk, tokens, None, self.depth, host, layout)
 
 
 def new_seed() -> int:

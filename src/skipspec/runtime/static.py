@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 import warnings
@@ -600,7 +599,7 @@ class StaticExecutor:
                     raise RuntimeError(f"a drafting step laid out a malformed tree: {reading.fault}")
                 taken += 1
                 self.committed += reading.length
-                yield dataclasses.replace(reading.verified(top, verified, host), layout=layouts[i])
+                yield reading.verified(top, verified, host, layouts[i])
                 if taken == launched < limit and self.committed + largest <= capacity:
                     launch()
         finally:
