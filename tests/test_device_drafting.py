@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from test_search import flat_costs
+from test_search import ZEROED, flat_costs, identity_model, run_until_settled, search_decoder
 from tiny_models import FAMILIES, tiny_model
 
 from skipspec import SwiftConfig, SwiftDecoder
@@ -29,6 +29,7 @@ from skipspec.runtime.device_drafting import (
     template_accepted,
     template_paths,
 )
+from skipspec.search.online import RealizedRate
 from skipspec.tree.template import build_template
 
 
@@ -360,6 +361,9 @@ class NoSetYet:
         self.count += 1
         self.observed += 1
 
+    def set_baseline(self, speedup) -> None:
+        pass
+
     def stats(self) -> dict:
         return {}
 
@@ -451,3 +455,40 @@ def test_hybrid_pauses_layer_skipping_where_its_host_steps_lose_to_drafting_step
     assert res.stats["drafting_steps"] == 3, "the pause's steps are drafting steps"
     assert res.stats["verify_steps"] > 3 and watch.plain_steps() == 0
     assert watch.plain_seconds is not None and watch.plain_seconds > 0, "drafting steps are the yardstick"
+
+
+def test_hybrid_keeps_only_a_skip_set_whose_estimate_beats_its_drafting_steps():
+    """A settled search's set (here a perfect one) drafts on the host; once drafting steps have
+    run, their measured rate over plain decoding's is the baseline the set's estimate must beat.
+    Below it the set is dropped and every step is a drafting step; a lower baseline takes it up
+    again. Every output is plain decoding's."""
+    dec = search_decoder(identity_model(zero_attn=[2, 4], zero_mlp=[3]), "speed", runtime=DRAFTING)
+    run_until_settled(dec)
+    policy = dec.policy
+    estimate = policy.stats()["estimated_speedup"]
+    assert policy.skip_set() == ZEROED and estimate > 1.0
+    alloc = dec._allocator("hybrid")
+    watch = alloc.skip_watch = RateWatch(window=1000, pause=3, max_pause=3)
+    for _ in range(1000):
+        watch.drafted(1, 10.0, plain_estimate=1.0)  # host steps far slower: a pause of 3 drafting steps
+    alloc.drafting_rate = RealizedRate(3)  # the baseline from those 3
+    rng = random.Random("baseline")
+
+    def hybrid():
+        prompt = _repetitive_prompt(rng)
+        res = dec.generate(prompt, 40, method="hybrid")
+        assert res.tokens == dec.generate(prompt, 40, method="ar").tokens
+        return res.stats
+
+    stats = hybrid()
+    # The cost model's plain step is 1 s; the tiny model's drafting steps take milliseconds.
+    assert policy.stats()["baseline"] > 10 * estimate
+    assert policy.skip_set() is None and stats["drafting_steps"] == stats["verify_steps"]
+    stats = hybrid()
+    assert stats["drafting_steps"] == stats["verify_steps"] and "layer_skip" not in stats["drafted_by_source"]
+
+    policy.set_baseline(1.0)
+    assert policy.skip_set() == ZEROED
+    watch.drafted = lambda *args, **kwargs: None  # no verdict: the set drafts every step
+    stats = hybrid()
+    assert stats["drafting_steps"] < stats["verify_steps"] and stats["drafted_by_source"]["layer_skip"] > 0

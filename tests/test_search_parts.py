@@ -264,3 +264,24 @@ def test_speed_search_moves_away_from_an_empty_best_set():
     rng = np.random.default_rng(0)
     moves = {search._neighbour(rng, set()) for _ in range(10)}
     assert moves and all(len(m) == 1 for m in moves)
+
+
+def test_a_set_is_used_only_while_it_beats_the_baseline_and_rounds_no_set_could_win_never_start():
+    """`SpeedSearch.set_baseline`: what the decoder realises without layer skipping is the bar."""
+    costs, top = flat_costs(6), SkipSet.from_slots([0, 1], 6)
+    search = SpeedSearch(6, SearchConfig(), costs, RULE, order=tuple(range(8)), top=top, top_speedup=1.5)
+    assert search.decision() == top
+    search.set_baseline(2.0)
+    assert search.decision() is None
+    search.set_baseline(1.2)
+    assert search.decision() == top
+    search.set_baseline(0.5)  # never below plain decoding
+    assert search.baseline == 1.0
+
+    bound = speed_bound(RULE, costs.floor(1), lambda n: costs.verify_cost(n, 1)) * costs.plain(1)
+    assert bound > 1.0 + SearchConfig().min_gain
+    search.start_round()
+    assert search.active and search.next_request() is not None
+    search.set_baseline(bound)
+    search.start_round()
+    assert not search.active and search.next_request() is None and search.decision() is None

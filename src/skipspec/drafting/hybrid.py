@@ -26,7 +26,9 @@ can be drafted on the device inside the verify step (`runtime.device_drafting`),
 step launched before the host reads the last. So when a skip set is chosen the question is not
 whether its drafts beat plain decoding (its search answers that) but whether host steps with its
 drafts merged in beat those drafting steps: a second `RateWatch` asks it, with drafting steps as
-the yardstick, and pauses layer skipping while it loses.
+the yardstick, and pauses layer skipping while it loses. Before that, the search only takes up
+a set whose estimate beats the drafting steps' own rate over plain decoding's
+(`NodeAllocator.drafting_rate`, the search's baseline).
 
 A drafting step's tree has a fixed layout: hybrid's holds the lookup chains and the recycling
 template, in a larger bucket than the template alone. Where the text offers lookup little, the
@@ -375,6 +377,9 @@ class NodeAllocator:
         # Host steps with layer-skip drafts in, against drafting steps (see the module docstring):
         # a shorter window, as such steps run alone, and longer pauses, as a loss costs a lot.
         self.skip_watch = RateWatch(window=16, pause=32, max_pause=512)
+        # Drafting steps' rate over many steps, the bar a skip set's estimate must clear (a
+        # short average dips with the text, and each dip would have the search take up a set).
+        self.drafting_rate = RealizedRate(64)
         self._steps = 0
         window = self.config.offer_window
         self._kept = [deque(maxlen=window) for _ in self.names] if window else None

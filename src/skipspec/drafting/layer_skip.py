@@ -90,9 +90,20 @@ class LayerSkipDrafter:
                 verified,
             )
         )
+        self._prepare(before, ctx)
+
+    def set_baseline(self, speedup: float, ctx: DraftContext) -> None:
+        """Steps drafted without layer skipping realise `speedup` over plain decoding (see
+        `SkipPolicy.set_baseline`)."""
+        before = self.policy.skip_set()
+        self.policy.set_baseline(speedup)
+        self._prepare(before, ctx)
+
+    def _prepare(self, before, ctx: DraftContext) -> None:
+        """A set the policy has just chosen gets its draft step now, before its first use."""
         chosen = self.policy.skip_set()
         if chosen is not None and chosen != before:
-            ctx.executor.prepare_draft(chosen, ctx.sampling)  # a new set's draft step, before its first use
+            ctx.executor.prepare_draft(chosen, ctx.sampling)
 
 
 def _after(tokens, accepted: list[int]):

@@ -373,8 +373,9 @@ class SwiftDecoder:
         """`run` drafting steps back to back (`StaticExecutor.drafting_steps`), each of the layout
         `choice` picks (None: the first). The drafters observe each, as after plain steps:
         recycling's host table learns what the device table learnt, so the device copy stays
-        current. Each step is `skip_watch`'s yardstick (None: no layer skipping to judge).
-        Returns whether the request is done."""
+        current. Each step is `skip_watch`'s yardstick (None: no layer skipping to judge), and
+        their rate is the baseline layer skipping's search must beat. Returns whether the request
+        is done."""
         ex = self.executor
         t = time.perf_counter()
         mirror = self._device_successors(layouts[0], ctx)
@@ -406,12 +407,19 @@ class SwiftDecoder:
                         allocator.watch.drafted(len(step.tokens), seconds, plain_estimate=plain)
                     if skip_watch is not None:
                         skip_watch.plain(seconds, len(step.tokens))
+                        allocator.drafting_rate.add(len(step.tokens), seconds)
                     if choice is not None:
                         _judge_layout(choice, step, layouts, seconds)
                     t = time.perf_counter()
             finally:
                 if unseen is not None and mirror is not None:  # the request ended there
                     mirror(unseen)
+        if skip_watch is not None:
+            # What layer skipping must beat: drafting steps' tokens per second over plain decoding's.
+            plain = allocator.watch.plain_seconds or allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
+            speedup = allocator.drafting_rate.speedup(plain)
+            if speedup is not None:
+                self._builtin["layer_skip"].set_baseline(speedup, ctx)
         return False
 
     def _source_ranges(self, layout: DeviceTreeShape) -> list[tuple[str, int, int]]:

@@ -163,6 +163,11 @@ class SearchPolicy:
         with self._timed():
             self._observe(ctx)
 
+    def set_baseline(self, speedup: float) -> None:
+        """See `SkipPolicy.set_baseline` ("speed" only: SWIFT's own search keeps its rule)."""
+        if isinstance(self.search, SpeedSearch):
+            self.search.set_baseline(speedup)
+
     def step_costs(self) -> CostModel:
         """The measured costs of the decoder's steps (measured, or loaded from the store, on first use)."""
         if self.costs is None:
@@ -222,7 +227,7 @@ class SearchPolicy:
             out.update(matchness=s.best_score, stop_reason=s.stop_reason)
         elif isinstance(s, SpeedSearch):
             out.update(rounds=s.rounds, estimated_speedup=s.top_speedup if chosen else 1.0,
-                       correction=s.correction, fallbacks=self.fallbacks)  # fmt: skip
+                       correction=s.correction, fallbacks=self.fallbacks, baseline=s.baseline)  # fmt: skip
         return out
 
     @property
@@ -417,6 +422,8 @@ class SearchPolicy:
     def _start_round(self, s: SpeedSearch) -> None:
         self._round_from = s.decision()
         s.start_round()
+        if not s.active:  # no set could pay at this context: no forward, a later look
+            self._settle()
 
     def _settle(self) -> None:
         """A speed round ended: wait before the next one, longer while rounds change nothing."""

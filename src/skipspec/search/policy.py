@@ -66,6 +66,12 @@ class SkipPolicy(Protocol):
         back to back for that many). 0 when unsure."""
         ...
 
+    def set_baseline(self, speedup: float) -> None:
+        """The decoder realises `speedup` over plain decoding without layer skipping (a hybrid
+        decoder's steps drafted from text, measured): a policy that weighs sets by their speed
+        may keep only those that beat it. Plain decoding's is 1.0, the starting value."""
+        ...
+
     def stats(self) -> dict:
         """What the policy did so far (search proposals, chosen set size, ...); {} when there is nothing to say."""
         ...
@@ -94,6 +100,9 @@ class FixedSkipPolicy:
 
     def quiet_steps(self) -> int:
         return sys.maxsize  # its `observe` does nothing
+
+    def set_baseline(self, speedup: float) -> None:
+        pass  # the set was asked for
 
     def stats(self) -> dict:
         return {}

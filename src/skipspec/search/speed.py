@@ -2,20 +2,22 @@
 
 A candidate is worth its estimated speedup: expected tokens/s (`objective.estimate_step`, with
 the measured costs of `costs.CostModel`) over plain decoding's, at the current context length.
-Plain decoding is worth 1.0, and a set is used only while it is worth more than 1 + min_gain.
+A set is used only while it is worth more than (1 + min_gain) times the baseline: what the
+decoder realises without layer skipping, 1.0 for plain decoding, more where steps drafted from
+text run instead (`set_baseline`). A round starts only if some set could beat that at all.
 
 One round of the search, in order of cost (each line is scoring forwards, cheapest first):
 
 1. Bound before measuring: if even skipping every inner sublayer with every drafted token
-   accepted cannot beat plain decoding (`objective.speed_bound`: on a CPU the verify forward
-   grows with the tree, so cheap drafts are needed), the round ends with no forward at all.
+   accepted cannot beat the baseline (`objective.speed_bound`: on a CPU the verify forward
+   grows with the tree, so cheap drafts are needed), the round ends before it starts.
 2. Order (once, kept): one full forward with hooks gives each slot's relative residual update
    (`matchness.influence`); slots are ranked by that per second the slot saves.
 3. Sweep the greedy cumulative prefixes of that order at sizes k0, k0+1, k0+3, k0+7, ...,
    where k0 is the smallest size whose savings could pay (the same bound). Stop growing when even
    the cheapest draft with the acceptance just measured could not beat the best so far (this
    assumes skipping more never raises acceptance), then bisect twice around the best size.
-4. Only if the best is within reach (estimated >= 0.85x plain): measure each pool slot's real
+4. Only if the best is within reach (estimated >= 0.85x the baseline): measure each pool slot's real
    damage (1 - matchness with that slot alone skipped) for the best size's prefix plus 8, re-rank
    the pool by measured damage per second saved, and re-sweep around the best size.
 5. Local refinement of the best set: random swap/add/remove moves among the slots next in order
@@ -103,6 +105,7 @@ class SpeedSearch:
         self.order = order
         self.top, self.top_speedup = top, top_speedup  # best set seen (its estimate may be stale)
         self.correction = correction  # realized / estimated speedup of sets that were used
+        self.baseline = 1.0  # the speedup to beat (see `set_baseline`)
         self.chosen: SkipSet | None = None
         self.context_length = 1
         self._decide()
@@ -119,9 +122,22 @@ class SpeedSearch:
         return self.chosen
 
     def start_round(self) -> None:
+        """Start a round, unless no set could beat the baseline at this context (`active` says)."""
         self.rounds += 1
-        self._gen, self._pending, self.active = self._round(), None, True
         self.rebase()
+        could_pay = self._bound(self.costs.floor(self.context_length)) > self._need()
+        self._gen, self._pending, self.active = (self._round(), None, True) if could_pay else (None, None, False)
+
+    def set_baseline(self, speedup: float) -> None:
+        """The decoder realises `speedup` over plain decoding without layer skipping (a hybrid
+        decoder's steps drafted from text): a set is used only while its estimate beats that.
+
+        Its estimate leaves the host's work out, and a step with layer-skip drafts pays more of
+        it than one drafted on the device; the drafts of a merged step overlap. So a set that
+        loses alone is not tried merged.
+        """
+        self.baseline = max(1.0, float(speedup))
+        self._decide()
 
     def rebase(self) -> None:
         """The context changed: the set in use must be re-measured on it before anything is compared.
@@ -175,8 +191,11 @@ class SpeedSearch:
         c = self.context_length
         return speed_bound(self.rule, draft_cost, lambda n: self.costs.verify_cost(n, c)) * self.costs.plain(c)
 
+    def _need(self) -> float:
+        return self.baseline * (1.0 + self.cfg.min_gain)
+
     def _decide(self) -> None:
-        need = 1.0 + self.cfg.min_gain
+        need = self._need()
         good = self.top is not None and self.top_speedup > need
         if good and math.isinf(self.top_speedup):  # not scored yet: only if it could pay at all
             good = self._bound(self.costs.draft_cost(self.top, self.context_length)) > need
@@ -200,10 +219,7 @@ class SpeedSearch:
         return np.maximum(self.costs.plain(c) - saved, self.costs.floor(c))
 
     def _round(self):
-        cfg, n = self.cfg, self.n_slots
-        need = 1.0 + cfg.min_gain
-        if self._bound(self.costs.floor(self.context_length)) <= need:
-            return
+        n, need = self.n_slots, self._need()
         if self.order is None:
             self.order = rank_slots((yield PROBE), self.costs.slot_costs(self.context_length))
         cost = self._draft_costs()
@@ -215,7 +231,7 @@ class SpeedSearch:
             if self.speedup(ev.profile, cost[n]) <= max(need, self.top_speedup):
                 break
         yield from self._bisect(tried, feasible)
-        if not tried or self.top_speedup < _PROMISE:
+        if not tried or self.top_speedup < _PROMISE * self.baseline:
             return
         best_k = len(self.top) if self.top is not None else max(tried, key=tried.get)
         yield from self._rerank(best_k)
