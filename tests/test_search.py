@@ -359,3 +359,26 @@ def test_tune_command_saves_a_set_under_its_task(store, tmp_path):
     assert key.endswith("|chat|paper") and entry["set"]["attn"] == out["skip_attn"]
     bad = CliRunner().invoke(app, ["tune", "--model", folder, "--prompts", str(prompts), "--objective", "fast"])
     assert bad.exit_code == 2 and "objective" in bad.output
+
+
+def test_warmup_runs_what_follows_a_scoring_forward_once_per_sampling_program(monkeypatch):
+    """The search's first scoring comes deep into some request: the tensor work after its forward
+    (the drafter's view of the logits, the target distribution when sampling) runs in warm-up,
+    so that a GPU has loaded its kernels by then."""
+    import skipspec.search.online as online
+    from skipspec.runtime import RuntimeConfig
+    from skipspec.verify import SAMPLING_PROGRAMS
+
+    dec = search_decoder(identity_model(), "speed", runtime=RuntimeConfig(mode="static"))
+    dec.warmup(200, methods=("hybrid",), sampling=SAMPLING_PROGRAMS)  # the real thing runs
+    seen = []
+
+    def profile_of(logits, targets, rule, params, p):
+        seen.append((tuple(logits.shape), params.do_sample, params.top_k, params.top_p, p is not None))
+
+    monkeypatch.setattr(online, "profile_of", profile_of)
+    dec.warmup(200, methods=("ngram",), sampling=SAMPLING_PROGRAMS)
+    assert seen == [], "no layer skipping, no search"
+    dec.warmup(200, methods=("hybrid",), sampling=SAMPLING_PROGRAMS)
+    shape = (dec.policy.cfg.context_window, dec.adapter.vocab_size)
+    assert seen == [(shape, False, 0, 1.0, False), (shape, True, 0, 1.0, True), (shape, True, 2, 0.9, True)]

@@ -194,7 +194,7 @@ class SwiftDecoder:
         (prompt and output; as vLLM does at start-up) and captures every step shapes can demand:
         verify steps of every tree bucket, the current skip set's draft step and the drafting
         steps of `methods` (`RuntimeConfig.device_drafting`), for each sampling program of
-        `sampling`, and the search's scoring forwards. A program is greedy,
+        `sampling`, and the search's scoring forwards and what follows them. A program is greedy,
         sampling, or sampling with top-k and top-p filtering (`skipspec.verify.sampling_program`;
         `skipspec.verify.SAMPLING_PROGRAMS` lists all three): temperature, top-p, top-k and seed
         are inputs of the captured steps, so one capture serves every value, and settings that
@@ -222,6 +222,8 @@ class SwiftDecoder:
         steps = self.executor.warmup_steps(max_context, scratch, programs, skips, shapes)
         with _progress(progress, steps, "warm-up") as tick:
             self.executor.warmup(max_context, scratch, programs, skips, tick, shapes)
+        if isinstance(self.policy, SearchPolicy) and any(isinstance(d, LayerSkipDrafter) for d in drafters):
+            self.policy.warmup(programs)
         return time.perf_counter() - start
 
     def _drafters(self, method: str) -> list[Drafter]:

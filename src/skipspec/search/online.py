@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Protocol
 
@@ -36,9 +36,18 @@ from ..errors import ConfigError
 from ..model.adapter import Frame, ModelAdapter
 from ..model.cache import KVCache
 from ..model.skipset import SkipSet
+from ..verify import SamplingProgram
 from .budget import ScoringBudget
 from .costs import CostModel, Timer, measure_costs
-from .matchness import Context, context_frame, influence, influence_from_sizes, score_skip_set, target_probs
+from .matchness import (
+    Context,
+    context_frame,
+    influence,
+    influence_from_sizes,
+    profile_of,
+    score_skip_set,
+    target_probs,
+)
 from .objective import DraftRule
 from .paper import PaperSearch
 from .policy import StepContext
@@ -162,6 +171,20 @@ class SearchPolicy:
     def observe(self, ctx: StepContext) -> None:
         with self._timed():
             self._observe(ctx)
+
+    def warmup(self, programs: Sequence[SamplingProgram]) -> None:
+        """Run what a scoring does after its forward (the drafter's view of the logits, and the
+        target distribution when sampling) once per program, on made-up logits. A GPU loads each
+        kernel on its first launch: the search's first scoring, deep into some request, would
+        otherwise pay for loading all of them in one step."""
+        w, device = self.cfg.context_window, self.adapter.device
+        logits = torch.zeros(w, self.adapter.vocab_size, device=device)
+        targets = torch.zeros(w, dtype=torch.long, device=device)
+        for program in programs:
+            params = SamplingParams(do_sample=program.sample, top_k=2 if program.filtered else 0,
+                                    top_p=0.9 if program.filtered else 1.0)  # fmt: skip
+            p = target_probs(logits, params) if params.do_sample else None
+            profile_of(logits, targets, self.rule, params, p)
 
     def set_baseline(self, speedup: float) -> None:
         """See `SkipPolicy.set_baseline` ("speed" only: SWIFT's own search keeps its rule)."""
