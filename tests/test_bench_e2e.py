@@ -83,7 +83,7 @@ def test_bench_writes_results_report_and_plots(model_dir, tmp_path, monkeypatch)
                 assert key in s
             assert s["tokens_per_s"] > 0
             # Every method, the engine's and transformers', reports when its tokens arrived.
-            assert 0 < s["ttft_p50"] <= s["ttft_p99"] and 0 <= s["itl_p50"] <= s["itl_p99"]
+            assert 0 < s["ttft_p50"] <= s["ttft_p99"] and 0 <= s["itl_p50"] <= s["itl_p99"] <= s["itl_max"]
     assert summary["ar"]["overall"]["speedup_vs_ar"] == pytest.approx(1.0)
     assert summary["hf"]["overall"]["speedup_vs_hf"] == pytest.approx(1.0)
     # Greedy self-speculation is lossless: the engine's methods reproduce plain decoding.

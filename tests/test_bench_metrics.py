@@ -198,10 +198,11 @@ def test_latency_percentiles_pool_every_prompt_and_repeat_of_a_method():
     assert s["m"][OVERALL].ttft_p99 == pytest.approx(0.2 + 0.98 * 0.1)
     assert s["m"][OVERALL].itl_p50 == pytest.approx(0.01)
     assert s["m"][OVERALL].itl_p99 == pytest.approx(0.02 + 0.96 * 0.03)
+    assert s["m"][OVERALL].itl_max == pytest.approx(0.05) and s["m"]["a"].itl_max == pytest.approx(0.02)
     assert s["m"]["b"].ttft_p50 == pytest.approx(0.2)
-    assert s["hf"][OVERALL].ttft_p50 is None
+    assert s["hf"][OVERALL].ttft_p50 is None and s["hf"][OVERALL].itl_max is None
     table = latency_table(s)
-    assert "| m | 200.0 | 298.0 | 10.0 | 48.8 |" in table and "| hf | – | – | – | – |" in table
+    assert "| m | 200.0 | 298.0 | 10.0 | 48.8 | 50.0 |" in table and "| hf | – | – | – | – | – |" in table
 
 
 def test_a_record_takes_latencies_and_captures_from_every_repeat():

@@ -51,6 +51,7 @@ class Summary:
     ttft_p99: float | None = None
     itl_p50: float | None = None
     itl_p99: float | None = None
+    itl_max: float | None = None  # the longest single wait: a stall p99 hides
     decode_tokens_per_s: float | None = None
     decode_speedup_vs_ar: float | None = None
 
@@ -178,13 +179,13 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 
 def latency_percentiles(records: Iterable[PromptRecord]) -> dict[str, float | None]:
-    """TTFT and ITL p50 / p99 over every request and repeat of `records` (seconds)."""
+    """TTFT and ITL p50 / p99, and the longest ITL, over every request and repeat of `records` (seconds)."""
     records = list(records)
     ttft = [t for r in records for t in r.ttft_s]
     itl = [g for r in records for g in r.itl_s]
     return {
         "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
-        "itl_p50": percentile(itl, 50), "itl_p99": percentile(itl, 99),
+        "itl_p50": percentile(itl, 50), "itl_p99": percentile(itl, 99), "itl_max": max(itl, default=None),
     }  # fmt: skip
 
 
