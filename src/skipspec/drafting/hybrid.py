@@ -265,7 +265,7 @@ class RateWatch:
         """One drafting step committed `tokens` in `seconds` (a plain-run step costs about
         `plain_estimate` seconds while no plain run has been timed)."""
         self.rate.add(tokens, seconds)
-        speedup = self.rate.speedup(self.plain_seconds if self.plain_seconds is not None else plain_estimate)
+        speedup = self.rate.speedup(self.plain_or(plain_estimate))
         if speedup is None:  # the window is not full yet
             return
         if speedup >= 1.0:
@@ -291,6 +291,11 @@ class RateWatch:
     def plain_seconds(self) -> float | None:
         """Seconds per token of the plain steps seen (None before any)."""
         return None if self._yardstick is None else self._yardstick[0] / self._yardstick[1]
+
+    def plain_or(self, estimate: float) -> float:
+        """`plain_seconds`, or `estimate` before any plain step was seen."""
+        seconds = self.plain_seconds
+        return estimate if seconds is None else seconds
 
     def plain_steps(self) -> int:
         """Plain steps the current pause still wants (0: draft)."""

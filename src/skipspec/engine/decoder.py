@@ -216,13 +216,14 @@ class SwiftDecoder:
         if any(self._allocator(m) is not None for m in methods):
             self.step_costs()
         scratch = max((getattr(d, "scratch_slots", 0) for d in drafters), default=0)
-        skip = self.policy.skip_set() if any(isinstance(d, LayerSkipDrafter) for d in drafters) else None
+        layer_skip = any(isinstance(d, LayerSkipDrafter) for d in drafters)
+        skip = self.policy.skip_set() if layer_skip else None
         skips = (skip,) if skip is not None else ()  # a search with no set yet drafts nothing
         shapes = tuple(dict.fromkeys(layout for m in methods for layout in self._device_layouts(m)))
         steps = self.executor.warmup_steps(max_context, scratch, programs, skips, shapes)
         with _progress(progress, steps, "warm-up") as tick:
             self.executor.warmup(max_context, scratch, programs, skips, tick, shapes)
-        if isinstance(self.policy, SearchPolicy) and any(isinstance(d, LayerSkipDrafter) for d in drafters):
+        if layer_skip and isinstance(self.policy, SearchPolicy):
             self.policy.warmup(programs)
         return time.perf_counter() - start
 
@@ -405,7 +406,7 @@ class SwiftDecoder:
                     c.draft_time += observed
                     seconds = waited + observed
                     if allocator is not None:
-                        plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
+                        plain = self._plain_seconds(allocator, costs, len(tokens))
                         allocator.watch.drafted(len(step.tokens), seconds, plain_estimate=plain)
                     if skip_watch is not None:
                         skip_watch.plain(seconds, len(step.tokens))
@@ -418,7 +419,7 @@ class SwiftDecoder:
                     mirror(unseen)
         if skip_watch is not None:
             # What layer skipping must beat: drafting steps' tokens per second over plain decoding's.
-            plain = allocator.watch.plain_seconds or allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
+            plain = allocator.watch.plain_or(self._plain_seconds(allocator, costs, len(tokens)))
             speedup = allocator.drafting_rate.speedup(plain)
             if speedup is not None:
                 self._builtin["layer_skip"].set_baseline(speedup, ctx)
@@ -485,7 +486,7 @@ class SwiftDecoder:
         c.draft_time += observed
         if allocator is not None:
             # The whole step as it ran, the consumer's time excepted.
-            plain = allocator.step_seconds.cost(ex.verify_size(0), costs.plain(len(tokens)))
+            plain = self._plain_seconds(allocator, costs, len(tokens))
             allocator.watch.drafted(len(step.tokens), t3 - t + observed, plain_estimate=plain)
             if skip_watch is not None:
                 skip_watch.drafted(len(step.tokens), t3 - t + observed, plain_estimate=plain)
@@ -498,6 +499,10 @@ class SwiftDecoder:
         parents = [_host_parents(p.tree) for p in proposals]
         keep = allocator.plan([p.tree for p in proposals], parents, self._verify_costs(allocator, costs, context, budget))
         return [Proposal(p.drafter, _prefix(p.tree, k)) for p, k in zip(proposals, keep)]
+
+    def _plain_seconds(self, allocator: NodeAllocator, costs: CostModel, context: int) -> float:
+        """Seconds of a plain step: as this decoder's ran (`StepSeconds`), else the cost model's."""
+        return allocator.step_seconds.cost(self.executor.verify_size(0), costs.plain(context))
 
     def _verify_costs(self, allocator: NodeAllocator, costs: CostModel, context: int, nodes: int) -> np.ndarray:
         """Seconds of a verify of n = 0..`nodes` drafted nodes: the steps' own measured times per
