@@ -159,7 +159,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             tokens, seconds = collections.Counter(), collections.Counter()
             steps, nodes, host = collections.Counter(), collections.Counter(), collections.Counter()
-            device = collections.Counter()
+            device, runs = collections.Counter(), collections.Counter()
             for i, (x, q) in enumerate(zip(ids, prompts)):
                 for v in variants[i % len(variants) :] + variants[: i % len(variants)]:
                     sync()
@@ -175,19 +175,22 @@ def main() -> None:
                     steps[(v.spec, q.category)] += out.stats["verify_steps"]
                     nodes[v.spec] += out.stats["drafted_tokens"]
                     device[v.spec] += out.stats["drafting_steps"]
+                    runs[v.spec] += out.stats["drafting_runs"]
                     host[v.spec] += out.stats["draft_time"]
-            _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, device, decoders)
+            _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, (device, runs), decoders)
 
 
-def _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, device, decoders) -> None:
+def _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, drafting, decoders) -> None:
+    device, runs = drafting
+
     def rate(key) -> float:
         return tokens[key] / seconds[key]
 
     base = variants[0].spec
     print(f"\ntemperature {temperature}, repeat {repeat + 1}: {base} {rate(base):.1f} tokens/s")
     print(f"| variant | vs {base} | tokens per step | nodes | ms per step | host share | drafted on device | "
-          + " | ".join(categories) + " | pauses |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|" + "---:|" * len(categories) + "---:|")
+          + "steps per drafting run | " + " | ".join(categories) + " | pauses |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|" + "---:|" * len(categories) + "---:|")
     for v in variants:
         n = steps[v.spec]
         per = " | ".join(
@@ -198,7 +201,7 @@ def _report(temperature, repeat, variants, categories, tokens, seconds, steps, n
         pauses = alloc.watch.pauses if alloc is not None and not isinstance(alloc.watch, NoWatch) else "–"
         print(f"| {v.spec} | {rate(v.spec) / rate(base):.2f}x | {tokens[v.spec] / n:.2f} | {nodes[v.spec] / n:.1f} | "
               f"{seconds[v.spec] / n * 1e3:.3f} | {host[v.spec] / seconds[v.spec]:.0%} | {device[v.spec] / n:.0%} | "
-              f"{per} | {pauses} |")  # fmt: skip
+              f"{device[v.spec] / runs[v.spec] if runs[v.spec] else 0:.1f} | {per} | {pauses} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -163,6 +163,55 @@ def test_steps_a_round_cannot_pay_for_run_back_to_back_on_the_fast_path(monkeypa
     assert policy.budget.forwards >= 3, (policy.stats(), runs)
 
 
+def test_a_round_counts_the_steps_before_its_request_has_the_tokens_it_scores_on():
+    """A round scores on the latest `context_window` tokens of the output: until a request has
+    produced one more than that, its steps are only counted (`quiet_steps`, with steps of one
+    token), and the step that brings the last of them may score (0)."""
+    dec = search_decoder(identity_model(zero_attn=[2, 4], zero_mlp=[3]), "speed", context_window=16)
+    policy = dec.policy
+    dec.generate(PROMPTS[0], 4, method="swift")  # sets the search up; its first round is on
+    policy.begin(len(PROMPTS[1]), 60)
+    assert policy.search.active and policy._context is None
+    assert policy.quiet_steps() == 15  # the prefill gave one token of the 17 it needs
+    policy._emitted = 17
+    assert policy.quiet_steps() == 0
+
+
+@pytest.mark.parametrize("device_drafting", [False, True])
+def test_hybrid_never_scores_while_a_step_launched_ahead_writes_the_cache(monkeypatch, device_drafting):
+    """A scoring forward writes the cache past the committed slots, where a step launched ahead of
+    the host writes too. Hybrid's rate watch can pause drafting for longer than the search only
+    counts steps, and those plain steps (or drafting steps) run with the next one in flight: the
+    search must defer its scoring to the run's last step, or it overwrites what that step
+    committed and the output leaves plain decoding's (float32, fast-path executor)."""
+    from skipspec.drafting.hybrid import RateWatch
+    from skipspec.runtime import RuntimeConfig
+
+    # Plain steps: sets worth finding, so rounds go on scoring. Drafting steps run while layer
+    # skipping has no set: none worth finding, a round every few steps.
+    model = identity_model() if device_drafting else identity_model(zero_attn=[2, 4], zero_mlp=[3])
+    runtime = RuntimeConfig(mode="static", device_drafting=device_drafting)
+    dec = search_decoder(model, "speed", runtime=runtime, relook_steps=4)
+    policy, busy, runs = dec.policy, [], []
+    # The watch pauses drafting for 7 plain steps at a time, whatever the search expects.
+    monkeypatch.setattr(RateWatch, "plain_steps", lambda self: 0 if device_drafting else 7)
+    score = policy._run
+
+    def recording(request, ctx, context):
+        busy.append(dec.executor.ahead)
+        return score(request, ctx, context)
+
+    monkeypatch.setattr(policy, "_run", recording)
+    plain = SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[])
+    for prompt in PROMPTS * 2:
+        res = dec.generate(prompt, 80, method="hybrid")
+        assert res.tokens == plain.generate(prompt, 80, method="ar").tokens, policy.stats()
+        runs.append((res.stats["drafting_steps"], res.stats["drafting_runs"]))
+    assert len(busy) >= 5 and not any(busy), (busy, policy.stats())
+    if device_drafting:  # runs went on while the search had no context yet, or could not pay
+        assert sum(n for n, _ in runs) > 2 * sum(r for _, r in runs), runs
+
+
 def test_one_off_set_up_inside_a_scoring_call_is_not_charged_to_the_time_budget():
     """On the fast path a scoring call may first capture (and compile) its graph: seconds, against a
     budget of a fraction of a step. Charged, that one call stalled the search for thousands of

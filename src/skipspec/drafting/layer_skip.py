@@ -88,6 +88,7 @@ class LayerSkipDrafter:
                 self._depth if result.tree is not None else 0,
                 ctx.sampling,
                 verified,
+                ctx.executor.ahead,
             )
         )
         self._prepare(before, ctx)

@@ -13,6 +13,8 @@ from ..runtime.executor import TreeInput, Verified
 class Counters:
     verify_steps: int = 0
     drafting_steps: int = 0  # verify steps whose tree was drafted on the device
+    # Runs of drafting steps: each run's first and last step leave the GPU waiting for the host.
+    drafting_runs: int = 0
     draft_forwards: int = 0
     drafted: int = 0  # tree nodes verified, root excluded
     depth: int = 0  # the trees' depths: the most drafted tokens the steps could have accepted
@@ -69,6 +71,7 @@ class Counters:
         return {
             "verify_steps": steps,
             "drafting_steps": self.drafting_steps,
+            "drafting_runs": self.drafting_runs,
             "draft_forwards": self.draft_forwards,
             "drafted_tokens": self.drafted,
             "accepted_tokens": self.accepted,

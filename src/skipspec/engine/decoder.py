@@ -354,8 +354,9 @@ class SwiftDecoder:
         """How many drafting steps to run now (0: none). Layer skipping (hybrid: `skip_watch` is
         set) drafts on the host: while its search has a set, hybrid steps run there, unless they
         were found slower than drafting steps (then drafting steps run for the watch's pause). Its
-        search observes the drafting steps as it observes plain steps; a step that may score (in
-        the cache, past the committed length) runs alone, with no step launched ahead of it."""
+        search observes the drafting steps as it observes plain steps, and a run ends where it may
+        next score: a scoring forward writes the cache past the committed length, where the step
+        launched ahead writes, so the search defers one to the run's last step."""
         if not layouts:
             return 0
         run = min(DRAFTING_RUN, remaining)
@@ -365,7 +366,7 @@ class SwiftDecoder:
                 if not paused:
                     return 0
                 run = min(run, paused)
-            run = min(run, max(1, self._builtin["layer_skip"].quiet_steps()))
+            run = min(run, self._builtin["layer_skip"].quiet_steps() + 1)
         return run
 
     def _drafting_steps(
@@ -385,6 +386,7 @@ class SwiftDecoder:
         ranges = {layout: self._source_ranges(layout) for layout in layouts}
         steps = ex.drafting_steps(run, req.sampling, layouts, tokens, mirror, choice.pick if choice else None)
         c.draft_time += time.perf_counter() - t
+        c.drafting_runs += 1
         t = time.perf_counter()
         unseen = None  # a step's read-back that the table learnt from and the drafters did not yet
         with contextlib.closing(steps):  # its end mirrors a step that ran ahead: now, not at collection

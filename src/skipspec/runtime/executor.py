@@ -136,6 +136,9 @@ class Executor(Protocol):
     tag: str  # how steps run ("eager", "graphs+fused+..."): step costs, and saved sets, depend on it
     capture_time: float  # seconds of one-off set-up (graph captures, compiles) so far
     draft_calls: int  # draft forwards run so far
+    # While `plain_steps` or `drafting_steps` hands out a step: the next one is already in flight,
+    # writing the cache past `committed` (a scoring forward there must wait for the run's end).
+    ahead: bool
 
     def check(self, prompt_len: int, max_new_tokens: int, scratch: int, sampling: bool) -> None:
         """Raise now if a request of this size cannot get its cache and workspace."""
@@ -222,6 +225,7 @@ class EagerExecutor:
         self.cache: KVCache | None = None
         self.committed = 0
         self.draft_calls = 0
+        self.ahead = False  # its steps run one at a time
         self._root: torch.Tensor | None = None  # (1,) the last committed token
         self._sampling: SamplingInputs | None = None  # the request's seed and values, staged at the prefill
         self._chain: tuple[torch.Tensor, int] | None = None  # the draft chain's next (token, slot)

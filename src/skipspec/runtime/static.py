@@ -59,6 +59,7 @@ class StaticExecutor:
         self.verify_topk = min(swift.verify_topk, adapter.vocab_size)
         self.committed = 0
         self.draft_calls = 0
+        self.ahead = False  # a step launched ahead of the one handed out is in flight
         self.max_depth = swift.max_draft_tokens
         widest_tree = swift.max_tree_nodes + 1
         self.tree_buckets = config.tree_buckets or powers_of_two(widest_tree)
@@ -458,16 +459,20 @@ class StaticExecutor:
             launched += 1
 
         launch()
-        while taken < launched:
-            if launched < limit:
-                launch()
-            if cuda:
-                events[taken % 2].synchronize()  # the step's one host sync, one step behind the GPU
-            token = int(slots[taken % 2][1])
-            top, root, host = tops[taken % 2]
-            taken += 1
-            self.committed = start + taken
-            yield Verified([token], (), top, root, host=host)
+        try:
+            while taken < launched:
+                if launched < limit:
+                    launch()
+                if cuda:
+                    events[taken % 2].synchronize()  # the step's one host sync, one step behind the GPU
+                token = int(slots[taken % 2][1])
+                top, root, host = tops[taken % 2]
+                taken += 1
+                self.committed = start + taken
+                self.ahead = launched > taken
+                yield Verified([token], (), top, root, host=host)
+        finally:
+            self.ahead = False
 
     # -- drafting steps: trees drafted on the device (`runtime.device_drafting`) -----------------
 
@@ -599,10 +604,12 @@ class StaticExecutor:
                     raise RuntimeError(f"a drafting step laid out a malformed tree: {reading.fault}")
                 taken += 1
                 self.committed += reading.length
+                self.ahead = launched > taken
                 yield reading.verified(top, verified, host, layouts[i])
                 if taken == launched < limit and self.committed + largest <= capacity:
                     launch()
         finally:
+            self.ahead = False
             # A step in flight rewrites the root's entry with the same token, and only writes past it.
             self._history_valid = self.committed + 1
             # A consumer that stopped early (the request is done) leaves one step in flight. Its

@@ -144,6 +144,7 @@ class SearchPolicy:
         self.fallbacks = 0
         self.budget = ScoringBudget()
         self._prompt_len = 0
+        self._emitted = 0  # tokens of this request's output so far
         self._context: Context | None = None
         self._targets: torch.Tensor | None = None
         self._p: torch.Tensor | None = None
@@ -161,6 +162,7 @@ class SearchPolicy:
             if self.search is None:
                 self._setup()
             self._prompt_len = prompt_len
+            self._emitted = 1  # the prefill's token
             self._context = self._targets = self._p = None
 
     def skip_set(self) -> SkipSet | None:
@@ -216,6 +218,10 @@ class SearchPolicy:
             # skipping did not draft gives the set's watch nothing), and the step that reaches
             # zero starts a round (scoring in the cache): not that one.
             return max(self._idle - 1, 0)
+        if self._context is None:
+            # Nothing to score before the request has its context's tokens; the step that
+            # brings the last of them may score.
+            return max(self.cfg.context_window - self._emitted, 0)
         return self._unaffordable_steps(s)
 
     def _unaffordable_steps(self, s: SpeedSearch) -> int:
@@ -225,7 +231,7 @@ class SearchPolicy:
         round only add credit. The step that could afford one and the one before it are left out:
         the costs grow with the context while the run goes on.
         """
-        if self._context is None or self.costs is None or not math.isfinite(self.cfg.step_budget):
+        if self.costs is None or not math.isfinite(self.cfg.step_budget):
             return 0
         need, gain = self._price(self._context.width, s.context_length)
         return self.budget.steps_until_affordable(need, gain, margin=2)
@@ -347,6 +353,7 @@ class SearchPolicy:
 
     def _observe(self, ctx: StepContext) -> None:
         s = self.search
+        self._emitted = len(ctx.tokens) - self._prompt_len
         if isinstance(s, SpeedSearch):
             s.context_length = ctx.committed
             self._watch(ctx, s)
@@ -366,6 +373,8 @@ class SearchPolicy:
         if finite:  # `_setup` measured costs
             need, gain = self._price(context.width, ctx.committed)
             self.budget.earn(need, gain)
+        if ctx.cache_busy:
+            return  # a step in flight writes where a scoring forward would: score at the run's end
         before = s.decision()
         for _ in range(self.cfg.proposals_per_step):
             request = s.next_request()  # may end a round by itself (the bound): no credit needed

@@ -28,6 +28,8 @@ class StepContext:
     accepted:  draft tokens accepted in this step (bonus excluded); drafted: chain tokens proposed
     sampling:  the request's target-distribution settings (the search scores under them)
     tree_size: nodes of this step's verification tree, root included (1: a plain step)
+    cache_busy: the next step is already in flight, writing `cache` past `committed` (a run of
+               steps launched ahead of the host): no scoring forward may use those slots now
     """
 
     adapter: ModelAdapter
@@ -39,6 +41,7 @@ class StepContext:
     drafted: int
     sampling: SamplingParams = SamplingParams()
     tree_size: int = 1
+    cache_busy: bool = False
 
 
 class SkipPolicy(Protocol):
@@ -57,13 +60,15 @@ class SkipPolicy(Protocol):
         """How many of the next steps are plain (`skip_set()` None) with nothing for `observe` to do
         but count them: no scoring, no use of the cache. The decoder may run that many back to
         back with the next one already launched while it reports the last (see
-        `StaticRuntime.plain_tokens`). 0 when unsure."""
+        `StaticExecutor.plain_steps`). 0 when unsure."""
         ...
 
     def quiet_steps(self) -> int:
         """How many of the next steps `observe` would only count, were none of them drafted by
-        layer skipping, whatever `skip_set()` is (a hybrid decoder runs steps drafted from text
-        back to back for that many). 0 when unsure."""
+        layer skipping and each one token long, whatever `skip_set()` is (a hybrid decoder runs
+        steps drafted from text back to back for that many). Steps of several tokens may bring a
+        scoring forward sooner: `observe` defers it while `cache_busy`, to the run's last step.
+        0 when unsure."""
         ...
 
     def set_baseline(self, speedup: float) -> None:

@@ -42,7 +42,7 @@ _SAMPLE = 4096
 class StoreKey:
     """What a saved set depends on.
 
-    runtime: how steps run (`StaticRuntime.tag`, or "eager"): a captured step costs differently.
+    runtime: how steps run (`StaticExecutor.tag`, or "eager"): a captured step costs differently.
 
     >>> str(StoreKey("ab12", "float32", "cpu", "code", "speed"))
     'ab12|float32|cpu|eager|code|speed'
