@@ -247,17 +247,29 @@ def test_stop_tokens_and_the_end_of_the_cache_cut_drafting_runs_where_plain_deco
             assert res.tokens == plain.generate(prompt, max_new, method="ar").tokens, f"case {case}: {prompt}"
 
 
-def test_the_device_table_stays_the_host_table():
+def test_the_device_table_stays_the_host_table(monkeypatch):
     """Recycling's host table learns from each drafting step's read-back top-k what the device
-    table learnt, so a later run needs no upload: also from the step in flight when a request ends."""
+    table learnt, so a later run needs no upload: also from the step in flight when a request ends.
+    A new request's seeding, and steps learnt on the host (here: hybrid's plain steps while its
+    watch pauses drafting), go up as the rows they wrote, not the whole table."""
     model = tiny_model("llama")
     dec = _decoder(model)
     recycle, ex = dec._builtin["recycle"], dec.executor
+    uploads = []
+    load = type(ex).load_successors
+    monkeypatch.setattr(type(ex), "load_successors",
+                        lambda self, table, tag, rows=None: uploads.append(rows) or load(self, table, tag, rows))  # fmt: skip
     rng = random.Random("table")
-    for _ in range(3):
-        dec.generate(_repetitive_prompt(rng), 30, method="recycle")
+    for method in ("recycle", "recycle", "hybrid", "recycle"):
+        res = dec.generate(_repetitive_prompt(rng), 30, method=method)
+        if method == "hybrid":  # it ended on steps drafted on the host: the next run uploads their rows
+            assert res.stats["drafting_steps"] < res.stats["verify_steps"] and ex.successors_tag != recycle.tag
+            continue
         assert ex.successors_tag == recycle.tag
         assert (ex._table[: recycle.table.shape[0]].numpy() == recycle.table).all()
+    assert uploads[0] is None  # the first copy is whole
+    vocab = recycle.table.shape[0]
+    assert len(uploads) >= 3 and all(0 < len(rows) < vocab for rows in uploads[1:]), uploads
     stream = dec.stream(_repetitive_prompt(rng), 30, method="recycle")
     next(iter(stream))  # the prefill's token
     next(iter(stream))  # a drafting step's, the next one already launched

@@ -139,6 +139,36 @@ def test_the_table_outlives_requests_and_the_prompt_only_seeds_unknown_rows():
     assert tree.tokens[0] == 3 and tree.tokens[1] == 6
 
 
+def test_rows_since_names_what_a_copy_of_an_earlier_tag_must_update(monkeypatch):
+    """A copy of the table (the device's, for drafting steps) made under some tag is brought up to
+    date by the rows written since: a new request's seeding and every step learnt. Another table,
+    or more changes than the log keeps, mean copying it whole (None)."""
+    drafter = RecycleDrafter(RecycleConfig(k=2))
+    first = _ctx([3, 4, 3], prompt_len=3, vocab_size=10)
+    drafter.propose(first)
+    copied = drafter.tag
+    assert drafter.rows_since(copied).tolist() == []
+    drafter.observe(first, StepResult([6], None, torch.tensor([[6, 7], [1, 2]]), torch.tensor([3, 8]), ()))
+    drafter.propose(_ctx([9, 3, 5], prompt_len=3, vocab_size=10))  # a new request: seeds 9 and 5's rows
+    rows = drafter.rows_since(copied)
+    assert rows.tolist() == [3, 8, 9]  # 3 -> 5 is not seeded: the model's row for 3 stays
+    copy = np.full_like(drafter.table, UNKNOWN)
+    copy[[3, 4]] = [[4, UNKNOWN], [3, UNKNOWN]]  # the table as it was under `copied`
+    copy[rows] = drafter.table[rows]
+    assert (copy == drafter.table).all()
+    assert drafter.rows_since(None) is None
+    assert drafter.rows_since((id(drafter.table) + 1, copied[1])) is None
+    assert drafter.rows_since((copied[0], drafter.version + 1)) is None
+    monkeypatch.setattr(skipspec.drafting.recycle, "CHANGE_LOG", 2)
+    short = RecycleDrafter(RecycleConfig(k=2, seed_from_prompt=False))
+    ctx = _ctx([1, 2], vocab_size=10)
+    short.propose(ctx)
+    tag = short.tag
+    for token in range(3):
+        short.observe(ctx, StepResult([token], None, torch.tensor([[token, 1]]), torch.tensor([token]), ()))
+    assert short.rows_since(tag) is None  # 3 changes since, 2 remembered
+
+
 def test_seeding_is_once_per_request():
     drafter = RecycleDrafter(RecycleConfig(k=2))
     ctx = _ctx([3, 4], prompt_len=2, vocab_size=10)

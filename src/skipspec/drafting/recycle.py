@@ -13,6 +13,7 @@ per step on SmolLM2).
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,9 @@ from .base import DraftContext, DraftTree, StepResult
 from .ngram import RequestMark
 
 UNKNOWN = -1  # a table entry no step has filled yet
+#: Changes of the table remembered by the rows they wrote (`RecycleDrafter.rows_since`): a copy that
+#: many changes behind is copied whole again.
+CHANGE_LOG = 1024
 
 
 @dataclass(frozen=True)
@@ -60,15 +64,17 @@ def new_table(vocab_size: int, k: int) -> np.ndarray:
     return np.full((vocab_size, k), UNKNOWN, dtype=np.int32)
 
 
-def record_topk(table: np.ndarray, verified: np.ndarray, topk: np.ndarray) -> None:
+def record_topk(table: np.ndarray, verified: np.ndarray, topk: np.ndarray) -> np.ndarray:
     """Row verified[i] := topk[i] (host arrays): the model's latest guesses after each verified token.
+    Returns the rows written.
 
     A token verified at several nodes keeps the guesses of its first node (root first): shallow
     nodes are the likeliest to have been the real context. Entries outside the vocabulary
     (padded logits, padded tree rows of -1) are left out.
 
     >>> table = new_table(6, 2)
-    >>> record_topk(table, np.array([3, 1, 3]), np.array([[1, 2], [4, 9], [5, 0]]))
+    >>> record_topk(table, np.array([3, 1, 3]), np.array([[1, 2], [4, 9], [5, 0]])).tolist()
+    [1, 3]
     >>> table[3].tolist(), table[1].tolist()
     ([1, 2], [4, -1])
     """
@@ -83,10 +89,12 @@ def record_topk(table: np.ndarray, verified: np.ndarray, topk: np.ndarray) -> No
     table[rows, : succ.shape[1]] = succ
     if succ.shape[1] < width:
         table[rows, succ.shape[1] :] = UNKNOWN
+    return rows
 
 
-def seed_table(table: np.ndarray, tokens: np.ndarray) -> None:
-    """Give each token with no remembered successors the token that last followed it in `tokens`.
+def seed_table(table: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Give each token with no remembered successors the token that last followed it in `tokens`;
+    returns the rows written.
 
     A weak guess, used only until the model's own top-k replaces it: requests that copy their
     prompt (summaries, retrieval, code edits) follow the prompt's bigrams, and on a cold table they
@@ -94,7 +102,8 @@ def seed_table(table: np.ndarray, tokens: np.ndarray) -> None:
 
     >>> table = new_table(6, 2)
     >>> table[2] = [4, 5]
-    >>> seed_table(table, np.array([1, 3, 2, 0, 1, 4]))
+    >>> seed_table(table, np.array([1, 3, 2, 0, 1, 4])).tolist()
+    [0, 1, 3]
     >>> table[:4].tolist()
     [[1, -1], [4, -1], [4, 5], [2, -1]]
     """
@@ -109,6 +118,7 @@ def seed_table(table: np.ndarray, tokens: np.ndarray) -> None:
     heads, tails = heads[::-1][last], tails[::-1][last]
     cold = table[heads, 0] == UNKNOWN
     table[heads[cold], 0] = tails[cold]
+    return heads[cold]
 
 
 def expand(table: np.ndarray, root: int, template: TreeTemplate, max_nodes: int) -> DraftTree:
@@ -171,6 +181,7 @@ class RecycleDrafter:
         self.config = config if config is not None else RecycleConfig()
         self.table: np.ndarray | None = None
         self.version = 0  # bumped by every change to the table (see `tag`)
+        self._changes: deque[tuple[int, np.ndarray]] = deque(maxlen=CHANGE_LOG)  # (version, rows written)
         self._templates: dict[int, TreeTemplate] = {}  # by max depth
         self._mark: RequestMark | None = None
 
@@ -202,8 +213,23 @@ class RecycleDrafter:
 
     def learn(self, verified: np.ndarray, topk: np.ndarray) -> None:
         """Record a step's top-k (host arrays, `record_topk`) in the current table."""
-        record_topk(self.table, verified, topk[:, : self.config.k])
+        self._changed(record_topk(self.table, verified, topk[:, : self.config.k]))
+
+    def rows_since(self, tag) -> np.ndarray | None:
+        """The rows the table changed since it had `tag` (sorted, unique): what a copy made under
+        that tag must update to be current. None when the table is another one, or when more
+        changes than the log keeps came since (copy it whole)."""
+        if tag is None or tag[0] != id(self.table) or tag[1] > self.version:
+            return None
+        since = tag[1]
+        if since < self.version and (not self._changes or self._changes[0][0] > since + 1):
+            return None
+        rows = [r for version, r in self._changes if version > since]
+        return np.unique(np.concatenate(rows)) if rows else np.zeros(0, dtype=np.int64)
+
+    def _changed(self, rows: np.ndarray) -> None:
         self.version += 1
+        self._changes.append((self.version, rows))
 
     def template(self, size: int | None = None, depth: int | None = None) -> TreeTemplate:
         """The drafter's template: its first `size` nodes (all: None), no deeper than `depth`."""
@@ -219,12 +245,14 @@ class RecycleDrafter:
         """The table, (re)made for this vocabulary, seeded once at each new request."""
         if self.table is None or self.table.shape[0] != ctx.vocab_size:
             self.table = new_table(ctx.vocab_size, self.config.k)
+            self._changes.clear()
             self._mark = None
         if self._mark is None or not self._mark.continued_by(ctx.tokens, ctx.prompt_len):
             self._mark = RequestMark.of(ctx.tokens, ctx.prompt_len)
-            self.version += 1
+            rows = np.zeros(0, dtype=np.int64)
             if self.config.seed_from_prompt:
                 prompt = ctx.tokens[: ctx.prompt_len]
-                seed_table(self.table, prompt.cpu().numpy() if isinstance(prompt, torch.Tensor) else np.asarray(prompt))
+                rows = seed_table(self.table, prompt.cpu().numpy() if isinstance(prompt, torch.Tensor) else np.asarray(prompt))
+            self._changed(rows)
         self._mark = self._mark.advanced(ctx.tokens)
         return self.table

@@ -441,7 +441,8 @@ class SwiftDecoder:
         ex, recycle = self.executor, self._builtin["recycle"]
         table = recycle.table_for(ctx)  # seeded from this request's prompt
         if ex.successors_tag != recycle.tag:
-            ex.load_successors(table, recycle.tag)
+            # The rows that changed since the device's copy (None: all of them).
+            ex.load_successors(table, recycle.tag, recycle.rows_since(ex.successors_tag))
 
         def mirror(host: tuple[np.ndarray, np.ndarray]) -> None:
             recycle.learn(*host)

@@ -487,10 +487,18 @@ class StaticExecutor:
         return self._table_tag
 
     @torch.inference_mode()
-    def load_successors(self, table: np.ndarray, tag) -> None:
-        """Copy a host successor table (V, k) (`drafting.recycle`) into the drafting steps' one."""
+    def load_successors(self, table: np.ndarray, tag, rows: np.ndarray | None = None) -> None:
+        """Copy a host successor table (V, k) (`drafting.recycle`) into the drafting steps' one;
+        only `rows` of it where given (the device table held the host's at an earlier tag, and
+        these rows changed since: a new request's seeding writes a few hundred of 50k)."""
+        if self._table is None or self._table.shape[1] != table.shape[1]:
+            rows = None  # a new device table holds nothing of the host's yet
         device_table = self._successors(table.shape[1])
-        device_table[: table.shape[0]].copy_(torch.from_numpy(table))
+        if rows is None:
+            device_table[: table.shape[0]].copy_(torch.from_numpy(table))
+        elif len(rows):
+            index = torch.from_numpy(rows.astype(np.int64)).to(device_table.device)
+            device_table.index_copy_(0, index, torch.from_numpy(table[rows]).to(device_table.device, torch.long))
         self._table_tag = tag
 
     def mark_successors(self, tag) -> None:
