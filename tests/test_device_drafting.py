@@ -257,8 +257,12 @@ def test_the_device_table_stays_the_host_table(monkeypatch):
     recycle, ex = dec._builtin["recycle"], dec.executor
     uploads = []
     load = type(ex).load_successors
-    monkeypatch.setattr(type(ex), "load_successors",
-                        lambda self, table, tag, rows=None: uploads.append(rows) or load(self, table, tag, rows))  # fmt: skip
+
+    def recording(self, table, tag, rows=None):
+        uploads.append(rows)
+        load(self, table, tag, rows)
+
+    monkeypatch.setattr(type(ex), "load_successors", recording)
     rng = random.Random("table")
     for method in ("recycle", "recycle", "hybrid", "recycle"):
         res = dec.generate(_repetitive_prompt(rng), 30, method=method)

@@ -252,7 +252,8 @@ class RecycleDrafter:
             rows = np.zeros(0, dtype=np.int64)
             if self.config.seed_from_prompt:
                 prompt = ctx.tokens[: ctx.prompt_len]
-                rows = seed_table(self.table, prompt.cpu().numpy() if isinstance(prompt, torch.Tensor) else np.asarray(prompt))
+                prompt = prompt.cpu().numpy() if isinstance(prompt, torch.Tensor) else np.asarray(prompt)
+                rows = seed_table(self.table, prompt)
             self._changed(rows)
         self._mark = self._mark.advanced(ctx.tokens)
         return self.table
