@@ -154,7 +154,8 @@ class SwiftDecoder:
         does. `drafters`: drafters of your own (`skipspec.drafting.Drafter`) instead of the
         method's; they share a node budget of at least `MIN_USER_NODES` per step.
         `seed` keys every random draw by its position, so the same seed gives the same tokens
-        whatever the method or drafters (up to rounding between forward shapes). `streamer` takes transformers streamer objects (`put`/`end`).
+        whatever the method or drafters (up to rounding between forward shapes). `streamer`
+        takes transformers streamer objects (`put`/`end`).
         """
         sampling = SamplingParams(do_sample, temperature, top_p, top_k, seed)
         req = make_request(
