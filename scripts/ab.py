@@ -177,12 +177,10 @@ def main() -> None:
                     device[v.spec] += out.stats["drafting_steps"]
                     runs[v.spec] += out.stats["drafting_runs"]
                     host[v.spec] += out.stats["draft_time"]
-            _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, (device, runs), decoders)
+            _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, device, runs, decoders)
 
 
-def _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, drafting, decoders) -> None:
-    device, runs = drafting
-
+def _report(temperature, repeat, variants, categories, tokens, seconds, steps, nodes, host, device, runs, decoders) -> None:
     def rate(key) -> float:
         return tokens[key] / seconds[key]
 

@@ -491,10 +491,8 @@ class StaticExecutor:
         """Copy a host successor table (V, k) (`drafting.recycle`) into the drafting steps' one;
         only `rows` of it where given (the device table held the host's at an earlier tag, and
         these rows changed since: a new request's seeding writes a few hundred of 50k)."""
-        if self._table is None or self._table.shape[1] != table.shape[1]:
-            rows = None  # a new device table holds nothing of the host's yet
         device_table = self._successors(table.shape[1])
-        if rows is None:
+        if rows is None or self._table_tag is None:  # a device table of unknown (or no) contents: all of it
             device_table[: table.shape[0]].copy_(torch.from_numpy(table))
         elif len(rows):
             index = torch.from_numpy(rows.astype(np.int64)).to(device_table.device)
