@@ -173,7 +173,10 @@ def swift_tree(widths: tuple[int, ...]) -> TreeInput:
 # -- section 3: cost model on random-weight Llama-2 shapes -----------------------------------------------
 
 
-def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float, fuse: bool, quick: bool) -> dict:
+def cost_model(
+    shape: str, device, dtype, contexts, tree_sizes, bandwidth: float, fuse: bool, quick: bool,
+    linear_kernel: bool | None = None,
+) -> dict:
     log(f"\n== cost model: {shape} (random weights, {dtype}), contexts {contexts}, fuse={fuse}")
     t0 = time.perf_counter()
     model = random_llama(shape, device, dtype)
@@ -183,7 +186,8 @@ def cost_model(shape: str, device, dtype, contexts, tree_sizes, bandwidth: float
     log(f"built in {time.perf_counter() - t0:.1f} s; weights {wbytes / 1e9:.2f} GB; memory floor {floor:.1f} tokens/s")
     cfg = SwiftConfig(optimize=False, max_draft_tokens=25, topk=10)
     mode = "graphs" if device.type == "cuda" else "static"
-    dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode=mode, fuse=fuse))
+    runtime = RuntimeConfig(mode=mode, fuse=fuse, linear_kernel=linear_kernel)
+    dec = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=runtime)
     rt = dec.executor
     out = {
         "shape": shape,
@@ -610,6 +614,8 @@ def main() -> int:
     ap.add_argument("--contexts", default="512,2048")
     ap.add_argument("--fuse", action="store_true", help="also measure graphs + fused (compiled) sublayers")
     ap.add_argument("--fused-only", action="store_true", help="cost model: only graphs + fused sublayers (the default)")
+    ap.add_argument("--linear-kernel", choices=("auto", "on", "off"), default="auto",
+                    help="cost model: skipspec's linear kernel (auto: the runtime's default for the shape)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--tiny", action="store_true", help="CPU check of this script: tiny shapes")
     ap.add_argument("--merge", nargs="+", metavar="JSON", help="only re-render: merge results.json files into --out")
@@ -656,7 +662,10 @@ def main() -> int:
         for shape in shapes:
             for fuse in (True,) if args.fused_only else (False, True) if args.fuse else (False,):
                 try:
-                    results["cost"].append(cost_model(shape, device, dtype, contexts, sizes, bandwidth, fuse, args.quick))
+                    kernel = {"auto": None, "on": True, "off": False}[args.linear_kernel]
+                    results["cost"].append(
+                        cost_model(shape, device, dtype, contexts, sizes, bandwidth, fuse, args.quick, kernel)
+                    )
                 except Exception:
                     log(f"cost model {shape} fuse={fuse} FAILED:\n{traceback.format_exc()}")
                 (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -137,9 +137,10 @@ def profile_step(step) -> dict:
 
 
 def engine_step(
-    model: nn.Module, runtime: RuntimeConfig, ctx: int, nodes: int, reps: int, dev: torch.device, profile: bool
+    model: nn.Module, runtime: RuntimeConfig, ctx: int, nodes: tuple[int, ...], reps: int, dev: torch.device,
+    profile: bool,
 ) -> dict:
-    """The engine's verify step of a `nodes`-node tree (1 = a plain step) after a `ctx`-token prompt,
+    """The engine's plain step and verify steps of trees of `nodes` nodes after a `ctx`-token prompt,
     set up as gpu_bench.cost_model does; the model's weights are first given back their own layout."""
     t = time.perf_counter()
     unpack_weights(model)
@@ -149,7 +150,7 @@ def engine_step(
     prompt = torch.randint(0, model.config.vocab_size, (ctx,), generator=torch.Generator().manual_seed(ctx)).tolist()
     rt.prefill(prompt, 400, 0, GREEDY, seed=0)
     res = {"tag": rt.tag, "capacity": rt.cache.capacity, "kv_bytes": rt.cache.data.numel() * rt.cache.data.element_size()}
-    for n in sorted({1, nodes}):
+    for n in sorted({1, *nodes}):
         tree = swift_tree(tree_widths(n, cfg.topk))
         bucket = bucket_for(tree.size + 1, rt.tree_buckets)
         rt.stage_tree(tree, ctx, bucket)
@@ -163,7 +164,7 @@ def engine_step(
     res["compiled_sublayers_on"] = rt.fused
     res["setup_s"] = time.perf_counter() - t
     rt.release()
-    note = f", verify{nodes}/plain {res[f'verify{nodes}_ms'] / res['ms']:.3f}" if nodes > 1 else ""
+    note = "".join(f", verify{n}/plain {res[f'verify{n}_ms'] / res['ms']:.3f}" for n in nodes if n > 1)
     log(
         f"  {rt.tag} ctx {ctx}: {res['ms']:.3f} ms{note}; {res.get('kernels_eager', '-')} kernels, busy "
         f"{res.get('busy_ms', float('nan')):.2f} ms; setup {res['setup_s']:.0f} s"
@@ -173,21 +174,24 @@ def engine_step(
 
 # Engine variants, each on the same random weights: the session-2 default (compiled sublayers, the
 # model's own projections and layout), each re-layout alone, both, with eager tree attention, with
-# skipspec's decode kernel for one-token steps, for trees too (the default), and the default
-# uncompiled. (FlexAttention for one-token steps was tried in commit a1342f8; cuDNN switched off by
+# skipspec's decode kernel for one-token steps, for trees too, with skipspec's linear kernel (the
+# default for this shape) or cuBLAS on column-major weights, and uncompiled. (FlexAttention for one-token steps was tried in commit a1342f8; cuDNN switched off by
 # flag was void, the compiled sublayers call it whatever the flag: docs/benchmarks.md, sessions 4-5.)
 _OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False, decode_kernel=False,
-            tree_kernel=False)  # fmt: skip
-_SDPA = dict(decode_kernel=False, tree_kernel=False)
+            tree_kernel=False, linear_kernel=False)  # fmt: skip
+_SDPA = dict(decode_kernel=False, tree_kernel=False, linear_kernel=False)
 VARIANTS = {
     "fused": RuntimeConfig(mode="graphs", **_OFF),
-    "fused+grouped+colmajor+decode-kernel+tree-kernel (default)": RuntimeConfig(mode="graphs"),
-    "fused+grouped+colmajor+eager-tree-attn+decode-kernel": RuntimeConfig(mode="graphs", tree_kernel=False),
+    "fused+grouped+decode-kernel+tree-kernel+linear-kernel (default)": RuntimeConfig(mode="graphs"),
+    "fused+grouped+colmajor+decode-kernel+tree-kernel": RuntimeConfig(mode="graphs", linear_kernel=False),
+    "fused+grouped+colmajor+eager-tree-attn+decode-kernel": RuntimeConfig(
+        mode="graphs", tree_kernel=False, linear_kernel=False
+    ),
     "fused+grouped+colmajor+eager-tree-attn": RuntimeConfig(mode="graphs", **_SDPA),
     "fused+grouped+colmajor": RuntimeConfig(mode="graphs", eager_tree_attention=False, **_SDPA),
     "fused+colmajor": RuntimeConfig(mode="graphs", **{**_OFF, "transpose_weights": True}),
     "fused+grouped": RuntimeConfig(mode="graphs", **{**_OFF, "group_projections": True}),
-    "unfused+grouped+colmajor": RuntimeConfig(mode="graphs", fuse=False),
+    "unfused+grouped+colmajor": RuntimeConfig(mode="graphs", fuse=False, linear_kernel=False),
 }
 
 
@@ -225,8 +229,10 @@ def run(args, out: Path) -> dict:
                 log(f"skipping engine {name}: past the {args.budget:.0f} s budget")
                 continue
             per_ctx = R["engine"].setdefault(name, {})
-            per_ctx[512] = attempt(f"engine {name} ctx 512", engine_step, model, runtime, 512, 1, reps, dev, True)
-            per_ctx[2048] = attempt(f"engine {name} ctx 2048", engine_step, model, runtime, 2048, 16, reps, dev, True)
+            per_ctx[512] = attempt(f"engine {name} ctx 512", engine_step, model, runtime, 512, (1,), reps, dev, True)
+            per_ctx[2048] = attempt(
+                f"engine {name} ctx 2048", engine_step, model, runtime, 2048, (16, 64), reps, dev, args.profile_long
+            )
         del model
     if args.compile_gemv:
         import torch._inductor.config as inductor
@@ -277,10 +283,11 @@ def table(R: dict) -> str:
             note = (f"{e.get('kernels_eager', '?')} kernels, GPU busy {e.get('busy_ms', float('nan')):.2f} ms, "
                     f"compiled={e['compiled_sublayers_on']}, KV {e['kv_bytes'] / 1e9:.2f} GB")  # fmt: skip
             rows.append(f"| engine {name}: plain step, ctx 512 | {e['ms']:.3f} | {pct(e['ms'])} | {note} |")
-        if long and "verify16_ms" in long:
-            ratio = long["verify16_ms"] / long["ms"]
-            rows.append(f"| engine {name}: ctx 2048, plain / 16-node verify | {long['ms']:.3f} / "
-                        f"{long['verify16_ms']:.3f} | {pct(long['ms'])} | verify16/plain {ratio:.3f} |")  # fmt: skip
+        for n in (16, 64):
+            if long and f"verify{n}_ms" in long:
+                ratio = long[f"verify{n}_ms"] / long["ms"]
+                rows.append(f"| engine {name}: ctx 2048, plain / {n}-node verify | {long['ms']:.3f} / "
+                            f"{long[f'verify{n}_ms']:.3f} | {pct(long['ms'])} | verify{n}/plain {ratio:.3f} |")  # fmt: skip
     return "\n".join(["| variant | ms/token | % of floor | note |", "|---|---|---|---|", *rows])
 
 
@@ -291,6 +298,7 @@ def main() -> int:
     ap.add_argument("--no-gemv", action="store_true", help="skip the bare GEMV timings")
     ap.add_argument("--compile-gemv", action="store_true", help="also time GEMVs compiled with max-autotune")
     ap.add_argument("--variants", default=None, help="engine variants to run (comma list of VARIANTS names)")
+    ap.add_argument("--profile-long", action="store_true", help="also profile the ctx-2048 steps (slower)")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds after start past which nothing new starts")
     args = ap.parse_args()
     if not torch.cuda.is_available():

@@ -1,5 +1,5 @@
-"""skipspec's decode kernel against the attention formula: the cases, shared by the GPU test and a
-CPU run under Triton's interpreter.
+"""skipspec's Triton kernels against their formulas (the decode attention; the skinny linear): the
+cases, shared by the GPU tests and a CPU run under Triton's interpreter.
 
 `python tests/kernel_cases.py` with `TRITON_INTERPRET=1` runs the kernel's own code on CPU tensors
 (float32 and float16: the interpreter cannot multiply bf16 matrices), on smaller caches;
@@ -60,7 +60,49 @@ def check_decode_kernel(dtype: torch.dtype, device: str, *, shapes=SHAPES, trial
     return checked
 
 
+# (out, in): SmolLM2's q/k/v and o, a width off every block (Phi-3-like), a short reduction, a long
+# one off the 1024-input step (Llama-2-7B's down projection has 11008 inputs), a grouped q/k/v.
+LINEAR_SHAPES = [(576, 576), (200, 72), (96, 40), (64, 2100), (1152, 576)]
+
+
+def check_linear_kernel(dtype: torch.dtype, device: str, *, shapes=LINEAR_SHAPES) -> int:
+    """Assert the skinny-linear kernel equals the float64 product: one row and trees of 2-16 (tiles
+    of 16 rows, some of them padding), with and without a bias, with the tiles `choose` picks for
+    each shape and row count and with tiles whose blocks do not divide the shape; the rows of x
+    strided as a view gives them. Returns the number of cases checked."""
+    from skipspec.runtime.linear_kernels import LinearConfig, choose, linear
+
+    gen = torch.Generator(device=device).manual_seed(1)
+    # float32 runs exact (IEEE) products; half types round the output (a relative 2^-11 in float16,
+    # 2^-8 in bfloat16) and accumulate in float32.
+    tol = {torch.float32: 1e-5, torch.float16: 4e-3, torch.bfloat16: 1.6e-2}[dtype]
+    odd = [LinearConfig(block_n=16, block_k=64), LinearConfig(block_n=32, block_k=32, block_m=16, stages=3)]
+    checked = 0
+    for out_f, in_f in shapes:
+        weight = torch.randn(out_f, in_f, device=device, dtype=dtype, generator=gen) / in_f**0.5
+        bias = torch.randn(out_f, device=device, dtype=dtype, generator=gen)
+        for rows in (1, 2, 5, 16):
+            wide = torch.randn(rows, 2 * in_f, device=device, dtype=dtype, generator=gen)
+            x = wide[:, ::2] if rows == 5 else wide[:, :in_f]  # a strided and a row-strided view
+            chosen = choose(rows, out_f, in_f, column_major=False)
+            for cfg in [c for c in (chosen, *odd) if c is not None and (rows > 1 or c.block_m == 1)]:
+                for b in (None, bias):
+                    got = linear(x, weight, b, cfg).double()
+                    want = x.double() @ weight.double().T + (0 if b is None else b.double())
+                    err = ((got - want).abs().max() / want.abs().max()).item()
+                    assert err < tol, f"{dtype} {rows} x ({out_f}, {in_f}), bias {b is not None}, {cfg}: {err:.2e}"
+                    checked += 1
+    return checked
+
+
 if __name__ == "__main__":
-    small = [(h, kv, d, min(slots, 256)) for h, kv, d, slots in SHAPES]
-    for dtype in (torch.float32, torch.float16):
-        print(dtype, check_decode_kernel(dtype, "cpu", shapes=small), "cases equal the formula")
+    import sys
+
+    which = sys.argv[1:] or ["decode", "linear"]
+    if "decode" in which:
+        small = [(h, kv, d, min(slots, 256)) for h, kv, d, slots in SHAPES]
+        for dtype in (torch.float32, torch.float16):
+            print(dtype, check_decode_kernel(dtype, "cpu", shapes=small), "cases equal the formula")
+    if "linear" in which:  # the interpreter runs each program in turn: the narrower shapes
+        for dtype in (torch.float32, torch.float16):
+            print(dtype, check_linear_kernel(dtype, "cpu", shapes=LINEAR_SHAPES[1:4]), "cases equal the product")

@@ -24,7 +24,7 @@ def test_decode_kernel_equals_the_attention_formula_in_tritons_interpreter():
     path = os.pathsep.join([str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
     run = subprocess.run(
-        [sys.executable, str(HERE / "kernel_cases.py")], env=env, capture_output=True, text=True, timeout=900
+        [sys.executable, str(HERE / "kernel_cases.py"), "decode"], env=env, capture_output=True, text=True, timeout=900
     )
     assert run.returncode == 0, run.stdout + run.stderr[-4000:]
     assert run.stdout.count("cases equal the formula") == 2, run.stdout

@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 import torch
-from kernel_cases import check_decode_kernel
+from kernel_cases import LINEAR_SHAPES, check_decode_kernel, check_linear_kernel
 from tiny_models import FAMILIES, small_skip_config, tiny_model
 
 from skipspec import SamplingParams, SkipSet, SwiftConfig, SwiftDecoder
@@ -60,6 +60,13 @@ def test_decode_kernel_equals_the_attention_formula(dtype):
     """skipspec's split-KV decode kernel against the float32 formula (cases: tests/kernel_cases.py;
     each head layout, query tile and flag compiles a kernel, a few dozen here)."""
     check_decode_kernel(dtype, "cuda")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_linear_kernel_equals_the_product(dtype):
+    """skipspec's skinny-linear kernel against the float64 product (cases: tests/kernel_cases.py),
+    with a Llama-2-7B down projection's shape too (a reduction off the 1024-input step)."""
+    check_linear_kernel(dtype, "cuda", shapes=[*LINEAR_SHAPES, (4096, 11008)])
 
 
 def test_graph_sampling_is_reproducible_and_close_to_eager():
@@ -127,8 +134,8 @@ def test_a_request_that_cannot_fit_fails_before_any_work():
     [("llama", None), ("qwen2", None), ("gemma3", None), ("gemma2", None), ("phi3", 96), ("gemma3", 256)],
 )
 def test_default_graph_path_with_every_step_optimisation_matches_eager_path(family, head_dim):
-    """The default on CUDA: compiled sublayers, grouped projections, column-major weights,
-    skipspec's decode kernel for one-token steps and trees (compiles for a while on first use).
+    """The default on CUDA for a tiny model: compiled sublayers, grouped projections, column-major
+    weights, skipspec's decode kernel for one-token steps and trees (compiles for a while on first use).
     qwen2 has projection biases, gemma2 soft-caps attention logits; head dims 96 (Phi-3) and 256
     (Gemma 3) are not the usual 64/128."""
     model = (tiny_model(family, head_dim=head_dim) if head_dim else tiny_model(family)).to("cuda")
@@ -143,6 +150,23 @@ def test_default_graph_path_with_every_step_optimisation_matches_eager_path(fami
     assert fast.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
     long = [(7 * i) % 97 for i in range(150)]  # past the first key block
     assert fast.generate(long, 30).tokens == eager.generate(long, 30).tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma2"])
+def test_graph_path_with_the_linear_kernel_matches_eager_path(family):
+    """skipspec's skinny-linear kernel in every linear layer and the head of one-token steps and
+    trees (on by default from a hidden size of 4096; asked for here on a tiny model): qwen2's
+    projections have biases, phi3's are fused, gemma2's head is tied to its embeddings."""
+    model = _cuda_model(family)
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="graphs", linear_kernel=True))
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
+    assert fast.executor.tag == "graphs+fused+grouped+decode-kernel+tree-kernel+linear-kernel"
+    for prompt in (list(range(3, 30)), [(7 * i) % 97 for i in range(150)]):
+        out = fast.generate(prompt, 30)
+        assert max(out.stats["accepted_per_step"]) >= 2, "no tree was verified"
+        assert out.tokens == eager.generate(prompt, 30).tokens
+        assert fast.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
 
 
 def test_search_on_the_graph_path_times_captured_steps_and_stays_lossless(tmp_path, monkeypatch):

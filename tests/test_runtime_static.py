@@ -22,7 +22,7 @@ from skipspec.verify import sampling_program
 STATIC = RuntimeConfig(mode="static")
 EAGER = RuntimeConfig(mode="eager")
 # What the graph path does by default on CUDA, minus capture and compilation (see test_runtime_weights).
-PACKED = RuntimeConfig(mode="static", group_projections=True, transpose_weights=True, decode_kernel=True, tree_kernel=True)
+PACKED = RuntimeConfig(mode="static", group_projections=True, decode_kernel=True, tree_kernel=True, linear_kernel=True)
 
 
 @pytest.mark.parametrize("runtime", [STATIC, PACKED], ids=["model-layout", "packed"])

@@ -211,7 +211,7 @@ def test_sharded_runtime_turns_off_what_cannot_run_on_shards():
     cpu = sharded_runtime(RuntimeConfig(), torch.device("cpu"))
     assert cpu.cpu_packed_linear is False
     gpu = sharded_runtime(RuntimeConfig(mode="graphs"), torch.device("cuda", 0))
-    assert (gpu.fuse, gpu.group_projections, gpu.transpose_weights) == (False, False, False)
+    assert (gpu.fuse, gpu.group_projections, gpu.transpose_weights, gpu.linear_kernel) == (False,) * 4
     with pytest.raises(ConfigError, match="fuse=True is not supported with tensor parallelism"):
         sharded_runtime(RuntimeConfig(fuse=True), torch.device("cuda", 0))
 

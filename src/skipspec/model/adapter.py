@@ -226,7 +226,8 @@ class ModelAdapter:
             keep = slice(row, row + 1 if row != -1 else None)
             hidden = hidden[:, keep]
             delta = None if delta is None else delta[:, keep]
-        return run.final(self.base.norm, self.model.lm_head, hidden, delta, self.softcap)
+        head = self.model.lm_head if run.head is None else run.head
+        return run.final(self.base.norm, head, hidden, delta, self.softcap)
 
 
 def attention_sublayer(
@@ -283,6 +284,7 @@ class Sublayers:
     layers: stand-ins for the model's decoder layers (same weights, grouped projections, another
     attention implementation: see `skipspec.runtime.layers.stand_in_layers`); None runs the model's own.
     final: the last residual add, final norm, LM head and cast (`final_logits`), likewise.
+    head: a stand-in for the model's output head (same weights, another kernel); None runs the model's.
     """
 
     attention: Callable = attention_sublayer
@@ -290,6 +292,7 @@ class Sublayers:
     caches: Sequence | None = None
     layers: Sequence | None = None
     final: Callable = final_logits
+    head: torch.nn.Module | None = None
 
 
 PLAIN_SUBLAYERS = Sublayers()

@@ -121,9 +121,11 @@ def sharded_runtime(runtime, device: torch.device):
     """`runtime` with what cannot run on sharded weights turned off: packed CPU linears (they run
     their own copy of each weight, past the plan's forward that all-reduces the shards), and on a
     GPU grouped and column-major weights (they move parameters into shared storage, which DTensor
-    parameters are not) and compiled sublayers (TorchInductor over the plan's forwards and their
-    collectives is not tested). Asking for one of them explicitly is an error."""
-    off = ("cpu_packed_linear",) if device.type == "cpu" else ("fuse", "group_projections", "transpose_weights")
+    parameters are not), compiled sublayers (TorchInductor over the plan's forwards and their
+    collectives is not tested) and the skinny-linear kernel (it would run past the plan's forward
+    too). Asking for one of them explicitly is an error."""
+    gpu_off = ("fuse", "group_projections", "transpose_weights", "linear_kernel")
+    off = ("cpu_packed_linear",) if device.type == "cpu" else gpu_off
     asked = [name for name in off if getattr(runtime, name)]
     if asked:
         raise ConfigError(f"RuntimeConfig {', '.join(f'{n}=True' for n in asked)} is not supported with tensor parallelism")

@@ -10,6 +10,8 @@ import torch
 from ..errors import ConfigError
 
 MODES = ("auto", "eager", "static", "graphs")
+#: Hidden size from which `linear_kernel` is on by default (see there).
+KERNEL_WIDTH = 4096
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,8 @@ class RuntimeConfig:
     moved into one storage per group, in place (see `skipspec.runtime.weights`). None = on
     whenever CUDA graphs are.
     transpose_weights: store weight matrices column-major, the layout cuBLAS streams fastest in a
-    GEMV; in place, values unchanged. None = on whenever CUDA graphs are.
+    GEMV (H100); in place, values unchanged. None = on whenever CUDA graphs are and `linear_kernel`
+    is off (the kernel streams nn.Linear's own row-major layout, and leaves the other to cuBLAS).
     eager_tree_attention: run the attention of multi-token steps (verify trees, scoring) with
     transformers' "eager" implementation (two matmuls and a softmax) instead of the model's SDPA
     kernel; one-token steps and the model itself keep theirs. On an H100, cuDNN's SDPA kernel for
@@ -51,6 +54,13 @@ class RuntimeConfig:
     tree_kernel: run the attention of multi-token steps (verify trees, scoring) with that kernel
     too, instead of `eager_tree_attention`'s matmuls over the whole capacity (which it overrides).
     None = as `decode_kernel`.
+    linear_kernel: run the linear layers and the output head of steps of at most 16 tokens (plain
+    and draft steps, small trees; not prefill) with skipspec's own matrix-vector kernel
+    (`skipspec.runtime.skinny_linear`; Triton on CUDA, `F.linear` elsewhere) instead of cuBLAS.
+    None = on with CUDA graphs where Triton is installed, for models at least `KERNEL_WIDTH` wide
+    (hidden size): its tiles were tuned and measured on a Llama-2-7B shape (an H200 plain step
+    4.38 -> 4.10 ms); on smaller models, whose matrices are too small to stream at bandwidth,
+    cuBLAS stays until a measurement says otherwise.
     cpu_packed_linear: on the CPU in mode "eager", run the linear layers of multi-token forwards
     (verify trees, scoring, prefill) and the output head with oneDNN on weights packed once into
     its blocked layout; the layers of one-token forwards keep `F.linear`
@@ -86,6 +96,7 @@ class RuntimeConfig:
     eager_tree_attention: bool | None = None
     decode_kernel: bool | None = None
     tree_kernel: bool | None = None
+    linear_kernel: bool | None = None
     cpu_packed_linear: bool | None = None
     device_drafting: bool | None = None
     device_lookup: tuple[int, int] = (2, 16)
@@ -128,9 +139,10 @@ class RuntimeConfig:
         """Whether the sublayers run grouped projections in `mode`."""
         return self._resolved(self.group_projections, mode == "graphs", mode)
 
-    def resolved_transpose(self, mode: str) -> bool:
-        """Whether weights are stored column-major for `mode`."""
-        return self._resolved(self.transpose_weights, mode == "graphs", mode)
+    def resolved_transpose(self, mode: str, width: int) -> bool:
+        """Whether weights are stored column-major for `mode`, for a model of hidden size `width`."""
+        default = mode == "graphs" and not self.resolved_linear_kernel(mode, width)
+        return self._resolved(self.transpose_weights, default, mode)
 
     def resolved_eager_tree_attention(self, mode: str) -> bool:
         """Whether multi-token steps' attention runs transformers' eager implementation in `mode`."""
@@ -147,6 +159,11 @@ class RuntimeConfig:
     def resolved_tree_kernel(self, mode: str) -> bool:
         """Whether multi-token steps' attention runs skipspec's decode kernel in `mode`."""
         return self._resolved(self.tree_kernel, self._kernel_default(mode), mode)
+
+    def resolved_linear_kernel(self, mode: str, width: int) -> bool:
+        """Whether steps' linear layers run skipspec's matrix-vector kernel in `mode`, for a model
+        of hidden size `width`."""
+        return self._resolved(self.linear_kernel, self._kernel_default(mode) and width >= KERNEL_WIDTH, mode)
 
     def resolved_device_drafting(self, mode: str) -> bool:
         """Whether drafting steps run in `mode` (a resolved mode)."""

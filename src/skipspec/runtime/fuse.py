@@ -53,9 +53,11 @@ class CompiledSublayers:
         steps = StepFunctions(*(_compiled(getattr(PLAIN_STEP_FUNCTIONS, f.name)) for f in fields(StepFunctions)))
         return cls(_compiled(attention_sublayer), _compiled(mlp_sublayer), _compiled(final_logits), steps)
 
-    def bind(self, cache: KVCache, num_layers: int, layers: Sequence | None = None) -> Sublayers:
+    def bind(
+        self, cache: KVCache, num_layers: int, layers: Sequence | None = None, head: torch.nn.Module | None = None
+    ) -> Sublayers:
         caches = tuple(LayerKV(cache, i) for i in range(num_layers))
-        return Sublayers(self.attention, self.mlp, caches, layers, final=self.final)
+        return Sublayers(self.attention, self.mlp, caches, layers, final=self.final, head=head)
 
 
 def _allow_recompiles(limit: int) -> None:

@@ -8,6 +8,8 @@ submodule) with some children swapped:
   (k_proj, v_proj, up_proj) return their part of its output.
 - an attention implementation of the fast path's own: the stand-in attention module reads a copy
   of the model config with another `_attn_implementation`, so the model itself is left as it is.
+- skipspec's matrix-vector kernel: every other plain `nn.Linear` of the attention and MLP modules
+  becomes a `SkinnyLinear`, and grouped projections call the same op.
 
 The model's own layers never change: prefill, the eager path and the user's own calls run them.
 """
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .skinny_linear import SkinnyLinear, serves
 from .weights import joined_view, projection_groups, stored_together
 
 
@@ -39,7 +42,7 @@ class _Outputs:
 class GroupedProjection(nn.Module):
     """Stands in for a group's first projection: one GEMV with the group's joined weight."""
 
-    def __init__(self, linears: Sequence[nn.Linear], outputs: _Outputs) -> None:
+    def __init__(self, linears: Sequence[nn.Linear], outputs: _Outputs, kernel: bool = False) -> None:
         super().__init__()
         if not stored_together(linears):
             raise ValueError("the group's weights are not stored together (pack_weights first)")
@@ -51,9 +54,11 @@ class GroupedProjection(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.splits = tuple(m.out_features for m in linears)
         self.outputs = outputs
+        self.kernel = kernel  # run skipspec's skinny-linear op instead of F.linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = F.linear(x, self.weight, self.bias).split(self.splits, dim=-1)
+        product = torch.ops.skipspec.skinny_linear if self.kernel else F.linear
+        parts = product(x, self.weight, self.bias).split(self.splits, dim=-1)
         self.outputs.input, self.outputs.parts = x, parts
         return parts[0]
 
@@ -79,6 +84,11 @@ class GroupMember(nn.Module):
         return part
 
 
+def stand_in_head(head: nn.Module, linear_kernel: bool) -> nn.Module:
+    """The output head the fast path's final step runs: the model's, or a `SkinnyLinear` of it."""
+    return SkinnyLinear(head) if linear_kernel and serves(head) else head
+
+
 def _with_children(module: nn.Module, children: dict[str, nn.Module]) -> nn.Module:
     """A shallow copy of `module` (sharing its parameters, buffers and other children) with `children` swapped in."""
     twin = copy.copy(module)
@@ -86,10 +96,13 @@ def _with_children(module: nn.Module, children: dict[str, nn.Module]) -> nn.Modu
     return twin
 
 
-def stand_in_layers(layers: Sequence[nn.Module], *, group: bool, attention: str | None) -> tuple[nn.Module, ...]:
+def stand_in_layers(
+    layers: Sequence[nn.Module], *, group: bool, attention: str | None, linear_kernel: bool = False
+) -> tuple[nn.Module, ...]:
     """Stand-ins for `layers`: projection groups as one GEMV each (`group`; the weights must have
     been grouped by `pack_weights`), attention run by HF's `attention` implementation (None: the
-    model's). A layer with nothing to swap is returned as is."""
+    model's), the attention and MLP modules' linear layers through `skinny_linear`
+    (`linear_kernel`). A layer with nothing to swap is returned as is."""
     outputs = _Outputs()
     stand_ins = []
     for layer in layers:
@@ -97,10 +110,18 @@ def stand_in_layers(layers: Sequence[nn.Module], *, group: bool, attention: str 
         for parent_name, names, linears in projection_groups(layer) if group else ():
             if not stored_together(linears):  # packing stopped short of this group: it runs as it is
                 continue
-            swap: dict[str, nn.Module] = {names[0]: GroupedProjection(linears, outputs)}
+            swap: dict[str, nn.Module] = {names[0]: GroupedProjection(linears, outputs, linear_kernel)}
             for i, (name, linear) in enumerate(zip(names[1:], linears[1:]), 1):
                 swap[name] = GroupMember(linear, i, i == len(names) - 1, outputs)
             children[parent_name] = swap
+        for parent_name in ("self_attn", "mlp") if linear_kernel else ():
+            parent = getattr(layer, parent_name, None)
+            swap = children.setdefault(parent_name, {})
+            for name, child in parent.named_children() if parent is not None else ():
+                if name not in swap and serves(child):
+                    swap[name] = SkinnyLinear(child)
+            if not swap:
+                del children[parent_name]
         swapped = {name: _with_children(getattr(layer, name), swap) for name, swap in children.items()}
         attn = swapped.get("self_attn", layer.self_attn)
         if attention is not None and getattr(attn.config, "_attn_implementation", None) != attention:

@@ -22,7 +22,7 @@ from .decode_attention import register as register_decode_attention
 from .device_drafting import HOLE, DeviceTreeShape, DraftingInputs
 from .executor import Reading, TreeInput, Verified
 from .graphs import GraphCache, StepGraph
-from .layers import stand_in_layers
+from .layers import stand_in_head, stand_in_layers
 from .memory import MemoryPlan, check_fits, plan_memory
 from .steps import NO_SKIP, PLAIN_STEP_FUNCTIONS, StepInputs, draft_step, drafting_step, score_step, verify_step
 from .timing import StepTimer
@@ -77,11 +77,13 @@ class StaticExecutor:
             from .fuse import CompiledSublayers  # torch.compile is touched only when asked for
 
             self._compiled = CompiledSublayers.create()
-        group, transpose = config.resolved_grouping(mode), config.resolved_transpose(mode)
+        width = adapter.config.hidden_size
+        group, transpose = config.resolved_grouping(mode), config.resolved_transpose(mode, width)
         # A model loaded with eager attention (Gemma 2's softcapping needs it) runs its own.
         tree_kernel = config.resolved_tree_kernel(mode)
         eager_tree = not tree_kernel and config.resolved_eager_tree_attention(mode) and not adapter.additive_mask
         decode = config.resolved_decode_kernel(mode)
+        linear_kernel = config.resolved_linear_kernel(mode, width)
         self._layout = tuple(
             name
             for on, name in (
@@ -90,6 +92,7 @@ class StaticExecutor:
                 (eager_tree, "eager-tree-attn"),
                 (decode, "decode-kernel"),
                 (tree_kernel, "tree-kernel"),
+                (linear_kernel, "linear-kernel"),
             )
             if on
         )
@@ -97,7 +100,9 @@ class StaticExecutor:
             pack_weights(adapter.model, adapter.layers, group=group, transpose=transpose)
 
         def stand_ins(attention: str | None) -> tuple | None:
-            return stand_in_layers(adapter.layers, group=group, attention=attention) if group or attention else None
+            if not (group or attention or linear_kernel):
+                return None
+            return stand_in_layers(adapter.layers, group=group, attention=attention, linear_kernel=linear_kernel)
 
         # The layers one-token steps run, and those multi-token ones (trees, scoring) run; None = the model's.
         kernel = register_decode_attention() if decode or tree_kernel else None
@@ -105,6 +110,7 @@ class StaticExecutor:
         wide_attention = kernel if tree_kernel else "eager" if eager_tree else None
         one = stand_ins(one_attention)
         self._stand_ins = (one, one if wide_attention == one_attention else stand_ins(wide_attention))
+        self._head = stand_in_head(adapter.model.get_output_embeddings(), linear_kernel) if linear_kernel else None
         self._drafts: GraphCache = GraphCache(config.max_draft_graphs)
         self._verifies: GraphCache = GraphCache(len(SAMPLING_PROGRAMS) * len(self.tree_buckets))
         self._scores: GraphCache = GraphCache(2 * len(self.score_buckets))  # plain and measuring
@@ -178,8 +184,8 @@ class StaticExecutor:
         """The sublayers a step of `queries` tokens runs against `cache` (None: the model's own, uncompiled)."""
         layers = self._stand_ins[queries > 1]
         if self._compiled is not None:
-            return self._compiled.bind(cache, self.adapter.num_layers, layers)
-        return None if layers is None else Sublayers(layers=layers)
+            return self._compiled.bind(cache, self.adapter.num_layers, layers, self._head)
+        return None if layers is None and self._head is None else Sublayers(layers=layers, head=self._head)
 
     def _bind_both(self, cache: KVCache) -> tuple[Sublayers | None, Sublayers | None]:
         return self._bind(cache, 1), self._bind(cache, 2)
