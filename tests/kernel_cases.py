@@ -9,7 +9,11 @@ kernels are defined).
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
@@ -60,6 +64,17 @@ def check_decode_kernel(dtype: torch.dtype, device: str, *, shapes=SHAPES, trial
     return checked
 
 
+def run_in_interpreter(which: str) -> str:
+    """Run this file's `which` cases ("decode" or "linear") in a subprocess under Triton's CPU
+    interpreter (the variable is read when Triton's kernels are defined); returns its stdout."""
+    here = Path(__file__).resolve().parent
+    path = os.pathsep.join([str(here.parent / "src"), str(here), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
+    run = subprocess.run([sys.executable, __file__, which], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr[-4000:]
+    return run.stdout
+
+
 # (out, in): SmolLM2's q/k/v and o, a width off every block (Phi-3-like), a short reduction, a long
 # one off the 1024-input step (Llama-2-7B's down projection has 11008 inputs), a grouped q/k/v.
 LINEAR_SHAPES = [(576, 576), (200, 72), (96, 40), (64, 2100), (1152, 576)]
@@ -96,8 +111,6 @@ def check_linear_kernel(dtype: torch.dtype, device: str, *, shapes=LINEAR_SHAPES
 
 
 if __name__ == "__main__":
-    import sys
-
     which = sys.argv[1:] or ["decode", "linear"]
     if "decode" in which:
         small = [(h, kv, d, min(slots, 256)) for h, kv, d, slots in SHAPES]

@@ -9,25 +9,14 @@ the `kernel-tests` extra, on Linux x86-64).
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
-
-HERE = Path(__file__).resolve().parent
+from kernel_cases import run_in_interpreter
 
 
 def test_decode_kernel_equals_the_attention_formula_in_tritons_interpreter():
     pytest.importorskip("triton")
-    path = os.pathsep.join([str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    run = subprocess.run(
-        [sys.executable, str(HERE / "kernel_cases.py"), "decode"], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert run.returncode == 0, run.stdout + run.stderr[-4000:]
-    assert run.stdout.count("cases equal the formula") == 2, run.stdout
+    out = run_in_interpreter("decode")
+    assert out.count("cases equal the formula") == 2, out
 
 
 @pytest.mark.parametrize("queries", [1, 5])

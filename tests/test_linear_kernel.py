@@ -7,15 +7,12 @@ runs the same kernel function on CPU tensors (skipped where Triton is not instal
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_cases import run_in_interpreter
 from tiny_models import small_skip_config, tiny_model
 from torch import nn
 
@@ -27,18 +24,11 @@ from skipspec.runtime.layers import GroupedProjection, stand_in_head, stand_in_l
 from skipspec.runtime.skinny_linear import MAX_ROWS, SkinnyLinear, serves
 from skipspec.runtime.weights import pack_weights
 
-HERE = Path(__file__).resolve().parent
-
 
 def test_linear_kernel_equals_the_product_in_tritons_interpreter():
     pytest.importorskip("triton")
-    path = os.pathsep.join([str(HERE.parent / "src"), str(HERE), os.environ.get("PYTHONPATH", "")])
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": path}
-    run = subprocess.run(
-        [sys.executable, str(HERE / "kernel_cases.py"), "linear"], env=env, capture_output=True, text=True, timeout=900
-    )
-    assert run.returncode == 0, run.stdout + run.stderr[-4000:]
-    assert run.stdout.count("cases equal the product") == 2, run.stdout
+    out = run_in_interpreter("linear")
+    assert out.count("cases equal the product") == 2, out
 
 
 def test_tiles_are_chosen_per_shape_and_cublas_keeps_what_the_kernel_does_not_serve():

@@ -8,8 +8,9 @@ same bits). Enough programs to fill the GPU come from narrow output blocks inste
 the reduction. One row runs as elementwise products summed once at the end; several rows as
 `tl.dot` over a tile padded to 16 (the tensor cores' smallest), in float32 with exact products.
 (Launching it as a programmatic dependent of the kernel before it, PDL, measured slower in a step.)
-The weight may be stored either way round: its strides reach the kernel, and Triton specialises
-a stride of 1 into vector loads along that dimension.
+The weight may be stored either way round (its strides reach the kernel, and Triton specialises a
+stride of 1 into vector loads along that dimension), but `choose` leaves column-major weights to
+cuBLAS, which streams them faster.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import triton.language as tl
 
 from .skinny_linear import MAX_ROWS
 
-
+# Shared memory left to what Triton keeps there besides a pipeline's tiles (layout conversions).
 _SHARED_MARGIN = 16 * 1024
 
 
