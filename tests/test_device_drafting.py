@@ -210,12 +210,23 @@ def _repetitive_prompt(rng: random.Random) -> list[int]:
     return (unit * 8)[: rng.randint(4, 50)]
 
 
-@pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_drafting_steps_give_plain_decodings_tokens(family):
+# The drafting steps with the fast path's stand-in layers: grouped projections, the attention and
+# linear kernels' ops (the formula and F.linear on the CPU).
+DRAFTING_PACKED = dataclasses.replace(
+    DRAFTING, group_projections=True, decode_kernel=True, tree_kernel=True, linear_kernel=True
+)
+
+
+@pytest.mark.parametrize(
+    "family, runtime",
+    [(f, DRAFTING) for f in sorted(FAMILIES)] + [(f, DRAFTING_PACKED) for f in ("llama", "qwen2", "phi3")],
+    ids=[*sorted(FAMILIES), "llama-packed", "qwen2-packed", "phi3-packed"],
+)
+def test_drafting_steps_give_plain_decodings_tokens(family, runtime):
     """Greedy, float32: every method that drafts from text, its trees drafted on the device."""
     model = tiny_model(family)
     rng = random.Random(f"drafting-{family}")
-    dec, plain = _decoder(model), SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[])
+    dec, plain = _decoder(model, runtime), SwiftDecoder(model, SwiftConfig(optimize=False), stop_token_ids=[])
     steps = accepted = 0
     for case in range(6):
         prompt = _repetitive_prompt(rng)
