@@ -175,8 +175,9 @@ def engine_step(
 # Engine variants, each on the same random weights: the session-2 default (compiled sublayers, the
 # model's own projections and layout), each re-layout alone, both, with eager tree attention, with
 # skipspec's decode kernel for one-token steps, for trees too, with skipspec's linear kernel (the
-# default for this shape) or cuBLAS on column-major weights, and uncompiled. (FlexAttention for one-token steps was tried in commit a1342f8; cuDNN switched off by
-# flag was void, the compiled sublayers call it whatever the flag: docs/benchmarks.md, sessions 4-5.)
+# default for this shape) or cuBLAS on column-major weights, and uncompiled. (FlexAttention for
+# one-token steps was tried in commit a1342f8; cuDNN switched off by flag was void, the compiled
+# sublayers call it whatever the flag: docs/benchmarks.md, sessions 4-5.)
 _OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False, decode_kernel=False,
             tree_kernel=False, linear_kernel=False)  # fmt: skip
 _SDPA = dict(decode_kernel=False, tree_kernel=False, linear_kernel=False)
@@ -301,12 +302,17 @@ def main() -> int:
     ap.add_argument("--profile-long", action="store_true", help="also profile the ctx-2048 steps (slower)")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds after start past which nothing new starts")
     args = ap.parse_args()
+    torch._logging.set_logs(recompiles=True)  # a per-layer recompile of the fused sublayers would show here
+    return run_probe(args, run, table)
+
+
+def run_probe(args, run, table) -> int:
+    """A probe's main: `run(args, out)` into `--out`, then its Markdown `table(results)` written and printed last."""
     if not torch.cuda.is_available():
         log("no CUDA device: this probe times CUDA graphs")
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch._logging.set_logs(recompiles=True)  # a per-layer recompile of the fused sublayers would show here
     R = run(args, out)
     md = table(R)
     (out / "results.md").write_text(md + "\n")

@@ -32,7 +32,7 @@ import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import copy_bandwidth, log  # noqa: E402
-from gpu_floor_probe import SHAPES, graph_ms  # noqa: E402
+from gpu_floor_probe import SHAPES, graph_ms, run_probe  # noqa: E402
 
 from skipspec.runtime.linear_kernels import LinearConfig, choose, linear  # noqa: E402
 
@@ -149,17 +149,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=240.0, help="seconds after start past which no sweep starts")
     args = ap.parse_args()
     args.sweep_rows = {int(v) for v in args.sweep_rows.split(",")}
-    if not torch.cuda.is_available():
-        log("no CUDA device: this probe times CUDA graphs")
-        return 2
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    R = run(args, out)
-    md = table(R)
-    (out / "results.md").write_text(md + "\n")
-    log(f"\nfinished in {time.perf_counter() - T0:.0f} s\n")
-    log(md)
-    return 0
+    return run_probe(args, run, table)
 
 
 if __name__ == "__main__":

@@ -116,12 +116,11 @@ def stand_in_layers(
             children[parent_name] = swap
         for parent_name in ("self_attn", "mlp") if linear_kernel else ():
             parent = getattr(layer, parent_name, None)
-            swap = children.setdefault(parent_name, {})
-            for name, child in parent.named_children() if parent is not None else ():
-                if name not in swap and serves(child):
-                    swap[name] = SkinnyLinear(child)
-            if not swap:
-                del children[parent_name]
+            grouped = children.get(parent_name, {})
+            rest = () if parent is None else parent.named_children()
+            own = {name: SkinnyLinear(child) for name, child in rest if name not in grouped and serves(child)}
+            if own:
+                children[parent_name] = {**grouped, **own}
         swapped = {name: _with_children(getattr(layer, name), swap) for name, swap in children.items()}
         attn = swapped.get("self_attn", layer.self_attn)
         if attention is not None and getattr(attn.config, "_attn_implementation", None) != attention:

@@ -130,17 +130,10 @@ def _shared_memory(device: torch.device) -> int:
     return triton.runtime.driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
 
 
-def linear(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, config: LinearConfig | None = None
-) -> torch.Tensor:
-    """`x @ weight.T + bias` for `x` of `(M, K)`, `(M, N)` in x's dtype, with `config`'s tiles
-    (None: `choose`'s, which must not be None)."""
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, cfg: LinearConfig) -> torch.Tensor:
+    """`x @ weight.T + bias` for `x` of `(M, K)`, `(M, N)` in x's dtype, with `cfg`'s tiles (`choose`'s, say)."""
     rows, in_features = x.shape
     out_features = weight.shape[0]
-    column_major = weight.stride(0) == 1 and weight.stride(1) != 1
-    cfg = config or choose(rows, out_features, in_features, column_major)
-    if cfg is None:
-        raise ValueError(f"no kernel tiles for {rows} rows of a {tuple(weight.shape)} weight (cuBLAS serves it)")
     dot = cfg.block_m > 1
     # The tiles were tuned for 2-byte weights: a float32 step covers as many bytes with half the inputs.
     block_k = min(cfg.block_k * 2 // weight.element_size(), triton.next_power_of_2(in_features))

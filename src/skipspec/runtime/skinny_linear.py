@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .weights import is_transposed
+
 #: Rows (tokens of a step) the kernel serves: plain and draft steps, small trees; larger steps run cuBLAS.
 MAX_ROWS = 16
 
@@ -31,8 +33,7 @@ def skinny_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
         return F.linear(x, weight, bias)
     from .linear_kernels import choose, linear  # Triton is imported only where it can run
 
-    column_major = weight.stride(0) == 1 and weight.stride(1) != 1
-    config = choose(rows, weight.shape[0], weight.shape[1], column_major)
+    config = choose(rows, weight.shape[0], weight.shape[1], is_transposed(weight))
     if config is None:
         return F.linear(x, weight, bias)
     return linear(x.reshape(rows, x.shape[-1]), weight, bias, config).reshape(*x.shape[:-1], weight.shape[0])
