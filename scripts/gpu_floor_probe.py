@@ -172,12 +172,12 @@ def engine_step(
     return res
 
 
-# Engine variants, each on the same random weights: the session-2 default (compiled sublayers, the
-# model's own projections and layout), each re-layout alone, both, with eager tree attention, with
-# skipspec's decode kernel for one-token steps, for trees too, with skipspec's linear kernel (the
-# default for this shape) or cuBLAS on column-major weights, and uncompiled. (FlexAttention for
-# one-token steps was tried in commit a1342f8; cuDNN switched off by flag was void, the compiled
-# sublayers call it whatever the flag: docs/benchmarks.md, sessions 4-5.)
+# Engine variants, each on the same random weights: compiled sublayers with the model's own
+# projections and layout, each re-layout alone, both, with eager tree attention, with skipspec's
+# decode kernel for one-token steps, for trees too, with skipspec's linear kernel (the default for
+# this shape) or cuBLAS on column-major weights, and uncompiled. (FlexAttention for one-token
+# steps was tried in commit a1342f8; cuDNN switched off by flag was void, the compiled sublayers
+# call it whatever the flag.)
 _OFF = dict(group_projections=False, transpose_weights=False, eager_tree_attention=False, decode_kernel=False,
             tree_kernel=False, linear_kernel=False)  # fmt: skip
 _SDPA = dict(decode_kernel=False, tree_kernel=False, linear_kernel=False)

@@ -19,6 +19,22 @@ def test_decode_kernel_equals_the_attention_formula_in_tritons_interpreter():
     assert out.count("cases equal the formula") == 2, out
 
 
+def test_chunks_grow_with_the_rows_a_program_writes_while_the_gpu_stays_filled():
+    pytest.importorskip("triton")
+    from skipspec.runtime.decode_kernels import chunk_blocks
+
+    # A 7B one-token step (32 heads, 1 row each) in a 2816-slot cache: one 64-slot block a chunk,
+    # 44 chunks; in a cache of 8192 blocks, no more than 64 chunks.
+    assert chunk_blocks(44, 1, 32, 64, 264) == 1
+    assert chunk_blocks(8192, 1, 32, 64, 264) == 128
+    # A 16-node tree: 2 blocks a chunk (partials a quarter of the keys' and values' bytes).
+    assert chunk_blocks(44, 16, 32, 64, 264) == 2
+    # A 64-node tree: 8 blocks would leave 6 chunks x 32 heads, fewer than 264 programs: 5 blocks.
+    assert chunk_blocks(44, 64, 32, 64, 264) == 5
+    assert chunk_blocks(44, 64, 32, 64, 1) == 8  # no fill asked for: rows / 8
+    assert chunk_blocks(1, 64, 32, 64, 264) == 1
+
+
 @pytest.mark.parametrize("queries", [1, 5])
 def test_the_attention_function_keeps_transformers_contract(queries):
     """`decode_attention_forward` (registered in transformers' AttentionInterface) returns what

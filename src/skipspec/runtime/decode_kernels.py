@@ -107,6 +107,16 @@ def _combine_kernel(
     tl.store(Out + head * stride_oh + token * stride_ot + d, out.to(Out.dtype.element_ty), mask=d < DIM)
 
 
+def chunk_blocks(blocks: int, rows: int, groups: int, max_splits: int, programs: int) -> int:
+    """Blocks per chunk for a cache of `blocks` blocks, programs of `rows` query rows (head x
+    token) and `groups` (key/value head x query tile) programs per chunk index: at most
+    `max_splits` chunks; and with many rows, rows / 8 blocks (a block's keys and values are
+    4 * block_n bytes per head dim in bf16, so its rows' float32 partials, written and read back,
+    are a quarter of that), as long as at least `programs` programs remain."""
+    long_chunk = min(triton.cdiv(rows, 8), triton.cdiv(blocks, triton.cdiv(programs, groups)))
+    return max(triton.cdiv(blocks, max_splits), long_chunk, 1)
+
+
 def decode(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -117,6 +127,7 @@ def decode(
     *,
     block_n: int = 64,
     max_splits: int = 64,
+    programs: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 2,
 ) -> torch.Tensor:
@@ -126,7 +137,10 @@ def decode(
     small chunks spread even a short context over the SMs (the programs past the context only read
     their masks), and `max_splits` bounds what the combine kernel holds at once. A program's rows
     are the group's query heads times a tile of query tokens, at least 16 (the smallest matrix
-    product) and at most 64, fewer for wide heads (`_ROW_BYTES`).
+    product) and at most 64, fewer for wide heads (`_ROW_BYTES`). Each chunk's partial result
+    (float32, a row per query head and token) is written and read back by the combine: with many
+    rows, chunks grow to several blocks, so that traffic stays a small share of the keys and values
+    read, while at least `programs` programs remain (None: twice the device's SMs) to fill the GPU.
     """
     _, q_heads, queries, dim = query.shape
     _, kv_heads, slots, _ = key.shape
@@ -138,7 +152,10 @@ def decode(
     rows = max(16, group_pad * tile)
     tile = rows // group_pad  # rows left over by the 16-row minimum go to more tokens, not to waste
     blocks = triton.cdiv(slots, block_n)
-    chunk = block_n * triton.cdiv(blocks, max_splits)
+    tiles = triton.cdiv(queries, tile)
+    if programs is None:
+        programs = 2 * torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 1
+    chunk = block_n * chunk_blocks(blocks, group * min(tile, queries), kv_heads * tiles, max_splits, programs)
     splits = triton.cdiv(slots, chunk)
     acc = torch.empty(q_heads * queries * splits, dim_pad, device=query.device, dtype=torch.float32)
     stats = torch.empty(2, q_heads * queries * splits, device=query.device, dtype=torch.float32)
@@ -146,7 +163,7 @@ def decode(
     q, k, v, m = query[0], key[0], value[0], mask.reshape(queries, slots)
     if m.stride(1) != 1:
         m = m.contiguous()
-    _chunk_kernel[(kv_heads, triton.cdiv(queries, tile), splits)](
+    _chunk_kernel[(kv_heads, tiles, splits)](
         q, k, v, m, acc, stats[0], stats[1],
         scale, softcap, queries, slots, chunk, splits,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
