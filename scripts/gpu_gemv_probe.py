@@ -47,10 +47,11 @@ def sweep_configs(rows: int) -> list[LinearConfig]:
     if rows <= 16:
         grid = itertools.product((16, 32, 64), (128, 256, 512), (4,), (3, 4, 5))
         return [LinearConfig(n, k, 16, w, s) for n, k, w, s in grid if n * k <= 16384]
-    # More rows: one tile of all of them (the weight read once), shorter steps to fit the pipeline.
+    # More rows: one tile of all of them (the weight read once), shorter steps to fit the pipeline,
+    # 8 warps for the 64 x 64 accumulator.
     block_m = 32 if rows <= 32 else 64
-    grid = itertools.product((32, 64), (64, 128, 256), (4, 8), (3, 4))
-    return [LinearConfig(n, k, block_m, w, s) for n, k, w, s in grid if (w == 8) == (n * block_m >= 4096)]
+    grid = itertools.product((32, 64), (64, 128, 256), (3, 4))
+    return [LinearConfig(n, k, block_m, 8 if n * block_m >= 4096 else 4, s) for n, k, s in grid]
 
 
 class Weights:
