@@ -55,8 +55,10 @@ def check_decode_kernel(dtype: torch.dtype, device: str, *, shapes=SHAPES, trial
                 visible[:, rng.randint(start, end - 2)] = False  # a hole
             mask = torch.zeros(queries, slots, dtype=dtype).masked_fill_(~visible, hidden).to(device)
             softcap = 30.0 if trial == 2 else 0.0
-            # Run-time values (no recompiles): few splits, one, and chunks of one block for many programs.
+            # Few splits, one, and chunks of one block for many programs (run-time values, no
+            # recompiles); the loop the other query counts take (a branch per block or bounded).
             options = rng.choice([{}, {"max_splits": 3}, {"max_splits": 1}, {"programs": 1000}])
+            options |= rng.choice([{}, {"bound": queries == 1}])
             got = decode(q, k, v, mask, dim**-0.5, softcap, **options).float()
             want = reference_attention(q, k, v, mask, dim**-0.5, softcap).float()
             where = f"{q_heads}/{kv_heads}x{dim}, {queries} queries, {slots} slots, context {start}..{end}"

@@ -8,6 +8,11 @@ of slots the additive mask hides from every row is skipped before its keys are r
 the only thing that says which slots a query sees, so a step reads the context it has, not the
 capacity it was captured with, and nothing about the context length reaches the host or the
 graph's shapes.
+
+Two ways to skip. One-token steps run chunks of one block, and a branch on the block's mask costs
+nothing there. A tree's chunks hold several blocks, and loads behind a branch are not pipelined:
+a first pass over the chunk's masks finds its first and last visible blocks, and the loop between
+them has no branch (a hidden block inside it is computed with weights the mask zeroes).
 """
 
 from __future__ import annotations
@@ -23,12 +28,72 @@ _ROW_BYTES = 16 * 1024
 
 
 @triton.jit
+def _block(
+    q, K, V, Mask, acc, m_i, l_i, start, hi, t, r_ok, d, d_ok, kv_head, scale, softcap,
+    stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, stride_mt,
+    BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, IEEE: tl.constexpr, BOUND: tl.constexpr,
+):  # fmt: skip
+    """One block of slots into a program's running softmax (acc, m_i, l_i). Outside a bounded
+    loop, a block the mask hides from every row is left before its keys are read."""
+    n = start + tl.arange(0, BLOCK_N)
+    n_ok = n < hi
+    # Padding rows and slots past the chunk get a large finite negative, not -inf (a row whose
+    # entries were all -inf would compute -inf - -inf = NaN), set in float32 (float16 has no -1e30).
+    b_ok = r_ok[:, None] & n_ok[None, :]
+    bias = tl.load(Mask + t[:, None] * stride_mt + n[None, :], mask=b_ok, other=0.0).to(tl.float32)
+    bias = tl.where(b_ok, bias, -1.0e30)
+    if BOUND:
+        acc, m_i, l_i = _attend(
+            q, K, V, bias, acc, m_i, l_i, n, n_ok, d, d_ok, kv_head, scale, softcap,
+            stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, SOFTCAP, IEEE,
+        )  # fmt: skip
+    # An additive mask hides a slot with its dtype's lowest value (-3.4e38 in bf16 and float32,
+    # -6.6e4 in float16): a block whose largest entry is below -1e4 has no visible slot.
+    elif tl.max(tl.max(bias, axis=1), axis=0) > -1.0e4:
+        acc, m_i, l_i = _attend(
+            q, K, V, bias, acc, m_i, l_i, n, n_ok, d, d_ok, kv_head, scale, softcap,
+            stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, SOFTCAP, IEEE,
+        )  # fmt: skip
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attend(
+    q, K, V, bias, acc, m_i, l_i, n, n_ok, d, d_ok, kv_head, scale, softcap,
+    stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, SOFTCAP: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    kv_ok = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + kv_head * stride_kh + n[:, None] * stride_kc + d[None, :] * stride_kd, mask=kv_ok, other=0.0)
+    if IEEE:
+        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        s = tl.dot(q, tl.trans(k))
+    s = s * scale
+    if SOFTCAP:
+        # tanh(x) = 1 - 2 / (exp(2x) + 1), exact at both ends in float32
+        s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
+    s = s + bias
+    # A row with nothing visible in this block gets weights here that the first visible slot
+    # (alpha = 0) or, failing one in this chunk, the combine (weight 0) removes.
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.exp(m_i - m_new)
+    p = tl.exp(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(V + kv_head * stride_vh + n[:, None] * stride_vc + d[None, :] * stride_vd, mask=kv_ok, other=0.0)
+    if IEEE:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _chunk_kernel(
     Q, K, V, Mask, Acc, Max, Sum,
     scale, softcap, queries, slots, chunk, splits,
     stride_qh, stride_qt, stride_qd, stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, stride_mt,
     GROUP: tl.constexpr, TILE: tl.constexpr, ROWS: tl.constexpr, DIM: tl.constexpr, DIM_PAD: tl.constexpr,
-    BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, IEEE: tl.constexpr, BOUND: tl.constexpr,
 ):  # fmt: skip
     kv_head = tl.program_id(0)
     token0 = tl.program_id(1) * TILE
@@ -47,40 +112,26 @@ def _chunk_kernel(
     acc = tl.zeros([ROWS, DIM_PAD], tl.float32)
     lo = split * chunk
     hi = tl.minimum(lo + chunk, slots)
-    for start in range(lo, hi, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
-        n_ok = n < hi
-        # Padding rows and slots past the chunk get a large finite negative, not -inf (a row whose
-        # entries were all -inf would compute -inf - -inf = NaN), set in float32 (float16 has no -1e30).
-        b_ok = r_ok[:, None] & n_ok[None, :]
-        bias = tl.load(Mask + t[:, None] * stride_mt + n[None, :], mask=b_ok, other=0.0).to(tl.float32)
-        bias = tl.where(b_ok, bias, -1.0e30)
-        # An additive mask hides a slot with its dtype's lowest value (-3.4e38 in bf16 and float32,
-        # -6.6e4 in float16): a block whose largest entry is below -1e4 has no visible slot.
-        if tl.max(tl.max(bias, axis=1), axis=0) > -1.0e4:
-            kv_ok = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(K + kv_head * stride_kh + n[:, None] * stride_kc + d[None, :] * stride_kd, mask=kv_ok, other=0.0)
-            if IEEE:
-                s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            else:
-                s = tl.dot(q, tl.trans(k))
-            s = s * scale
-            if SOFTCAP:
-                # tanh(x) = 1 - 2 / (exp(2x) + 1), exact at both ends in float32
-                s = softcap * (1.0 - 2.0 / (tl.exp(2.0 * s / softcap) + 1.0))
-            s = s + bias
-            # A row with nothing visible in this block gets weights here that the first visible
-            # slot (alpha = 0) or, failing one in this chunk, the combine (weight 0) removes.
-            m_new = tl.maximum(m_i, tl.max(s, axis=1))
-            alpha = tl.exp(m_i - m_new)
-            p = tl.exp(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            v = tl.load(V + kv_head * stride_vh + n[:, None] * stride_vc + d[None, :] * stride_vd, mask=kv_ok, other=0.0)
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            m_i = m_new
+    first = lo
+    last = hi
+    if BOUND:
+        # First pass over the masks alone: the chunk's first and last blocks with a visible slot,
+        # so the loop over the blocks between them has no branch and its loads are pipelined.
+        first = hi
+        last = lo
+        for start in range(lo, hi, BLOCK_N):
+            n = start + tl.arange(0, BLOCK_N)
+            b_ok = r_ok[:, None] & (n < hi)[None, :]
+            bias = tl.load(Mask + t[:, None] * stride_mt + n[None, :], mask=b_ok, other=0.0).to(tl.float32)
+            seen = tl.max(tl.max(tl.where(b_ok, bias, -1.0e30), axis=1), axis=0) > -1.0e4
+            first = tl.minimum(first, tl.where(seen, start, hi))
+            last = tl.maximum(last, tl.where(seen, start + BLOCK_N, lo))
+    for start in range(first, last, BLOCK_N):
+        acc, m_i, l_i = _block(
+            q, K, V, Mask, acc, m_i, l_i, start, hi, t, r_ok, d, d_ok, kv_head, scale, softcap,
+            stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, stride_mt,
+            BLOCK_N, SOFTCAP, IEEE, BOUND,
+        )  # fmt: skip
     row = (head * queries + t) * splits + split
     tl.store(Acc + row[:, None] * DIM_PAD + d[None, :], acc, mask=r_ok[:, None])
     tl.store(Max + row, m_i, mask=r_ok)
@@ -130,6 +181,7 @@ def decode(
     programs: int | None = None,
     num_warps: int | None = None,
     num_stages: int = 2,
+    bound: bool | None = None,
 ) -> torch.Tensor:
     """`(1, Hq, Q, D)` attention of Q query tokens; shapes as `decode_attention.decode_attention`.
 
@@ -141,6 +193,7 @@ def decode(
     (float32, a row per query head and token) is written and read back by the combine: with many
     rows, chunks grow to several blocks, so that traffic stays a small share of the keys and values
     read, while at least `programs` programs remain (None: twice the device's SMs) to fill the GPU.
+    `bound` picks the bounded loop over the branch per block (None: for more than one query token).
     """
     _, q_heads, queries, dim = query.shape
     _, kv_heads, slots, _ = key.shape
@@ -153,6 +206,8 @@ def decode(
     tile = rows // group_pad  # rows left over by the 16-row minimum go to more tokens, not to waste
     blocks = triton.cdiv(slots, block_n)
     tiles = triton.cdiv(queries, tile)
+    if bound is None:
+        bound = queries > 1
     if programs is None:
         programs = 2 * torch.cuda.get_device_properties(query.device).multi_processor_count if query.is_cuda else 1
     chunk = block_n * chunk_blocks(blocks, group * min(tile, queries), kv_heads * tiles, max_splits, programs)
@@ -163,14 +218,15 @@ def decode(
     q, k, v, m = query[0], key[0], value[0], mask.reshape(queries, slots)
     if m.stride(1) != 1:
         m = m.contiguous()
+    # 4 warps for every tile: 8 ran the 64-row tiles of trees 1.2-1.6x slower on an H200.
     _chunk_kernel[(kv_heads, tiles, splits)](
         q, k, v, m, acc, stats[0], stats[1],
         scale, softcap, queries, slots, chunk, splits,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), m.stride(0),
         GROUP=group, TILE=tile, ROWS=rows, DIM=dim, DIM_PAD=dim_pad,
-        BLOCK_N=block_n, SOFTCAP=softcap > 0, IEEE=query.dtype == torch.float32,
-        num_warps=num_warps or (4 if rows <= 32 else 8), num_stages=num_stages,
+        BLOCK_N=block_n, SOFTCAP=softcap > 0, IEEE=query.dtype == torch.float32, BOUND=bound,
+        num_warps=num_warps or 4, num_stages=num_stages,
     )  # fmt: skip
     _combine_kernel[(q_heads * queries,)](
         acc, stats[0], stats[1], out, queries, splits, out.stride(1), out.stride(2),
