@@ -1,7 +1,7 @@
 """One-token attention over a static KV cache on the GPU: SDPA over the whole capacity against
 skipspec's split-KV decode kernel (`skipspec.runtime.decode_kernels`), which skips the blocks of
-slots the mask hides, per kernel option set. (Session 4 ran FlexAttention's decoding kernel here:
-commit a1342f8 has that version; docs/benchmarks.md, "Session 4".)
+slots the mask hides, per kernel option set. (FlexAttention's decoding kernel, once timed here
+too, is under "Tried and dropped" in docs/design.md.)
 
 Each case is one layer's attention for one query token, captured as a CUDA graph of 32 calls, one
 per layer's cache (as 32 layers run: one cache reused would be read from L2), timed by replays.

@@ -28,6 +28,24 @@ _ROW_BYTES = 16 * 1024
 
 
 @triton.jit
+def _mask_block(Mask, t, n, b_ok, stride_mt):
+    """The additive mask of a block's rows (query tokens `t`) and slots `n`, in float32.
+
+    Padding rows and slots past the chunk get a large finite negative, not -inf (a row whose
+    entries were all -inf would compute -inf - -inf = NaN), set in float32 (float16 has no -1e30).
+    """
+    bias = tl.load(Mask + t[:, None] * stride_mt + n[None, :], mask=b_ok, other=0.0).to(tl.float32)
+    return tl.where(b_ok, bias, -1.0e30)
+
+
+@triton.jit
+def _any_visible(bias):
+    # An additive mask hides a slot with its dtype's lowest value (-3.4e38 in bf16 and float32,
+    # -6.6e4 in float16): a block whose largest entry is below -1e4 has no visible slot.
+    return tl.max(tl.max(bias, axis=1), axis=0) > -1.0e4
+
+
+@triton.jit
 def _block(
     q, K, V, Mask, acc, m_i, l_i, start, hi, t, r_ok, d, d_ok, kv_head, scale, softcap,
     stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, stride_mt,
@@ -37,19 +55,13 @@ def _block(
     loop, a block the mask hides from every row is left before its keys are read."""
     n = start + tl.arange(0, BLOCK_N)
     n_ok = n < hi
-    # Padding rows and slots past the chunk get a large finite negative, not -inf (a row whose
-    # entries were all -inf would compute -inf - -inf = NaN), set in float32 (float16 has no -1e30).
-    b_ok = r_ok[:, None] & n_ok[None, :]
-    bias = tl.load(Mask + t[:, None] * stride_mt + n[None, :], mask=b_ok, other=0.0).to(tl.float32)
-    bias = tl.where(b_ok, bias, -1.0e30)
+    bias = _mask_block(Mask, t, n, r_ok[:, None] & n_ok[None, :], stride_mt)
     if BOUND:
         acc, m_i, l_i = _attend(
             q, K, V, bias, acc, m_i, l_i, n, n_ok, d, d_ok, kv_head, scale, softcap,
             stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, SOFTCAP, IEEE,
         )  # fmt: skip
-    # An additive mask hides a slot with its dtype's lowest value (-3.4e38 in bf16 and float32,
-    # -6.6e4 in float16): a block whose largest entry is below -1e4 has no visible slot.
-    elif tl.max(tl.max(bias, axis=1), axis=0) > -1.0e4:
+    elif _any_visible(bias):
         acc, m_i, l_i = _attend(
             q, K, V, bias, acc, m_i, l_i, n, n_ok, d, d_ok, kv_head, scale, softcap,
             stride_kh, stride_kc, stride_kd, stride_vh, stride_vc, stride_vd, SOFTCAP, IEEE,
@@ -121,9 +133,7 @@ def _chunk_kernel(
         last = lo
         for start in range(lo, hi, BLOCK_N):
             n = start + tl.arange(0, BLOCK_N)
-            b_ok = r_ok[:, None] & (n < hi)[None, :]
-            bias = tl.load(Mask + t[:, None] * stride_mt + n[None, :], mask=b_ok, other=0.0).to(tl.float32)
-            seen = tl.max(tl.max(tl.where(b_ok, bias, -1.0e30), axis=1), axis=0) > -1.0e4
+            seen = _any_visible(_mask_block(Mask, t, n, r_ok[:, None] & (n < hi)[None, :], stride_mt))
             first = tl.minimum(first, tl.where(seen, start, hi))
             last = tl.maximum(last, tl.where(seen, start + BLOCK_N, lo))
     for start in range(first, last, BLOCK_N):
