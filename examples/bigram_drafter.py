@@ -48,7 +48,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.model:
         model, tok = skipspec.load(args.model, device="cpu", dtype="float32")
-        prompt = tok("def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n# again:\n")["input_ids"]
+        code = "def fib(n):\n    if n < 2:\n        return n\n    return fib(n - 1) + fib(n - 2)\n\n# again:\n"
+        prompt = tok(code)["input_ids"]
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -60,8 +61,9 @@ def main() -> None:
     mine = decoder.generate(prompt, 48, drafters=[BigramDrafter()])
     assert mine.tokens == plain.tokens
     s = mine.stats
+    accepted, drafted = s["accepted_by_source"].get("bigram", 0), s["drafted_by_source"].get("bigram", 0)
     print(f"identical to plain decoding; {s['mean_accepted']:.2f} tokens per step, "
-          f"{s['accepted_by_source'].get('bigram', 0)} of {s['drafted_by_source'].get('bigram', 0)} drafted tokens accepted")  # fmt: skip
+          f"{accepted} of {drafted} drafted tokens accepted")  # fmt: skip
 
 
 if __name__ == "__main__":

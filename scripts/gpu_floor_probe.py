@@ -35,7 +35,16 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_bench import GREEDY, copy_bandwidth, log, random_llama, swift_tree, time_replays, tree_widths, weight_bytes  # noqa: E402
+from gpu_bench import (  # noqa: E402
+    GREEDY,
+    copy_bandwidth,
+    log,
+    random_llama,
+    swift_tree,
+    time_replays,
+    tree_widths,
+    weight_bytes,
+)
 
 from skipspec import SwiftConfig, SwiftDecoder  # noqa: E402
 from skipspec.runtime import RuntimeConfig  # noqa: E402
