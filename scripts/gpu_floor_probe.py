@@ -1,6 +1,7 @@
-"""Where a plain decode step of a Llama-2-7B shape spends its time, against the memory floor.
+"""Where a plain decode step spends its time, against the memory floor.
 
-Random weights, Llama-2-7B shape, bf16. Every timing is a CUDA-graph replay timed with CUDA events
+Random weights of a Llama-2-7B shape (`--shape`: another of `gpu_bench.LLAMA_SHAPES`), bf16. Every timing is a
+CUDA-graph replay timed with CUDA events
 (median of >= 20 replays after a warm-up):
 
 1. copy bandwidth (gpu_bench.copy_bandwidth) and weight bytes -> floor ms per token (also at the
@@ -15,6 +16,7 @@ Random weights, Llama-2-7B shape, bf16. Every timing is a CUDA-graph replay time
    kernel kind; replay ms - busy ms ~ launch gaps), kernels seen in a replay, the graph's node count.
 
 Run:   PYTHONPATH=src python3 scripts/gpu_floor_probe.py --out $OUT/floor [--quick] [--no-gemv] [--variants a,b]
+       [--shape qwen2.5-1.5b-shape]
 Writes results.json and results.md under --out; prints a Markdown table last.
 """
 
@@ -37,6 +39,7 @@ from torch import nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_bench import (  # noqa: E402
     GREEDY,
+    LLAMA_SHAPES,
     copy_bandwidth,
     log,
     random_llama,
@@ -227,7 +230,7 @@ def run(args, out: Path) -> dict:
     for shape, s in {} if args.no_gemv else SHAPES.items():
         for v in ("eager", "eager W^T stored"):
             R["gemv"].setdefault(v, {})[shape] = attempt(f"gemv {shape} {v}", gemv_ms, s, v, reps, dev)
-    model = attempt("build llama2-7b", random_llama, "llama2-7b", dev, torch.bfloat16)
+    model = attempt(f"build {args.shape}", random_llama, args.shape, dev, torch.bfloat16)
     if model is not None:
         R["weight_bytes"] = weight_bytes(model)
         R["embed_bytes"] = model.model.embed_tokens.weight.numel() * 2
@@ -308,6 +311,7 @@ def main() -> int:
     ap.add_argument("--no-gemv", action="store_true", help="skip the bare GEMV timings")
     ap.add_argument("--compile-gemv", action="store_true", help="also time GEMVs compiled with max-autotune")
     ap.add_argument("--variants", default=None, help="engine variants to run (comma list of VARIANTS names)")
+    ap.add_argument("--shape", default="llama2-7b", choices=list(LLAMA_SHAPES), help="the random model's shape")
     ap.add_argument("--profile-long", action="store_true", help="also profile the ctx-2048 steps (slower)")
     ap.add_argument("--budget", type=float, default=480.0, help="seconds after start past which nothing new starts")
     args = ap.parse_args()

@@ -134,8 +134,9 @@ def test_a_request_that_cannot_fit_fails_before_any_work():
     [("llama", None), ("qwen2", None), ("gemma3", None), ("gemma2", None), ("phi3", 96), ("gemma3", 256)],
 )
 def test_default_graph_path_with_every_step_optimisation_matches_eager_path(family, head_dim):
-    """The default on CUDA for a tiny model: compiled sublayers, grouped projections, column-major
-    weights, skipspec's decode kernel for one-token steps and trees (compiles for a while on first use).
+    """The default on CUDA for a tiny model: compiled sublayers, grouped projections, skipspec's
+    decode kernel for one-token steps and trees, its linear kernel for one-token steps (trees of
+    matrices this small go to cuBLAS; compiles for a while on first use).
     qwen2 has projection biases, gemma2 soft-caps attention logits; head dims 96 (Phi-3) and 256
     (Gemma 3) are not the usual 64/128."""
     model = (tiny_model(family, head_dim=head_dim) if head_dim else tiny_model(family)).to("cuda")
@@ -144,7 +145,7 @@ def test_default_graph_path_with_every_step_optimisation_matches_eager_path(fami
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
     prompt = list(range(3, 30))
     out = fast.generate(prompt, 30)
-    assert out.stats["fast_path"] == "graphs+fused+grouped+colmajor+decode-kernel+tree-kernel"
+    assert out.stats["fast_path"] == "graphs+fused+grouped+decode-kernel+tree-kernel+linear-kernel"
     assert max(out.stats["accepted_per_step"]) >= 2, "no tree was verified"
     assert out.tokens == eager.generate(prompt, 30).tokens
     assert fast.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
@@ -153,10 +154,14 @@ def test_default_graph_path_with_every_step_optimisation_matches_eager_path(fami
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "phi3", "gemma2"])
-def test_graph_path_with_the_linear_kernel_matches_eager_path(family):
+def test_graph_path_with_the_linear_kernel_matches_eager_path(family, monkeypatch):
     """skipspec's skinny-linear kernel in every linear layer and the head of one-token steps and
-    trees (on by default from a hidden size of 4096; asked for here on a tiny model): qwen2's
-    projections have biases, phi3's are fused, gemma2's head is tied to its embeddings."""
+    trees (a tiny model's trees go to cuBLAS by default, `linear_kernels.choose`: here they run
+    the kernel too): qwen2's projections have biases, phi3's are fused, gemma2's head is tied to
+    its embeddings."""
+    from skipspec.runtime import linear_kernels  # Triton: imported where the test runs
+
+    monkeypatch.setattr(linear_kernels, "_TILED_FROM", 1)
     model = _cuda_model(family)
     cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
     fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="graphs", linear_kernel=True))
@@ -167,6 +172,21 @@ def test_graph_path_with_the_linear_kernel_matches_eager_path(family):
         assert max(out.stats["accepted_per_step"]) >= 2, "no tree was verified"
         assert out.tokens == eager.generate(prompt, 30).tokens
         assert fast.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_graph_path_on_cublas_with_column_major_weights_matches_eager_path(family):
+    """The layout and products with the linear kernel off: weights stored column-major, every
+    product on cuBLAS."""
+    model = _cuda_model(family)
+    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
+    fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="graphs", linear_kernel=False))
+    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
+    assert fast.executor.tag == "graphs+fused+grouped+colmajor+decode-kernel+tree-kernel"
+    for prompt in (list(range(3, 30)), [(7 * i) % 97 for i in range(150)]):
+        out = fast.generate(prompt, 30)
+        assert max(out.stats["accepted_per_step"]) >= 2, "no tree was verified"
+        assert out.tokens == eager.generate(prompt, 30).tokens
 
 
 def test_search_on_the_graph_path_times_captured_steps_and_stays_lossless(tmp_path, monkeypatch):

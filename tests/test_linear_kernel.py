@@ -19,7 +19,6 @@ from torch import nn
 import skipspec.runtime.skinny_linear as skinny
 from skipspec import SwiftDecoder
 from skipspec.runtime import RuntimeConfig
-from skipspec.runtime.config import KERNEL_WIDTH
 from skipspec.runtime.layers import GroupedProjection, stand_in_head, stand_in_layers
 from skipspec.runtime.skinny_linear import MAX_ROWS, SkinnyLinear, serves
 from skipspec.runtime.weights import pack_weights
@@ -42,6 +41,11 @@ def test_tiles_are_chosen_per_shape_and_cublas_keeps_what_the_kernel_does_not_se
     for rows in (2, 9, MAX_ROWS):  # a tree: one tile of 16 rows, so the weight is read once
         assert choose(rows, 4096, 4096, False).block_m == 16
         assert choose(rows, 22016, 4096, False).block_m == 16
+        # ... on matrices 4096 wide both ways; smaller models' trees run faster on cuBLAS.
+        assert choose(rows, 1536, 8960, False) is None and choose(rows, 17920, 1536, False) is None
+    # One row runs the kernel at every size (a SmolLM2 projection, a Qwen2.5 head).
+    assert choose(1, 576, 576, False) == LinearConfig(block_n=8, block_k=512)
+    assert choose(1, 151936, 1536, False) == LinearConfig(block_n=32, block_k=256)
     assert choose(MAX_ROWS + 1, 4096, 4096, False) is None  # larger trees, scoring, prefill: cuBLAS
     assert choose(1, 4096, 4096, True) is None  # a column-major weight: cuBLAS
     # A pipeline as deep as fits in shared memory, less a margin, and never shallower than one stage.
@@ -99,17 +103,17 @@ def test_stand_ins_run_every_linear_of_a_layer_and_the_head_through_the_op(group
     assert stand_in_head(model.lm_head, False) is model.lm_head
 
 
-def test_the_default_is_on_from_the_width_it_was_measured_at_and_leaves_the_weights_row_major():
+def test_the_default_is_on_with_graphs_and_leaves_the_weights_row_major():
     pytest.importorskip("triton")
     default = RuntimeConfig()
-    assert default.resolved_linear_kernel("graphs", KERNEL_WIDTH)
-    assert not default.resolved_transpose("graphs", KERNEL_WIDTH)  # the kernel streams row-major weights
-    assert not default.resolved_linear_kernel("graphs", KERNEL_WIDTH // 2)
-    assert default.resolved_transpose("graphs", KERNEL_WIDTH // 2)  # cuBLAS's GEMV layout
-    assert not default.resolved_linear_kernel("eager", KERNEL_WIDTH)
-    assert RuntimeConfig(linear_kernel=True).resolved_linear_kernel("static", 64)
-    assert not RuntimeConfig(linear_kernel=True).resolved_linear_kernel("eager", 64)
-    assert not RuntimeConfig(linear_kernel=False).resolved_linear_kernel("graphs", KERNEL_WIDTH)
+    assert default.resolved_linear_kernel("graphs")
+    assert not default.resolved_transpose("graphs")  # the kernel streams row-major weights
+    assert not default.resolved_linear_kernel("eager") and not default.resolved_linear_kernel("static")
+    assert RuntimeConfig(linear_kernel=True).resolved_linear_kernel("static")
+    assert not RuntimeConfig(linear_kernel=True).resolved_linear_kernel("eager")
+    off = RuntimeConfig(linear_kernel=False)
+    assert not off.resolved_linear_kernel("graphs")
+    assert off.resolved_transpose("graphs")  # cuBLAS's GEMV layout
 
 
 def test_a_static_decoder_with_the_kernel_calls_the_op_and_decodes_as_the_eager_path(monkeypatch):

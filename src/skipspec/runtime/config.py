@@ -10,8 +10,6 @@ import torch
 from ..errors import ConfigError
 
 MODES = ("auto", "eager", "static", "graphs")
-#: Hidden size from which `linear_kernel` is on by default (see there).
-KERNEL_WIDTH = 4096
 
 
 @dataclass(frozen=True)
@@ -56,11 +54,11 @@ class RuntimeConfig:
     None = as `decode_kernel`.
     linear_kernel: run the linear layers and the output head of steps of at most 16 tokens (plain
     and draft steps, small trees; not prefill) with skipspec's own matrix-vector kernel
-    (`skipspec.runtime.skinny_linear`; Triton on CUDA, `F.linear` elsewhere) instead of cuBLAS.
-    None = on with CUDA graphs where Triton is installed, for models at least `KERNEL_WIDTH` wide
-    (hidden size): its tiles were tuned and measured on a Llama-2-7B shape (an H200 plain step
-    4.38 -> 4.10 ms); on smaller models, whose matrices are too small to stream at bandwidth,
-    cuBLAS stays until a measurement says otherwise.
+    (`skipspec.runtime.skinny_linear`; Triton on CUDA, `F.linear` elsewhere) instead of cuBLAS,
+    where its tiles suit the shape (`linear_kernels.choose`: trees only on matrices 4096 wide and
+    more). None = on with CUDA graphs where Triton is installed. Measured on an H200, plain steps:
+    Llama-2-7B shape 4.38 -> 4.10 ms; SmolLM2-135M, Qwen2.5-0.5B and 1.5B, Gemma-3-270M shapes
+    11-24% less time at context 512 (`docs/benchmarks.md`).
     cpu_packed_linear: on the CPU in mode "eager", run the linear layers of multi-token forwards
     (verify trees, scoring, prefill) and the output head with oneDNN on weights packed once into
     its blocked layout; the layers of one-token forwards keep `F.linear`
@@ -139,9 +137,9 @@ class RuntimeConfig:
         """Whether the sublayers run grouped projections in `mode`."""
         return self._resolved(self.group_projections, mode == "graphs", mode)
 
-    def resolved_transpose(self, mode: str, width: int) -> bool:
-        """Whether weights are stored column-major for `mode`, for a model of hidden size `width`."""
-        default = mode == "graphs" and not self.resolved_linear_kernel(mode, width)
+    def resolved_transpose(self, mode: str) -> bool:
+        """Whether weights are stored column-major for `mode`."""
+        default = mode == "graphs" and not self.resolved_linear_kernel(mode)
         return self._resolved(self.transpose_weights, default, mode)
 
     def resolved_eager_tree_attention(self, mode: str) -> bool:
@@ -160,10 +158,9 @@ class RuntimeConfig:
         """Whether multi-token steps' attention runs skipspec's decode kernel in `mode`."""
         return self._resolved(self.tree_kernel, self._kernel_default(mode), mode)
 
-    def resolved_linear_kernel(self, mode: str, width: int) -> bool:
-        """Whether steps' linear layers run skipspec's matrix-vector kernel in `mode`, for a model
-        of hidden size `width`."""
-        return self._resolved(self.linear_kernel, self._kernel_default(mode) and width >= KERNEL_WIDTH, mode)
+    def resolved_linear_kernel(self, mode: str) -> bool:
+        """Whether steps' linear layers run skipspec's matrix-vector kernel in `mode`."""
+        return self._resolved(self.linear_kernel, self._kernel_default(mode), mode)
 
     def resolved_device_drafting(self, mode: str) -> bool:
         """Whether drafting steps run in `mode` (a resolved mode)."""

@@ -25,6 +25,8 @@ from .skinny_linear import MAX_ROWS
 
 # Shared memory left to what Triton keeps there besides a pipeline's tiles (layout conversions).
 _SHARED_MARGIN = 16 * 1024
+# Both sides of a matrix from which several rows run the kernel (see `choose`).
+_TILED_FROM = 4096
 
 
 @dataclass(frozen=True)
@@ -101,8 +103,11 @@ def choose(rows: int, out_features: int, in_features: int, column_major: bool) -
     outputs up to 8192 wide, blocks of 8 features (512 programs for 4096: several resident per SM)
     by 512 inputs a step, 1024 on a long reduction (the down projection); wider outputs, blocks of
     32 by 256. Several rows: one tile of 16 rows, so the weight is still read once, 64 features by
-    256 inputs a step five steps deep on the narrow outputs, by 128 on the wide ones. A
-    column-major weight (the packed layout for cuBLAS, `runtime.weights`) is streamed faster by cuBLAS.
+    256 inputs a step five steps deep on the narrow outputs, by 128 on the wide ones; only on
+    matrices at least 4096 by 4096, where it was measured faster: on smaller models' (SmolLM2,
+    Qwen2.5-0.5B/1.5B, Gemma-3-270M shapes) those tiles leave most SMs idle and a 16-node verify
+    ran 3-10% slower than on cuBLAS, while one row ran faster at every size. A column-major
+    weight (the packed layout for cuBLAS, `runtime.weights`) is streamed faster by cuBLAS.
     """
     if column_major or rows > MAX_ROWS:
         return None
@@ -110,6 +115,8 @@ def choose(rows: int, out_features: int, in_features: int, column_major: bool) -
         if out_features <= 8192:
             return LinearConfig(block_n=8, block_k=1024 if in_features >= 8192 else 512)
         return LinearConfig(block_n=32, block_k=256)
+    if min(out_features, in_features) < _TILED_FROM:
+        return None
     if out_features <= 8192:
         return LinearConfig(block_n=64, block_k=256, block_m=16, stages=5)
     if out_features <= 16384:

@@ -77,13 +77,12 @@ class StaticExecutor:
             from .fuse import CompiledSublayers  # torch.compile is touched only when asked for
 
             self._compiled = CompiledSublayers.create()
-        width = adapter.config.hidden_size
-        group, transpose = config.resolved_grouping(mode), config.resolved_transpose(mode, width)
+        group, transpose = config.resolved_grouping(mode), config.resolved_transpose(mode)
         # A model loaded with eager attention (Gemma 2's softcapping needs it) runs its own.
         tree_kernel = config.resolved_tree_kernel(mode)
         eager_tree = not tree_kernel and config.resolved_eager_tree_attention(mode) and not adapter.additive_mask
         decode = config.resolved_decode_kernel(mode)
-        linear_kernel = config.resolved_linear_kernel(mode, width)
+        linear_kernel = config.resolved_linear_kernel(mode)
         self._layout = tuple(
             name
             for on, name in (
