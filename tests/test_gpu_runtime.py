@@ -162,31 +162,30 @@ def test_graph_path_with_the_linear_kernel_matches_eager_path(family, monkeypatc
     from skipspec.runtime import linear_kernels  # Triton: imported where the test runs
 
     monkeypatch.setattr(linear_kernels, "_TILED_FROM", 1)
-    model = _cuda_model(family)
-    cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
-    fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="graphs", linear_kernel=True))
-    eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
-    assert fast.executor.tag == "graphs+fused+grouped+decode-kernel+tree-kernel+linear-kernel"
-    for prompt in (list(range(3, 30)), [(7 * i) % 97 for i in range(150)]):
-        out = fast.generate(prompt, 30)
-        assert max(out.stats["accepted_per_step"]) >= 2, "no tree was verified"
-        assert out.tokens == eager.generate(prompt, 30).tokens
-        assert fast.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
+    tag = "graphs+fused+grouped+decode-kernel+tree-kernel+linear-kernel"
+    _assert_graphs_decode_as_eager(family, linear_kernel=True, tag=tag)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_graph_path_on_cublas_with_column_major_weights_matches_eager_path(family):
     """The layout and products with the linear kernel off: weights stored column-major, every
-    product on cuBLAS."""
+    product on cuBLAS (plain decoding as well as trees)."""
+    tag = "graphs+fused+grouped+colmajor+decode-kernel+tree-kernel"
+    _assert_graphs_decode_as_eager(family, linear_kernel=False, tag=tag)
+
+
+def _assert_graphs_decode_as_eager(family: str, *, linear_kernel: bool, tag: str) -> None:
+    """SWIFT's trees and plain decoding on the graph path with `linear_kernel` give the eager path's tokens."""
     model = _cuda_model(family)
     cfg = SwiftConfig(optimize=False, skip_attn=[1, 3], skip_mlp=[2], confidence_threshold=0.0, max_draft_tokens=5, topk=4)
-    fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="graphs", linear_kernel=False))
+    fast = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=RuntimeConfig(mode="graphs", linear_kernel=linear_kernel))
     eager = SwiftDecoder(model, cfg, stop_token_ids=[], runtime=EAGER)
-    assert fast.executor.tag == "graphs+fused+grouped+colmajor+decode-kernel+tree-kernel"
+    assert fast.executor.tag == tag
     for prompt in (list(range(3, 30)), [(7 * i) % 97 for i in range(150)]):
         out = fast.generate(prompt, 30)
         assert max(out.stats["accepted_per_step"]) >= 2, "no tree was verified"
         assert out.tokens == eager.generate(prompt, 30).tokens
+        assert fast.generate(prompt, 30, method="ar").tokens == eager.generate(prompt, 30, method="ar").tokens
 
 
 def test_search_on_the_graph_path_times_captured_steps_and_stays_lossless(tmp_path, monkeypatch):
