@@ -1,8 +1,7 @@
 """Where a plain decode step spends its time, against the memory floor.
 
-Random weights of a Llama-2-7B shape (`--shape`: another of `gpu_bench.LLAMA_SHAPES`), bf16. Every timing is a
-CUDA-graph replay timed with CUDA events
-(median of >= 20 replays after a warm-up):
+Random weights of a Llama-2-7B shape (`--shape`: another of `gpu_bench.LLAMA_SHAPES`), bf16.
+Every timing is a CUDA-graph replay timed with CUDA events (median of >= 20 replays after a warm-up):
 
 1. copy bandwidth (gpu_bench.copy_bandwidth) and weight bytes -> floor ms per token (also at the
    read-only bandwidth of a 1 GiB sum, and the KV bytes a step reads: the whole cache capacity).
